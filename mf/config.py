@@ -1,0 +1,208 @@
+"""The one typed training config: every key is declared here once, with its meaning.
+
+It is loaded from YAML, overridden from the command line, saved with every checkpoint and
+every export, so that a run can always be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+import yaml
+
+from mf.errors import ConfigError
+
+SplitMethod = Literal["last-n", "random"]
+Optimizer = Literal["adamw", "sparse_adam"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def key(default: Any, doc: str) -> Any:
+    """A config field with its documentation, which `--help` and the docs show."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run: data, split, model, optimiser, schedule.
+
+    Defaults are the tutorial's run (dim 32, batch 8192, AdamW lr 0.005, 10 epochs,
+    init/bias/sigmoid on, sigmoid high 5.5, last-5-per-user validation).
+    """
+
+    # --- data and split -------------------------------------------------------------
+    data: str = key(
+        "ml-latest-small",
+        "Path (dir, .zip, ratings file) or a data set name that is downloaded into the cache.",
+    )
+    split: SplitMethod = key(
+        "last-n", "`last-n`: each user's last ratings by time are held out; `random`: seeded fractions."
+    )
+    val_n: int = key(5, "last-n: ratings per user for validation (the tutorial: 5).")
+    test_n: int = key(0, "last-n: ratings per user held out as test after validation (0: no test part).")
+    val_fraction: float = key(0.1, "random: fraction of ratings for validation.")
+    test_fraction: float = key(0.0, "random: fraction of ratings for test (0: no test part).")
+
+    # --- model (MFAdvanced) -----------------------------------------------------------
+    emb_dim: int = key(32, "Width of the user and item embeddings.")
+    bias: bool = key(True, "User bias, item bias and a global offset (the tutorial's `bias` switch).")
+    init: bool = key(True, "Initialise embeddings uniform in [0, init_range] (else PyTorch's N(0, 1)).")
+    init_range: float = key(0.05, "Upper end of the uniform embedding init (the tutorial: 0.05).")
+    sigmoid: bool = key(True, "Squash the output with sigmoid(x) * sigmoid_high (else the raw dot product).")
+    sigmoid_high: float = key(
+        5.5, "Upper bound of the squashed output; 5.0 or 5.5 (a little headroom above the top rating)."
+    )
+
+    # --- optimisation -------------------------------------------------------------------
+    optimizer: Optimizer = key(
+        "adamw",
+        "`adamw` (the tutorial's, dense); `sparse_adam`: sparse embedding gradients, no weight decay.",
+    )
+    lr: float = key(0.005, "Learning rate.")
+    weight_decay: float = key(
+        0.01, "AdamW's decoupled weight decay on every parameter (PyTorch's default 0.01, as the tutorial)."
+    )
+    l2: float = key(
+        0.0, "L2 penalty on the embeddings of each batch: l2 * mean(|p_u|^2 + |q_i|^2) added to the MSE."
+    )
+    batch_size: int = key(8192, "Ratings per optimiser step.")
+    epochs: int = key(10, "Passes over the training ratings.")
+
+    # --- run ----------------------------------------------------------------------------
+    seed: int = key(0, "Seeds the split (random), the init and the batch order.")
+    device: Device = key("auto", "`auto` takes CUDA when there is one.")
+    threads: int = key(0, "torch CPU threads; 0 leaves torch's default.")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some keys changed; unknown keys and bad values raise ConfigError."""
+        return from_dict({**self.to_dict(), **changes}, where="override")
+
+
+KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+_HINTS = get_type_hints(TrainConfig)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name in KEYS:
+        value = getattr(cfg, name)
+        hint = _HINTS[name]
+        choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
+        if choices is not None:
+            if value not in choices:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        elif hint is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        elif hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        elif hint is float:
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                with contextlib.suppress(ValueError):
+                    value = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name}: expected a number, got {value!r}")
+            object.__setattr__(cfg, name, float(value))
+        elif hint is str and not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    rules: list[tuple[str, bool, str]] = [
+        ("val_n", cfg.val_n >= 1, ">= 1"),
+        ("test_n", cfg.test_n >= 0, ">= 0"),
+        ("val_fraction", 0 < cfg.val_fraction < 1, "in (0, 1)"),
+        ("test_fraction", 0 <= cfg.test_fraction < 1, "in [0, 1)"),
+        ("emb_dim", cfg.emb_dim >= 1, ">= 1"),
+        ("init_range", cfg.init_range > 0, "> 0"),
+        ("sigmoid_high", cfg.sigmoid_high > 0, "> 0"),
+        ("lr", cfg.lr > 0, "> 0"),
+        ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
+        ("l2", cfg.l2 >= 0, ">= 0"),
+        ("batch_size", cfg.batch_size >= 1, ">= 1"),
+        ("epochs", cfg.epochs >= 1, ">= 1"),
+        ("threads", cfg.threads >= 0, ">= 0"),
+    ]
+    for name, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{name}: {getattr(cfg, name)!r} breaks the rule {name} {rule}")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction + test_fraction: {cfg.val_fraction} + {cfg.test_fraction} must be < 1"
+        )
+    if cfg.optimizer == "sparse_adam" and cfg.weight_decay > 0:
+        raise ConfigError(
+            f"weight_decay: {cfg.weight_decay} cannot be used with optimizer 'sparse_adam' "
+            "(SparseAdam has no weight decay); set weight_decay: 0 and regularise with l2"
+        )
+
+
+def from_dict(values: dict[str, Any], *, where: str = "config") -> TrainConfig:
+    """Build a config, naming `where` (a file, 'override') in the error for an unknown key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def read_values(path: str | os.PathLike) -> dict[str, Any]:
+    """The keys a YAML config file sets, checked (unknown keys and bad values raise ConfigError)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    from_dict(values, where=str(path))
+    return values
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a YAML config; keys not given keep their defaults."""
+    return from_dict(read_values(path), where=str(path))
+
+
+def parse_value(name: str, raw: str) -> Any:
+    """A command-line string as the value of key `name`: YAML for numbers and booleans, else as is."""
+    if _HINTS.get(name) is str:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def doc(name: str) -> str:
+    return TrainConfig.__dataclass_fields__[name].metadata.get("doc", "")
+
+
+__all__ = [
+    "KEYS",
+    "TrainConfig",
+    "from_dict",
+    "load_config",
+    "read_values",
+    "doc",
+    "key",
+    "parse_value",
+]

@@ -1,0 +1,263 @@
+"""The trainer: ratings held as tensors, batches drawn by index permutation, one epoch per call.
+
+`Trainer.run_epoch()` is the single unit that the CLI, the benchmark and the Ray trainable all
+drive: it trains one pass over the training ratings and returns that epoch's metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mf.atomic import atomic_write
+from mf.config import TrainConfig, from_dict
+from mf.data import Dataset, Interactions
+from mf.errors import MFError
+from mf.metrics import EPOCH, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE, all_metrics, regression_metrics
+from mf.model import MFAdvanced
+
+EVAL_BATCH = 1 << 18
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(MFError):
+    """The training loss became NaN or infinite: this configuration cannot be trained."""
+
+
+@dataclass(frozen=True)
+class TensorPart:
+    """One split part on the training device."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    ratings: torch.Tensor
+
+    @classmethod
+    def from_interactions(cls, part: Interactions, device: torch.device) -> TensorPart:
+        # torch.tensor copies, so read-only arrays from Ray's object store are fine.
+        return cls(
+            users=torch.tensor(part.users, dtype=torch.int64, device=device),
+            items=torch.tensor(part.items, dtype=torch.int64, device=device),
+            ratings=torch.tensor(part.ratings, dtype=torch.float32, device=device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.ratings.shape[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MFError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:
+    return MFAdvanced(
+        n_users,
+        n_items,
+        emb_dim=config.emb_dim,
+        bias=config.bias,
+        init=config.init,
+        init_range=config.init_range,
+        sigmoid=config.sigmoid,
+        sigmoid_high=config.sigmoid_high,
+        sparse=config.optimizer == "sparse_adam",
+    )
+
+
+def build_optimizers(config: TrainConfig, model: MFAdvanced) -> list[torch.optim.Optimizer]:
+    """AdamW over everything (the tutorial), or SparseAdam for the sparse tables + Adam for the offset."""
+    if config.optimizer == "adamw":
+        return [
+            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        ]
+    sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    dense = [p for n, p in model.named_parameters() if n == "offset"]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=config.lr)]
+    if dense:
+        optimizers.append(torch.optim.Adam(dense, lr=config.lr))
+    return optimizers
+
+
+class Trainer:
+    """Holds the model, its optimiser and the data tensors; trains one epoch per `run_epoch()`."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, *, device: str | None = None) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.device = resolve_device(device or config.device)
+        if config.threads > 0 and self.device.type == "cpu":
+            torch.set_num_threads(config.threads)
+        # Seed the init without disturbing the process's global RNG (a reused Ray worker runs many trials).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = build_model(config, dataset.n_users, dataset.n_items).to(self.device)
+        self.optimizers = build_optimizers(config, self.model)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+        self.train_part = TensorPart.from_interactions(dataset.train, self.device)
+        self.val_part = TensorPart.from_interactions(dataset.val, self.device)
+        self.test_part = (
+            TensorPart.from_interactions(dataset.test, self.device) if dataset.test is not None else None
+        )
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    # ---------------------------------------------------------------- training
+    def run_epoch(self) -> dict[str, float]:
+        """Train one pass over the training ratings; return the epoch's loss and validation metrics."""
+        cfg, model, part = self.config, self.model, self.train_part
+        model.train()
+        # Shuffle once per epoch with one gather per column; batches are then contiguous slices.
+        order = torch.randperm(len(part), generator=self.generator).to(self.device)
+        all_users, all_items, all_ratings = part.users[order], part.items[order], part.ratings[order]
+        loss_sum = torch.zeros((), device=self.device)
+        for start in range(0, len(part), cfg.batch_size):
+            end = start + cfg.batch_size
+            users, items, ratings = all_users[start:end], all_items[start:end], all_ratings[start:end]
+            # forward: predictions (B,), factors (B, D) for the L2 term
+            pred, p, q = model.predict_with_factors(users, items)
+            loss = F.mse_loss(pred, ratings)
+            objective = loss
+            if cfg.l2 > 0:
+                objective = loss + cfg.l2 * (p.pow(2).sum(1) + q.pow(2).sum(1)).mean()
+            # backward and step
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            objective.backward()
+            for opt in self.optimizers:
+                opt.step()
+            loss_sum += loss.detach() * len(ratings)
+        train_loss = float(loss_sum) / len(part)
+        self.epoch += 1
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"epoch {self.epoch}: training loss is {train_loss} (lr={cfg.lr}, l2={cfg.l2}, "
+                f"weight_decay={cfg.weight_decay}); this configuration diverges"
+            )
+        val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
+        metrics = {
+            EPOCH: self.epoch,
+            TRAIN_LOSS: train_loss,
+            VAL_MSE: val["mse"],
+            VAL_RMSE: val["rmse"],
+            VAL_MAE: val["mae"],
+        }
+        self.history.append(metrics)
+        return metrics
+
+    def fit(
+        self, *, epochs: int | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None
+    ) -> list[dict[str, float]]:
+        """Train up to `epochs` (default: the config's) in total, calling `on_epoch` with each epoch's metrics."""
+        target = epochs if epochs is not None else self.config.epochs
+        while self.epoch < target:
+            metrics = self.run_epoch()
+            if on_epoch is not None:
+                on_epoch(metrics)
+        return self.history
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict_part(self, part: TensorPart) -> np.ndarray:
+        self.model.eval()
+        chunks = [
+            self.model(part.users[s : s + EVAL_BATCH], part.items[s : s + EVAL_BATCH])
+            for s in range(0, len(part), EVAL_BATCH)
+        ]
+        return torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0, dtype=np.float32)
+
+    def evaluate(self, part: str = "val") -> dict[str, float]:
+        """All metrics (MSE, RMSE, MAE, F1, precision, recall) on `val` or `test`."""
+        tensors = {"val": self.val_part, "test": self.test_part, "train": self.train_part}.get(part)
+        if tensors is None:
+            raise MFError(
+                f"evaluate: no {part!r} part in this split (hold one out with test_n / test_fraction)"
+            )
+        return all_metrics(tensors.ratings.cpu().numpy(), self.predict_part(tensors))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: config, model, optimisers, epoch, RNG, id mapping."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "epoch": self.epoch,
+            "history": self.history,
+            "generator": self.generator.get_state(),
+            "n_users": self.dataset.n_users,
+            "n_items": self.dataset.n_items,
+            "user_ids": torch.from_numpy(np.asarray(self.dataset.user_ids, dtype=np.int64)),
+            "item_ids": torch.from_numpy(np.asarray(self.dataset.item_ids, dtype=np.int64)),
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
+        state = self.state()
+        return atomic_write(path, lambda f: torch.save(state, f))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_matches(state, self.dataset, source="checkpoint")
+        self.model.load_state_dict(state["model"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.generator.set_state(state["generator"])
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, dataset: Dataset, *, device: str | None = None
+    ) -> Trainer:
+        state = read_checkpoint(path)
+        trainer = cls(from_dict(state["config"], where=f"{path} (config)"), dataset, device=device)
+        trainer.load_state(state)
+        return trainer
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise MFError(f"{path}: no checkpoint there") from e
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise MFError(f"{path}: not a readable mf-tune checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise MFError(f"{path}: not an mf-tune checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return state
+
+
+def check_matches(state: dict[str, Any], dataset: Dataset, *, source: str) -> None:
+    """A checkpoint is only valid with the same users and items in the same order."""
+    same = (
+        state["n_users"] == dataset.n_users
+        and state["n_items"] == dataset.n_items
+        and np.array_equal(state["user_ids"].numpy(), np.asarray(dataset.user_ids))
+        and np.array_equal(state["item_ids"].numpy(), np.asarray(dataset.item_ids))
+    )
+    if not same:
+        raise MFError(
+            f"{source}: was trained on {state['n_users']} users / {state['n_items']} items, but the data "
+            f"{dataset.source} has {dataset.n_users} / {dataset.n_items} with other ids; use the same data set"
+        )
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu") -> tuple[MFAdvanced, dict[str, Any]]:
+    """The trained model of a checkpoint, for serving, with the checkpoint's state (config, id maps)."""
+    state = read_checkpoint(path)
+    config = from_dict(state["config"], where=f"{path} (config)")
+    model = build_model(config, state["n_users"], state["n_items"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
