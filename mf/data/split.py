@@ -1,0 +1,107 @@
+"""Hold out validation (and test) ratings: each user's latest ones, or a seeded random share.
+
+Why per user and by time for `last-n`: it is what the tutorial does and what a recommender faces,
+predicting a user's next ratings from their earlier ones. Rows are ordered by user, then timestamp,
+with a stable sort so ties keep file order and the split is exactly reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+from mf.errors import ConfigError
+
+SPLIT_METHODS = ("last-n", "random")
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compare by identity, not element-wise
+class SplitIndex:
+    """Row positions (ascending) of each part; `test` is None when no test part was asked for."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray | None
+
+
+def check_split_args(
+    split: str, *, val_n: int, test_n: int, val_fraction: float, test_fraction: float, seed: int
+) -> None:
+    """Reject bad split arguments up front, before minutes of loading, naming argument, value, rule."""
+    if not isinstance(split, str) or split not in SPLIT_METHODS:
+        raise ConfigError(
+            f"split: {split!r} is not a split method; expected one of {', '.join(SPLIT_METHODS)}"
+        )
+    for name, value in (("val_n", val_n), ("test_n", test_n), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+            raise ConfigError(f"{name}: {value!r} is not allowed; expected an integer >= 0")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name}: {value!r} is not allowed; expected a number in [0, 1)")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction + test_fraction: {val_fraction!r} + {test_fraction!r} >= 1; "
+            "expected a sum below 1 so that some ratings remain for training"
+        )
+
+
+def sort_by_user_time(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Order of rows by user, then timestamp; stable, so equal timestamps keep file order."""
+    order = np.argsort(timestamps, kind="stable")
+    return order[np.argsort(users[order], kind="stable")]
+
+
+def _runs(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of user-grouped `users`: its position within its user's run, and that run's length."""
+    n = len(users)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, n])
+    position = np.arange(n) - np.repeat(starts, lengths)
+    return position, np.repeat(lengths, lengths)
+
+
+def split_last_n(users: np.ndarray, *, val_n: int, test_n: int) -> SplitIndex:
+    """On rows sorted by user then time: each user's last `test_n` are test, the `val_n` before them val.
+
+    Users with fewer than val_n + test_n + 1 ratings stay wholly in training, so every held-out
+    user keeps at least one training rating.
+    """
+    position, length = _runs(users)
+    from_end = length - position - 1  # 0 for a user's latest rating
+    held = length >= val_n + test_n + 1
+    test = held & (from_end < test_n)
+    val = held & (from_end >= test_n) & (from_end < test_n + val_n)
+    return SplitIndex(
+        train=np.flatnonzero(~(test | val)),
+        val=np.flatnonzero(val),
+        test=np.flatnonzero(test) if test_n > 0 else None,
+    )
+
+
+def split_random(users: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int) -> SplitIndex:
+    """A seeded random share of rows to val and test, the same for the same seed and data.
+
+    One rating of each user, chosen at random, is kept for training, so every user in val or test
+    also has a training rating, and users with a single rating stay in training. Part sizes are
+    round(fraction * rows); if those kept ratings leave too few candidates, val and test are smaller.
+    """
+    n = len(users)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    _, first = np.unique(users[perm], return_index=True)  # each user's first row in random order
+    kept = np.zeros(n, dtype=bool)
+    kept[perm[first]] = True
+    pool = perm[~kept[perm]]
+    n_val = min(round(val_fraction * n), len(pool))
+    n_test = min(round(test_fraction * n), len(pool) - n_val)
+    val, test = np.sort(pool[:n_val]), np.sort(pool[n_val : n_val + n_test])
+    train = np.ones(n, dtype=bool)
+    train[val] = False
+    train[test] = False
+    return SplitIndex(
+        train=np.flatnonzero(train),
+        val=val,
+        test=test if test_fraction > 0 else None,
+    )

@@ -1,0 +1,176 @@
+"""The downloader against a real loopback HTTP server serving the shared ml-latest-small.zip; no internet."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mf.data import DATASETS, RemoteDataset, data_home, fetch, load_movielens
+from mf.errors import DataError
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ZIP = SHARED_DATA / "ml-latest-small.zip"
+
+
+class _Server:
+    """A ThreadingHTTPServer on 127.0.0.1:0 in a thread, recording every path requested."""
+
+    def __init__(self, handler: type[SimpleHTTPRequestHandler]) -> None:
+        self.requests: list[str] = []
+        server = self
+
+        class Recording(handler):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # keep pytest output clean
+
+        self.httpd = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Recording, directory=str(SHARED_DATA))
+        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+class _Truncating(SimpleHTTPRequestHandler):
+    """Announces the full length, sends half the bytes, then closes the connection."""
+
+    def do_GET(self) -> None:
+        body = ZIP.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+    s = _Server(SimpleHTTPRequestHandler)
+    monkeypatch.setenv("MF_TUNE_DATA_URL", s.url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def truncating_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+    s = _Server(_Truncating)
+    monkeypatch.setenv("MF_TUNE_DATA_URL", s.url + "/")  # a trailing slash is tolerated
+    yield s
+    s.close()
+
+
+def _files(folder: Path) -> list[Path]:
+    return list(folder.rglob("*")) if folder.exists() else []
+
+
+def test_load_movielens_downloads_verifies_unpacks_once(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MF_TUNE_DATA", str(tmp_path / "cache"))
+    ratings = load_movielens("ml-latest-small")
+    # Downloaded from the base URL, with a one-line notice, and read like the real set.
+    assert server.requests == ["/ml-latest-small.zip"]
+    assert "downloading" in capsys.readouterr().err
+    assert len(ratings.frame) == 100_836 and ratings.titles is not None
+    # Unpacked to <cache>/<name>/ without the zip's top folder; the verified zip is kept; no temp files.
+    assert (tmp_path / "cache" / "ml-latest-small" / "ratings.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "ml-latest-small",
+        "ml-latest-small.zip",
+    ]
+
+    again = load_movielens("ml-latest-small")
+    # The second call reads the cache and makes no request.
+    assert server.requests == ["/ml-latest-small.zip"]
+    assert again.frame.equals(ratings.frame)
+
+
+def test_fetch_supports_md5_checksums(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md5 = hashlib.md5(ZIP.read_bytes()).hexdigest()
+    monkeypatch.setitem(DATASETS, "ml-latest-small", RemoteDataset("unused", f"md5:{md5}", "ml-latest-small"))
+    # An md5 digest (as published for ml-10m) verifies as well as sha256.
+    assert (fetch("ml-latest-small", cache_dir=tmp_path) / "movies.csv").is_file()
+
+
+def test_fetch_rejects_wrong_checksum_and_leaves_nothing(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = RemoteDataset("unused", "sha256:" + "0" * 64, "ml-latest-small")
+    monkeypatch.setitem(DATASETS, "ml-latest-small", wrong)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as info:
+        load_movielens("ml-latest-small", cache_dir=cache)
+    message = str(info.value)
+    # The message names the URL, both digests, and is one line.
+    assert f"{server.url}/ml-latest-small.zip" in message
+    assert "sha256:696d65a3" in message and "sha256:0000" in message and "\n" not in message
+    # No partial zip or folder remains in the cache.
+    assert _files(cache) == []
+
+
+def test_fetch_rejects_truncated_download_and_leaves_nothing(
+    truncating_server: _Server, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="truncated") as info:
+        fetch("ml-latest-small", cache_dir=cache)
+    # The URL is named; the half file is gone.
+    assert "ml-latest-small.zip" in str(info.value)
+    assert _files(cache) == []
+
+
+def test_fetch_rejects_missing_file_on_server(server: _Server, tmp_path: Path) -> None:
+    # The loopback server has no ml-100k.zip: a 404 becomes a DataError naming the URL.
+    with pytest.raises(DataError, match=r"ml-100k\.zip.*404"):
+        fetch("ml-100k", cache_dir=tmp_path / "cache")
+    assert _files(tmp_path / "cache") == []
+
+
+def test_fetch_rejects_unknown_name(tmp_path: Path) -> None:
+    # Only names in DATASETS can be fetched; the message lists them.
+    with pytest.raises(DataError, match="ml-latest-small"):
+        fetch("ml-5k", cache_dir=tmp_path)
+
+
+def test_data_home_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MF_TUNE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # Default: $XDG_CACHE_HOME/mf-tune; MF_TUNE_DATA overrides it; an argument overrides both.
+    assert data_home() == tmp_path / "xdg" / "mf-tune"
+    monkeypatch.setenv("MF_TUNE_DATA", str(tmp_path / "env"))
+    assert data_home() == tmp_path / "env"
+    assert data_home(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("MF_TUNE_DATA")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data_home() == Path.home() / ".cache" / "mf-tune"
+
+
+def test_datasets_registry_is_complete_and_well_formed() -> None:
+    # The required sets are there, each with a GroupLens URL and an algorithm-tagged digest.
+    assert {"ml-latest-small", "ml-100k", "ml-1m", "ml-25m"} <= set(DATASETS)
+    for name, info in DATASETS.items():
+        assert info.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
+        algorithm, digest = info.checksum.split(":")
+        assert len(digest) == {"sha256": 64, "md5": 32}[algorithm]
+    # The shared copy of ml-latest-small matches its registered checksum.
+    expected = DATASETS["ml-latest-small"].checksum
+    assert expected == "sha256:" + hashlib.sha256(ZIP.read_bytes()).hexdigest()
