@@ -1,0 +1,210 @@
+"""One tuning experiment: Ray Tune runs the trials, Optuna's TPE proposes them, ASHA stops them.
+
+The data is read once here, in the driver, and reaches the trials through Ray's object store
+(`tune.with_parameters`); worker processes are reused between trials (`reuse_actors`), so a
+trial costs its own epochs and little else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from mf.atomic import write_yaml
+from mf.config import TrainConfig
+from mf.data import Dataset
+from mf.errors import ConfigError
+from mf.metrics import EPOCH, VAL_MSE
+from mf.train import dataset_for
+from search_spaces import SearchSpace
+from tune.searcher import TruthfulOptunaSearch
+from tune.settings import EXPERIMENT_FILE, ExperimentSettings
+from tune.trainable import train_trial
+
+METRIC, MODE = VAL_MSE, "min"  # stated once, here
+STUDY_FILE = "optuna.db"
+
+
+def study_storage_url(settings: ExperimentSettings) -> str:
+    return settings.study_storage or f"sqlite:///{settings.experiment_dir / STUDY_FILE}"
+
+
+def open_study_storage(url: str) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # SQLAlchemy raises many kinds for a bad URL
+        raise ConfigError(f"--study-storage: cannot open {url!r} ({type(e).__name__}: {e})") from e
+
+
+def warm_start_trials(
+    source: str, study_name: str | None, space: SearchSpace
+) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials of an earlier study (an experiment folder or a storage URL) that fit `space`."""
+    url = source if "://" in source else f"sqlite:///{Path(source).resolve() / STUDY_FILE}"
+    if "://" not in source and not (Path(source) / STUDY_FILE).is_file():
+        raise ConfigError(
+            f"--warm-start: {source!r} holds no {STUDY_FILE}; give an experiment folder or a storage URL"
+        )
+    storage = open_study_storage(url)
+    summaries = optuna.get_all_study_summaries(storage)
+    if study_name is None:
+        if len(summaries) != 1:
+            names = ", ".join(s.study_name for s in summaries) or "none"
+            raise ConfigError(f"--warm-start: {source!r} holds studies {names}; name one as URL#study")
+        study_name = summaries[0].study_name
+    old = optuna.load_study(study_name=study_name, storage=storage)
+    distributions = space.to_optuna()
+    keep = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = []
+    for t in old.get_trials(deepcopy=False, states=keep):
+        if set(t.params) != set(distributions) or not all(
+            distributions[k]._contains(distributions[k].to_internal_repr(v)) for k, v in t.params.items()
+        ):
+            continue
+        trials.append(
+            optuna.trial.create_trial(
+                state=t.state,
+                value=t.value,
+                params=t.params,
+                distributions=distributions,
+                intermediate_values=t.intermediate_values,
+                user_attrs={**t.user_attrs, "warm_start_from": f"{source}#{study_name}:{t.number}"},
+            )
+        )
+    return trials
+
+
+def make_searcher(
+    settings: ExperimentSettings, space: SearchSpace, *, seed: int, resume: bool
+) -> TruthfulOptunaSearch:
+    storage = open_study_storage(study_storage_url(settings))
+    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if settings.name in existing and not resume:
+        raise ConfigError(
+            f"--name: the study {settings.name!r} already exists in {study_storage_url(settings)}; "
+            "pick another --name, or --resume the experiment"
+        )
+    searcher = TruthfulOptunaSearch(
+        space=space.to_optuna(),
+        sampler=optuna.samplers.TPESampler(seed=seed),  # the config's --seed: one seed for the run
+        storage=storage,
+        study_name=settings.name,
+        metric=METRIC,  # with a space given up front, Tune does not pass TuneConfig's metric/mode on
+        mode=MODE,
+        max_epochs=settings.max_epochs,
+    )
+    if settings.warm_start and not resume:
+        source, _, name = settings.warm_start.partition("#")
+        trials = warm_start_trials(source, name or None, space)
+        searcher.study.add_trials(trials)
+        print(f"warm start: {len(trials)} finished trials from {settings.warm_start}")
+    return searcher
+
+
+def make_scheduler(settings: ExperimentSettings) -> ASHAScheduler:
+    return ASHAScheduler(
+        time_attr=EPOCH,  # not training_iteration, which restarts when a trial is restored
+        max_t=settings.max_epochs,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders (Tune's default spells out every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dataset):
+    trainable = tune.with_parameters(
+        train_trial,
+        data=dataset,
+        base=base,
+        max_epochs=settings.max_epochs,
+        checkpoint_every=settings.checkpoint_every,
+    )
+    return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+
+
+def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=settings.name,
+        storage_path=str(settings.experiment_dir.parent),
+        checkpoint_config=tune.CheckpointConfig(
+            # Keeps the best epoch's checkpoint (for the export) and always the latest (for retries).
+            num_to_keep=1,
+            checkpoint_score_attribute=METRIC,
+            checkpoint_score_order=MODE,
+        ),
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        verbose=verbose,
+    )
+
+
+def connect_ray(settings: ExperimentSettings) -> None:
+    """Join the cluster given by --address, or start a local Ray without the dashboard."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    experiment_dir: Path
+    seconds: float
+    results: tune.ResultGrid
+
+
+def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space: SearchSpace) -> None:
+    write_yaml(
+        settings.experiment_dir / EXPERIMENT_FILE,
+        {"settings": settings.to_dict(), "base_config": base.to_dict(), "space": space.to_dict()},
+    )
+
+
+def run_experiment(
+    settings: ExperimentSettings,
+    base: TrainConfig,
+    space: SearchSpace,
+    *,
+    verbose: int = 1,
+) -> RunOutcome:
+    """Run a new experiment to the end (trials done or budget spent) and return Tune's results."""
+    folder = settings.experiment_dir
+    if (folder / EXPERIMENT_FILE).exists():
+        raise ConfigError(f"--name: {folder} already holds an experiment; pick another --name or --resume it")
+    dataset = dataset_for(base)
+    connect_ray(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    searcher = make_searcher(settings, space, seed=base.seed, resume=False)
+    write_experiment_file(settings, base, space)
+    tuner = tune.Tuner(
+        make_trainable(settings, base, dataset),
+        param_space={},
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher,
+            scheduler=make_scheduler(settings),
+            num_samples=settings.num_samples,
+            max_concurrent_trials=settings.max_concurrent or None,
+            time_budget_s=settings.time_budget_s,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=make_run_config(settings, verbose=verbose),
+    )
+    started = time.monotonic()
+    results = tuner.fit()
+    return RunOutcome(folder, time.monotonic() - started, results)

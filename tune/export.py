@@ -1,0 +1,124 @@
+"""Export the best trial of an experiment: `<experiment>/best/` and `<experiment>/trials.csv`.
+
+`best/config.yaml` retrains it (`python -m mf.train --config best/config.yaml`), `best/model.pt`
+is the best trial's own checkpoint at its best epoch (with the id mapping), `best/metrics.json`
+holds its validation metrics and, where the split held out a test part, its test metrics,
+computed once here and never seen by the search.
+
+    python -m tune.export runs/mf-tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from mf.atomic import write_json, write_yaml
+from mf.config import from_dict
+from mf.errors import MFError
+from mf.metrics import prefixed
+from mf.train import dataset_for
+from mf.training import Trainer, read_checkpoint
+from tune.results import TrialRecord, best_trial, collect_trials, load_analysis, write_trials_csv
+from tune.settings import read_experiment
+from tune.trainable import CHECKPOINT_FILE
+
+BEST_DIR = "best"
+
+
+def open_study(folder: Path, experiment: dict[str, Any]) -> optuna.Study | None:
+    settings = experiment["settings"]
+    url = settings.get("study_storage") or f"sqlite:///{folder / 'optuna.db'}"
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    try:
+        return optuna.load_study(study_name=settings["name"], storage=url)
+    except KeyError:
+        return None
+
+
+def best_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
+    """The trial's kept checkpoint with the lowest val_mse (Tune keeps the best one and the latest)."""
+    analysis = load_analysis(folder)
+    trial = next(t for t in analysis.trials if t.trial_id == record.trial_id)
+    checkpoints = [(c, m) for c, m in analysis._get_trial_checkpoints_with_metric(trial) if m is not None]
+    if not checkpoints:
+        raise MFError(f"{folder}: trial {record.trial_id} has no checkpoint to export")
+    checkpoint, _ = min(checkpoints, key=lambda cm: cm[1])
+    with checkpoint.as_directory() as d:
+        return read_checkpoint(Path(d) / CHECKPOINT_FILE)
+
+
+def export_best(folder: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
+    """Write trials.csv and best/ for the experiment in `folder`; return the exported metrics."""
+    folder = Path(folder).resolve()
+    experiment = read_experiment(folder)
+    max_epochs = int(experiment["settings"]["max_epochs"])
+    records = collect_trials(folder, max_epochs=max_epochs, study=open_study(folder, experiment))
+    write_trials_csv(folder, records)
+    best = best_trial(records)
+
+    # The model: the best trial's checkpoint at its best (checkpointed) epoch.
+    state = best_checkpoint_state(folder, best)
+    config = from_dict(state["config"], where=f"trial {best.trial_id} checkpoint")
+    config = config.replace(epochs=int(state["epoch"]), device="auto")
+    dataset = dataset_for(config)
+    trainer = Trainer(config, dataset, device="cpu")
+    trainer.load_state(state)
+    metrics: dict[str, Any] = {
+        "trial_id": best.trial_id,
+        "optuna_number": best.optuna_number,
+        "epoch": trainer.epoch,
+        **prefixed(trainer.evaluate("val"), "val"),
+    }
+    if dataset.test is not None:
+        metrics.update(prefixed(trainer.evaluate("test"), "test"))
+    metrics["params"] = best.params
+
+    # Write into a fresh folder, then swap it in: a crash leaves the old export whole.
+    staging = Path(tempfile.mkdtemp(prefix=".best-", dir=folder))
+    try:
+        write_yaml(staging / "config.yaml", config.to_dict())
+        write_json(staging / "metrics.json", metrics)
+        trainer.save_checkpoint(staging / "model.pt")
+        target, old = folder / BEST_DIR, folder / ".best-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not quiet:
+        print(
+            f"best trial {best.trial_id} (epoch {trainer.epoch}): val_mse {metrics['val_mse']:.4f}"
+            + (f", test_mse {metrics['test_mse']:.4f}" if "test_mse" in metrics else "")
+            + f"; exported to {folder / BEST_DIR}"
+        )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune.export",
+        description="Write <experiment>/best/ (config.yaml, metrics.json, model.pt) and trials.csv.",
+    )
+    parser.add_argument("experiment", type=Path, help="experiment folder (e.g. runs/mf-tune)")
+    args = parser.parse_args(argv)
+    try:
+        export_best(args.experiment)
+    except MFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

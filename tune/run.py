@@ -1,0 +1,116 @@
+"""`python -m tune.run`: tune MFAdvanced with Ray Tune, Optuna TPE and ASHA, then export the best.
+
+    python -m tune.run --data ../shared/data/ml-latest-small --time-budget-s 300 --num-samples -1
+
+Training keys that are not tuned (data, split, batch size, seed, ...) take the same flags as
+`python -m mf.train`; what is tuned comes from --space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import fields
+from typing import Any
+
+from mf.cli_args import add_config_flags, explicit_keys
+from mf.config import from_dict
+from mf.errors import MFError
+from search_spaces import load_space
+from tune.export import export_best, open_study
+from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, collect_trials, epochs_spent
+from tune.settings import ExperimentSettings, doc, read_experiment
+
+SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune.run",
+        description="Tune MFAdvanced on MovieLens: Ray Tune runs trials, Optuna TPE proposes, ASHA stops.",
+    )
+    group = parser.add_argument_group("experiment")
+    for f in fields(ExperimentSettings):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{doc(f.name)} (default {f.default!r})",
+        )
+    group.add_argument("--smoke-test", action="store_true", help=f"a tiny run for CI: {SMOKE_TEST}")
+    group.add_argument(
+        "--no-export", action="store_true", help="skip writing best/ and trials.csv at the end"
+    )
+    # epochs is ASHA's max_t (--max-epochs); the rest are the training keys of `python -m mf.train`.
+    add_config_flags(parser, exclude=("epochs",))
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
+    values: dict[str, Any] = {
+        f.name: getattr(args, f.name) for f in fields(ExperimentSettings) if f.name in vars(args)
+    }
+    if args.smoke_test:
+        values = {**SMOKE_TEST, **values}
+    try:
+        return ExperimentSettings(**values)
+    except TypeError as e:
+        raise MFError(f"experiment settings: {e}") from e
+
+
+def format_summary(records: list[TrialRecord], *, max_epochs: int, seconds: float, top: int = 5) -> str:
+    counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAILED)}
+    spent, fifo = epochs_spent(records), len(records) * max_epochs
+    lines = [
+        f"{len(records)} trials in {seconds:.0f} s: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned by ASHA, "
+        f"{counts[FAILED]} failed",
+        f"epochs spent: {spent} (ASHA) against {fifo} had every trial run to {max_epochs} "
+        f"({spent / fifo:.0%})"
+        if fifo
+        else "epochs spent: 0",
+        f"top {min(top, len(records))} trials by best val_mse:",
+    ]
+    scored = sorted((r for r in records if math.isfinite(r.best_val_mse)), key=lambda r: r.best_val_mse)
+    for r in scored[:top]:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in r.params.items())
+        lines.append(
+            f"  {r.trial_id}  val_mse {r.best_val_mse:.4f} @ epoch {r.best_epoch:<3d} {r.outcome:<8s} {params}"
+        )
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        fixed = explicit_keys(args)
+        space = load_space(settings.space)
+        space.check_against(fixed)
+        base = from_dict(fixed, where="command line")
+        from tune.experiment import run_experiment  # imports Ray: only once the input is checked
+
+        outcome = run_experiment(settings, base, space)
+        experiment = read_experiment(outcome.experiment_dir)
+        records = collect_trials(
+            outcome.experiment_dir,
+            max_epochs=settings.max_epochs,
+            study=open_study(outcome.experiment_dir, experiment),
+        )
+        print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
+        if not args.no_export:
+            export_best(outcome.experiment_dir)
+    except MFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""How an experiment is run (scheduler, resources, budget, storage): one typed, checked record.
+
+It is written to `<experiment>/experiment.yaml` when the run starts, so that export, report
+and resume read the same settings the run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mf.errors import ConfigError
+
+EXPERIMENT_FILE = "experiment.yaml"
+
+
+def setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """Everything about a tuning run that is not a training hyperparameter."""
+
+    name: str = setting(
+        "mf-tune", "Experiment name: the folder under --storage-path and the Optuna study name."
+    )
+    storage_path: str = setting(
+        "runs", "Where Tune and we write the experiment (a shared path on a cluster)."
+    )
+    space: str = setting("default", "Search space: a built-in name (default, ablation) or a YAML file.")
+    num_samples: int = setting(40, "Trials to run (-1: as many as --time-budget-s allows).")
+    time_budget_s: float | None = setting(None, "Stop starting and running trials after this many seconds.")
+    max_epochs: int = setting(30, "Epochs of a trial that is never stopped (ASHA's max_t).")
+    grace_period: int = setting(2, "Epochs every trial gets before ASHA may stop it (first rung).")
+    reduction_factor: int = setting(3, "ASHA keeps the top 1/reduction_factor of trials at each rung.")
+    cpus_per_trial: float = setting(1.0, "CPUs each trial holds (torch threads follow it).")
+    gpus_per_trial: float = setting(0.0, "GPUs each trial holds; fractions share a GPU (0.25: four a GPU).")
+    max_concurrent: int = setting(0, "Trials running at once (0: as many as the resources allow).")
+    address: str | None = setting(
+        None, "Ray cluster to join (e.g. auto or ray://host:10001); none: a local Ray."
+    )
+    study_storage: str | None = setting(None, "Optuna storage URL (default: sqlite file in the experiment).")
+    warm_start: str | None = setting(
+        None, "Earlier experiment folder or Optuna storage URL whose trials seed TPE."
+    )
+    checkpoint_every: int = setting(1, "Checkpoint a trial every N epochs (and at its last epoch).")
+    max_failures: int = setting(2, "Retries of a trial that crashed (node lost) from its last checkpoint.")
+
+    def __post_init__(self) -> None:
+        rules = [
+            (
+                "num_samples",
+                self.num_samples == -1 or self.num_samples >= 1,
+                ">= 1, or -1 with a time budget",
+            ),
+            ("max_epochs", self.max_epochs >= 1, ">= 1"),
+            (
+                "grace_period",
+                1 <= self.grace_period <= self.max_epochs,
+                f"in [1, max_epochs={self.max_epochs}]",
+            ),
+            ("reduction_factor", self.reduction_factor >= 2, ">= 2"),
+            ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
+            ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
+            ("max_concurrent", self.max_concurrent >= 0, ">= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("max_failures", self.max_failures >= -1, ">= 0 (or -1: retry forever)"),
+        ]
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} must be {rule}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"--time-budget-s: {self.time_budget_s!r} must be > 0")
+        if self.num_samples == -1 and self.time_budget_s is None:
+            raise ConfigError("--num-samples -1 runs trials until the budget ends: give --time-budget-s too")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"--name: {self.name!r} must be a plain folder name (no '/', not hidden)")
+
+    @property
+    def is_remote_storage(self) -> bool:
+        return "://" in self.storage_path
+
+    @property
+    def experiment_dir(self) -> Path:
+        """The experiment folder (local or a shared mount; remote URIs are not supported here)."""
+        if self.is_remote_storage:
+            raise ConfigError(
+                f"--storage-path: {self.storage_path!r}: this tool keeps the Optuna study and exports in the "
+                "experiment folder, so use a shared file system path (NFS) on a cluster"
+            )
+        return Path(self.storage_path).expanduser().resolve() / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def doc(name: str) -> str:
+    return ExperimentSettings.__dataclass_fields__[name].metadata["doc"]
+
+
+def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
+    """The `experiment.yaml` of an experiment folder: settings, base config, space, tuned keys."""
+    path = Path(folder) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not an mf-tune experiment folder (no {EXPERIMENT_FILE})")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e

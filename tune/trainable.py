@@ -1,0 +1,68 @@
+"""The Ray Tune trainable: a thin function that drives `mf.training.Trainer` one epoch at a time.
+
+It builds the trainer from the experiment's base config plus the trial's sampled parameters,
+resumes from `tune.get_checkpoint()` when Tune retries it, and reports every epoch with a
+checkpoint, which is what ASHA and the Optuna searcher act on.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from mf.config import TrainConfig
+from mf.data import Dataset
+from mf.metrics import EPOCH, TRAIN_LOSS, VAL_MSE
+from mf.training import Trainer, TrainingDiverged, read_checkpoint
+from tune.searcher import DIVERGED
+
+CHECKPOINT_FILE = "state.pt"
+NODE_ID = "node_id"
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
+    """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs."""
+    return base.replace(**params, epochs=max_epochs)
+
+
+def train_trial(
+    params: dict[str, Any],
+    *,
+    data: Dataset,
+    base: TrainConfig,
+    max_epochs: int,
+    checkpoint_every: int = 1,
+) -> None:
+    config = trial_config(base, params, max_epochs)
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(threads)  # match torch to the CPUs this trial holds
+    trainer = Trainer(config, data)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state(read_checkpoint(Path(folder) / CHECKPOINT_FILE))
+    node = ray.get_runtime_context().get_node_id()
+
+    while trainer.epoch < config.epochs:
+        try:
+            metrics: dict[str, Any] = trainer.run_epoch()
+        except TrainingDiverged as e:
+            # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
+            failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
+            tune.report({**failed, "error": str(e), NODE_ID: node})
+            return
+        metrics[NODE_ID] = node
+        metrics[DIVERGED] = 0
+        last = trainer.epoch >= config.epochs
+        if trainer.epoch % checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as folder:
+                trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        else:
+            tune.report(metrics)
