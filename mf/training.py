@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,16 @@ from mf.atomic import atomic_write
 from mf.config import TrainConfig, from_dict
 from mf.data import Dataset, Interactions
 from mf.errors import MFError
-from mf.metrics import EPOCH, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE, all_metrics, regression_metrics
+from mf.metrics import (
+    EPOCH,
+    EPOCH_SECONDS,
+    TRAIN_LOSS,
+    VAL_MAE,
+    VAL_MSE,
+    VAL_RMSE,
+    all_metrics,
+    regression_metrics,
+)
 from mf.model import MFAdvanced
 
 EVAL_BATCH = 1 << 18
@@ -116,6 +126,7 @@ class Trainer:
     def run_epoch(self) -> dict[str, float]:
         """Train one pass over the training ratings; return the epoch's loss and validation metrics."""
         cfg, model, part = self.config, self.model, self.train_part
+        started = time.perf_counter()
         model.train()
         # Shuffle once per epoch with one gather per column; batches are then contiguous slices.
         order = torch.randperm(len(part), generator=self.generator).to(self.device)
@@ -139,18 +150,19 @@ class Trainer:
             loss_sum += loss.detach() * len(ratings)
         train_loss = float(loss_sum) / len(part)
         self.epoch += 1
-        if not math.isfinite(train_loss):
+        val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
+        if not (math.isfinite(train_loss) and math.isfinite(val["mse"])):
             raise TrainingDiverged(
-                f"epoch {self.epoch}: training loss is {train_loss} (lr={cfg.lr}, l2={cfg.l2}, "
+                f"epoch {self.epoch}: training loss is {train_loss}, val MSE {val['mse']} (lr={cfg.lr}, l2={cfg.l2}, "
                 f"weight_decay={cfg.weight_decay}); this configuration diverges"
             )
-        val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
         metrics = {
             EPOCH: self.epoch,
             TRAIN_LOSS: train_loss,
             VAL_MSE: val["mse"],
             VAL_RMSE: val["rmse"],
             VAL_MAE: val["mae"],
+            EPOCH_SECONDS: time.perf_counter() - started,
         }
         self.history.append(metrics)
         return metrics

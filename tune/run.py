@@ -12,6 +12,7 @@ import argparse
 import math
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from mf.cli_args import add_config_flags, explicit_keys
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         fixed = explicit_keys(args)
         space = load_space(settings.space)
         space.check_against(fixed)
+        if "data" in fixed and Path(fixed["data"]).exists():
+            # Trials, the export and a later retrain may run elsewhere: keep no relative path.
+            fixed["data"] = str(Path(fixed["data"]).resolve())
         base = from_dict(fixed, where="command line")
         from tune.experiment import run_experiment  # imports Ray: only once the input is checked
 

@@ -1,0 +1,185 @@
+"""End to end: real Ray Tune experiments on the real ml-latest-small, on a small budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from mf import train as mf_train
+from tune import run as tune_run
+from tune.export import export_best
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for the module's experiments (tune.run joins a running Ray)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def load_study(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """Eight trials of the default space, at most 4 epochs, ASHA from epoch 1 halving each rung."""
+    storage = tmp_path_factory.mktemp("runs")
+    code = tune_run.main(
+        [
+            "--data", str(DATA),
+            "--storage-path", str(storage),
+            "--name", "small",
+            "--num-samples", "8",
+            "--max-epochs", "4",
+            "--grace-period", "1",
+            "--reduction-factor", "2",
+            "--seed", "3",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return storage / "small"
+
+
+def test_run_exports_best_config_metrics_and_model(experiment: Path):
+    best = experiment / "best"
+    # The export holds everything needed to retrain and to serve.
+    assert {p.name for p in best.iterdir()} == {"config.yaml", "metrics.json", "model.pt"}
+    metrics = json.loads((best / "metrics.json").read_text())
+    config = yaml.safe_load((best / "config.yaml").read_text())
+    for key in ("val_mse", "val_rmse", "val_mae", "val_f1", "val_precision", "val_recall", "trial_id", "epoch"):
+        assert key in metrics
+    # The exported epoch count is the best epoch, and the config names the data by absolute path.
+    assert config["epochs"] == metrics["epoch"]
+    assert Path(config["data"]).is_absolute()
+    # The export is the best trial of trials.csv.
+    trials = pd.read_csv(experiment / "trials.csv")
+    assert metrics["val_mse"] == pytest.approx(trials["best_val_mse"].min(), abs=1e-6)
+    assert trials.loc[trials["best_val_mse"].idxmin(), "trial_id"] == metrics["trial_id"]
+
+
+def test_run_trials_csv_has_every_trial_with_outcome_and_node(experiment: Path):
+    trials = pd.read_csv(experiment / "trials.csv")
+    # Every planned trial has a row, an outcome, the epochs it ran and where it ran.
+    assert len(trials) == 8
+    assert set(trials["outcome"]) <= {"COMPLETE", "PRUNED"}
+    assert (trials["epochs"] >= 1).all() and (trials["epochs"] <= 4).all()
+    assert trials["node_id"].notna().all()
+    assert {"param_emb_dim", "param_lr", "param_l2", "param_sigmoid_high"} <= set(trials.columns)
+    # ASHA stopped some trials, so fewer epochs were spent than running all to the end.
+    assert (trials["outcome"] == "PRUNED").any()
+    assert trials["epochs"].sum() < 8 * 4
+
+
+def test_run_tells_optuna_the_truth(experiment: Path):
+    study = load_study(experiment)
+    trials = pd.read_csv(experiment / "trials.csv").set_index("optuna_number")
+    states = {t.state for t in study.trials}
+    # Stopped trials are PRUNED, finished ones COMPLETE; none is left RUNNING.
+    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert optuna.trial.TrialState.PRUNED in states
+    for t in study.trials:
+        row = trials.loc[t.number]
+        # Each epoch is an intermediate value at step = epoch, as Tune saw it.
+        assert sorted(t.intermediate_values) == list(range(1, int(row["epochs"]) + 1))
+        assert t.state.name == row["outcome"]
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            # A finished trial's value is its best epoch, not its last.
+            assert t.value == pytest.approx(min(t.intermediate_values.values()))
+        else:
+            # A pruned trial ran fewer epochs than max_epochs, and its value is its last epoch's.
+            assert len(t.intermediate_values) < 4
+            assert t.value == pytest.approx(t.intermediate_values[max(t.intermediate_values)])
+
+
+def test_train_reproduces_exported_val_mse(experiment: Path, tmp_path: Path, capsys):
+    exported = json.loads((experiment / "best" / "metrics.json").read_text())
+    code = mf_train.main(["--config", str(experiment / "best" / "config.yaml"), "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    retrained = json.loads((tmp_path / "metrics.json").read_text())
+    # Retraining the exported config from scratch lands within 0.01 of the exported val MSE.
+    assert abs(retrained["val_mse"] - exported["val_mse"]) <= 0.01
+
+
+def test_export_rewrites_the_same_best_from_the_folder(experiment: Path):
+    before = json.loads((experiment / "best" / "metrics.json").read_text())
+    metrics = export_best(experiment, quiet=True)
+    # tune.export on a finished folder gives the same best trial and metrics.
+    assert metrics["trial_id"] == before["trial_id"]
+    assert metrics["val_mse"] == pytest.approx(before["val_mse"])
+    assert not list(experiment.glob(".best-*"))
+
+
+def test_diverging_trial_fails_and_experiment_goes_on(tmp_path: Path):
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  lr: {type: categorical, choices: [1.0e+12, 0.01]}\n")
+    code = tune_run.main(
+        [
+            "--data", str(DATA),
+            "--storage-path", str(tmp_path / "runs"),
+            "--name", "nan",
+            "--space", str(space),
+            "--num-samples", "5",
+            "--max-epochs", "2",
+            "--grace-period", "2",
+            "--sigmoid", "false",
+            "--init", "false",
+            "--weight-decay", "0",
+            "--seed", "1",
+        ]
+    )  # fmt: skip
+    # The experiment finishes and exports a healthy trial.
+    assert code == 0
+    folder = tmp_path / "runs" / "nan"
+    trials = pd.read_csv(folder / "trials.csv")
+    diverged = trials["param_lr"] > 1
+    assert diverged.any() and (~diverged).any()
+    # Each diverged trial is FAILED (not retried: divergence is deterministic), the others COMPLETE.
+    assert (trials.loc[diverged, "outcome"] == "FAILED").all()
+    assert (trials.loc[diverged, "retries"] == 0).all()
+    assert trials.loc[diverged, "error"].str.contains("diverges").all()
+    assert (trials.loc[~diverged, "outcome"] == "COMPLETE").all()
+    study = load_study(folder)
+    states = {t.params["lr"] > 1: t.state for t in study.trials}
+    assert states[True] == optuna.trial.TrialState.FAIL
+    assert states[False] == optuna.trial.TrialState.COMPLETE
+    best = json.loads((folder / "best" / "metrics.json").read_text())
+    assert best["params"]["lr"] == 0.01 and math.isfinite(best["val_mse"])
+
+
+def test_bad_space_is_rejected_before_ray_work(tmp_path: Path, capsys):
+    space = tmp_path / "bad.yaml"
+    space.write_text("params:\n  lr: {type: float, low: 0.1, high: 0.01, log: true}\n")
+    code = tune_run.main(["--data", str(DATA), "--space", str(space), "--storage-path", str(tmp_path)])
+    # One clear message naming the file and the parameter; nothing written.
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(space) in err and "lr" in err and "Traceback" not in err
+    assert not any(tmp_path.glob("mf-tune*"))
+
+
+def test_tuned_key_also_fixed_is_rejected(tmp_path: Path, capsys):
+    code = tune_run.main(["--data", str(DATA), "--lr", "0.01", "--storage-path", str(tmp_path)])
+    # lr is in the default space: fixing it too is a mistake the user hears about.
+    assert code == 2
+    assert "lr" in capsys.readouterr().err
+
+
+def test_existing_experiment_name_is_not_overwritten(experiment: Path, capsys):
+    before = (experiment / "trials.csv").read_bytes()
+    code = tune_run.main(["--data", str(DATA), "--storage-path", str(experiment.parent), "--name", experiment.name])
+    # A second run with the same name stops with a message; the first experiment is untouched.
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (experiment / "trials.csv").read_bytes() == before
