@@ -210,8 +210,8 @@ class Trainer:
             "generator": self.generator.get_state(),
             "n_users": self.dataset.n_users,
             "n_items": self.dataset.n_items,
-            "user_ids": torch.from_numpy(np.asarray(self.dataset.user_ids, dtype=np.int64)),
-            "item_ids": torch.from_numpy(np.asarray(self.dataset.item_ids, dtype=np.int64)),
+            "user_ids": torch.tensor(self.dataset.user_ids, dtype=torch.int64),  # a copy: Ray's arrays are read-only
+            "item_ids": torch.tensor(self.dataset.item_ids, dtype=torch.int64),
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:

@@ -7,6 +7,7 @@ checkpoint, which is what ASHA and the Optuna searcher act on.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -39,6 +40,8 @@ def train_trial(
     max_epochs: int,
     checkpoint_every: int = 1,
 ) -> None:
+    # One INFO line per saved checkpoint would drown the progress table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = trial_config(base, params, max_epochs)
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(threads)  # match torch to the CPUs this trial holds
