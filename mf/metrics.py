@@ -13,6 +13,7 @@ TRAIN_LOSS = "train_loss"
 VAL_MSE = "val_mse"
 VAL_RMSE = "val_rmse"
 VAL_MAE = "val_mae"
+EPOCH_SECONDS = "epoch_seconds"  # the trainer's own time for the epoch (training + validation)
 
 
 def regression_metrics(ratings: np.ndarray, predictions: np.ndarray) -> dict[str, float]:

@@ -210,7 +210,9 @@ class Trainer:
             "generator": self.generator.get_state(),
             "n_users": self.dataset.n_users,
             "n_items": self.dataset.n_items,
-            "user_ids": torch.tensor(self.dataset.user_ids, dtype=torch.int64),  # a copy: Ray's arrays are read-only
+            "user_ids": torch.tensor(
+                self.dataset.user_ids, dtype=torch.int64
+            ),  # a copy: Ray's arrays are read-only
             "item_ids": torch.tensor(self.dataset.item_ids, dtype=torch.int64),
         }
 

@@ -58,7 +58,16 @@ def test_run_exports_best_config_metrics_and_model(experiment: Path):
     assert {p.name for p in best.iterdir()} == {"config.yaml", "metrics.json", "model.pt"}
     metrics = json.loads((best / "metrics.json").read_text())
     config = yaml.safe_load((best / "config.yaml").read_text())
-    for key in ("val_mse", "val_rmse", "val_mae", "val_f1", "val_precision", "val_recall", "trial_id", "epoch"):
+    for key in (
+        "val_mse",
+        "val_rmse",
+        "val_mae",
+        "val_f1",
+        "val_precision",
+        "val_recall",
+        "trial_id",
+        "epoch",
+    ):
         assert key in metrics
     # The exported epoch count is the best epoch, and the config names the data by absolute path.
     assert config["epochs"] == metrics["epoch"]
@@ -105,7 +114,9 @@ def test_run_tells_optuna_the_truth(experiment: Path):
 
 def test_train_reproduces_exported_val_mse(experiment: Path, tmp_path: Path, capsys):
     exported = json.loads((experiment / "best" / "metrics.json").read_text())
-    code = mf_train.main(["--config", str(experiment / "best" / "config.yaml"), "--out", str(tmp_path), "--quiet"])
+    code = mf_train.main(
+        ["--config", str(experiment / "best" / "config.yaml"), "--out", str(tmp_path), "--quiet"]
+    )
     assert code == 0
     retrained = json.loads((tmp_path / "metrics.json").read_text())
     # Retraining the exported config from scratch lands within 0.01 of the exported val MSE.
@@ -178,7 +189,9 @@ def test_tuned_key_also_fixed_is_rejected(tmp_path: Path, capsys):
 
 def test_existing_experiment_name_is_not_overwritten(experiment: Path, capsys):
     before = (experiment / "trials.csv").read_bytes()
-    code = tune_run.main(["--data", str(DATA), "--storage-path", str(experiment.parent), "--name", experiment.name])
+    code = tune_run.main(
+        ["--data", str(DATA), "--storage-path", str(experiment.parent), "--name", experiment.name]
+    )
     # A second run with the same name stops with a message; the first experiment is untouched.
     assert code == 2
     assert "--resume" in capsys.readouterr().err
