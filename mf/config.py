@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -112,8 +113,8 @@ def _check_types(cfg: TrainConfig) -> None:
             if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
                 with contextlib.suppress(ValueError):
                     value = float(value)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name}: expected a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
             object.__setattr__(cfg, name, float(value))
         elif hint is str and not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
@@ -153,7 +154,7 @@ def from_dict(values: dict[str, Any], *, where: str = "config") -> TrainConfig:
     """Build a config, naming `where` (a file, 'override') in the error for an unknown key."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
-    unknown = sorted(set(values) - set(KEYS))
+    unknown = sorted(map(str, set(values) - set(KEYS)))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}")
     try:
@@ -169,6 +170,8 @@ def read_values(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (YAML) file: byte {e.start} is not UTF-8") from e
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

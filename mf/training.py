@@ -221,8 +221,8 @@ class Trainer:
         state = self.state()
         return atomic_write(path, lambda f: torch.save(state, f))
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        check_matches(state, self.dataset, source="checkpoint")
+    def load_state(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
+        check_matches(state, self.dataset, source=source)
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(opt_state)
@@ -236,7 +236,7 @@ class Trainer:
     ) -> Trainer:
         state = read_checkpoint(path)
         trainer = cls(from_dict(state["config"], where=f"{path} (config)"), dataset, device=device)
-        trainer.load_state(state)
+        trainer.load_state(state, source=str(path))
         return trainer
 
 

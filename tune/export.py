@@ -56,13 +56,22 @@ def best_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
         return read_checkpoint(Path(d) / CHECKPOINT_FILE)
 
 
-def export_best(folder: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
-    """Write trials.csv and best/ for the experiment in `folder`; return the exported metrics."""
-    folder = Path(folder).resolve()
+def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
+    """Read every trial of the experiment and (re)write its trials.csv."""
     experiment = read_experiment(folder)
     max_epochs = int(experiment["settings"]["max_epochs"])
     records = collect_trials(folder, max_epochs=max_epochs, study=open_study(folder, experiment))
     write_trials_csv(folder, records)
+    return records
+
+
+def export_best(
+    folder: str | os.PathLike, *, records: list[TrialRecord] | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Write best/ (and trials.csv, unless `records` were just written) for the experiment in `folder`."""
+    folder = Path(folder).resolve()
+    if records is None:
+        records = collect_and_write_trials(folder)
     best = best_trial(records)
 
     # The model: the best trial's checkpoint at its best (checkpointed) epoch.

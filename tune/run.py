@@ -19,9 +19,9 @@ from mf.cli_args import add_config_flags, explicit_keys
 from mf.config import from_dict
 from mf.errors import MFError
 from search_spaces import load_space
-from tune.export import export_best, open_study
-from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, collect_trials, epochs_spent
-from tune.settings import ExperimentSettings, doc, read_experiment
+from tune.export import collect_and_write_trials, export_best
+from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, epochs_spent
+from tune.settings import ExperimentSettings, doc
 
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1}
 
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     group.add_argument("--smoke-test", action="store_true", help=f"a tiny run for CI: {SMOKE_TEST}")
     group.add_argument(
-        "--no-export", action="store_true", help="skip writing best/ and trials.csv at the end"
+        "--no-export",
+        action="store_true",
+        help="skip writing best/ at the end (trials.csv is always written)",
     )
     # epochs is ASHA's max_t (--max-epochs); the rest are the training keys of `python -m mf.train`.
     add_config_flags(parser, exclude=("epochs",))
@@ -101,15 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         from tune.experiment import run_experiment  # imports Ray: only once the input is checked
 
         outcome = run_experiment(settings, base, space)
-        experiment = read_experiment(outcome.experiment_dir)
-        records = collect_trials(
-            outcome.experiment_dir,
-            max_epochs=settings.max_epochs,
-            study=open_study(outcome.experiment_dir, experiment),
-        )
+        records = collect_and_write_trials(outcome.experiment_dir)
         print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
         if not args.no_export:
-            export_best(outcome.experiment_dir)
+            export_best(outcome.experiment_dir, records=records)
     except MFError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

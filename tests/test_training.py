@@ -1,0 +1,267 @@
+"""Trainer: one epoch per call, seeded, resumable exactly from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mf.config import TrainConfig
+from mf.data import Dataset, Interactions
+from mf.errors import MFError
+from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
+from mf.training import Trainer, TrainingDiverged, load_model, read_checkpoint
+
+N_USERS, N_ITEMS = 20, 15
+
+
+def _tiny_dataset(*, test: bool = False, first_user_id: int = 100, source: str = "tiny") -> Dataset:
+    """Every user rates every item; ratings come from two hidden factors, in half stars."""
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(N_USERS, 2)), rng.normal(size=(N_ITEMS, 2))
+    users, items = (a.ravel() for a in np.meshgrid(np.arange(N_USERS), np.arange(N_ITEMS), indexing="ij"))
+    ratings = np.clip(np.round((3 + (p[users] * q[items]).sum(1)) * 2) / 2, 0.5, 5.0).astype(np.float32)
+    rows = rng.permutation(len(ratings))
+    val, rest = rows[:40], rows[40:]
+    test_rows, train = (rest[:40], rest[40:]) if test else (None, rest)
+
+    def part(r: np.ndarray) -> Interactions:
+        return Interactions(users=users[r], items=items[r], ratings=ratings[r])
+
+    return Dataset(
+        train=part(train),
+        val=part(val),
+        test=part(test_rows) if test_rows is not None else None,
+        user_ids=np.arange(N_USERS, dtype=np.int64) + first_user_id,
+        item_ids=np.arange(N_ITEMS, dtype=np.int64) + 1000,
+        titles=None,
+        rating_scale=(0.5, 5.0),
+        source=source,
+    )
+
+
+def _config(**changes: object) -> TrainConfig:
+    """Small and fast: a few batches per epoch of the 220 training ratings, on one CPU thread
+    (torch's thread pool only adds overhead here, and much more on a busy machine)."""
+    base = TrainConfig(device="cpu", threads=1, emb_dim=4, batch_size=32, lr=0.05, epochs=5)
+    return base.replace(**changes)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """`threads` sets torch's process-wide thread count; give later tests back the old one."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _without_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Everything in a history but the wall-clock time, which no two runs share."""
+    return [{k: v for k, v in m.items() if k != EPOCH_SECONDS} for m in history]
+
+
+def test_trainer_loss_decreases_over_epochs() -> None:
+    history = Trainer(_config(epochs=10), _tiny_dataset()).fit()
+    losses = [m[TRAIN_LOSS] for m in history]
+    # One entry per epoch, numbered from 1.
+    assert [m[EPOCH] for m in history] == list(range(1, 11))
+    # The model learns: training loss falls to a fraction of its start, and so does val MSE.
+    assert losses[-1] < 0.25 * losses[0]
+    assert min(losses[1:]) < losses[0]
+    assert history[-1][VAL_MSE] < 0.5 * history[0][VAL_MSE]
+
+
+def test_trainer_same_seed_gives_identical_history() -> None:
+    data = _tiny_dataset()
+    first = Trainer(_config(seed=7), data).fit()
+    second = Trainer(_config(seed=7), data).fit()
+    # Init and batch order are both seeded: the histories match to the bit.
+    assert _without_time(first) == _without_time(second)
+
+
+def test_trainer_different_seed_gives_different_history() -> None:
+    data = _tiny_dataset()
+    a = Trainer(_config(seed=0), data).fit()
+    b = Trainer(_config(seed=1), data).fit()
+    assert [m[TRAIN_LOSS] for m in a] != [m[TRAIN_LOSS] for m in b]
+
+
+def test_trainer_does_not_disturb_the_global_torch_rng() -> None:
+    # A reused Ray worker runs many trials: seeding a trainer must leave the process's RNG alone.
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Trainer(_config(seed=5), _tiny_dataset()).run_epoch()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_run_epoch_returns_the_metric_constants() -> None:
+    trainer = Trainer(_config(), _tiny_dataset())
+    m = trainer.run_epoch()
+    # Exactly the keys named in mf.metrics, for the CLI, the benchmark and Tune alike.
+    assert set(m) == {EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, VAL_MAE, EPOCH_SECONDS}
+    assert m[EPOCH] == 1 and trainer.epoch == 1
+    assert m[VAL_RMSE] == pytest.approx(math.sqrt(m[VAL_MSE]))
+    assert m[EPOCH_SECONDS] > 0
+    # Each call is one more epoch, and the history keeps them all.
+    assert trainer.run_epoch()[EPOCH] == 2
+    assert len(trainer.history) == 2
+
+
+def test_fit_trains_up_to_a_total_and_reports_each_epoch() -> None:
+    trainer = Trainer(_config(epochs=4), _tiny_dataset())
+    seen: list[int] = []
+    trainer.fit(epochs=2, on_epoch=lambda m: seen.append(m[EPOCH]))
+    # `epochs` is a total, not a count to add: a second fit continues to the config's 4.
+    trainer.fit(on_epoch=lambda m: seen.append(m[EPOCH]))
+    assert seen == [1, 2, 3, 4]
+    assert trainer.fit() == trainer.history and len(trainer.history) == 4
+
+
+def test_trainer_huge_lr_raises_training_diverged() -> None:
+    # lr 1e6 with AdamW's decoupled weight decay 0.01 multiplies every weight by (1 - 1e4) per
+    # step; without sigmoid and with N(0, 1) init nothing bounds the output, so it overflows.
+    trainer = Trainer(_config(lr=1e6, sigmoid=False, init=False), _tiny_dataset())
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    # The message names the epoch and the settings to change.
+    message = str(info.value)
+    assert "epoch" in message and "lr=1000000.0" in message and "diverges" in message
+    # It is an MFError, so the CLI prints it as a message.
+    assert isinstance(info.value, MFError)
+
+
+def test_trainer_checkpoint_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    straight = Trainer(_config(), data).fit(epochs=5)
+
+    first = Trainer(_config(), data)
+    first.fit(epochs=3)
+    path = first.save_checkpoint(tmp_path / "ckpt" / "model.pt")
+    resumed = Trainer.from_checkpoint(path, data)
+    # The epoch count and history come back with the weights ...
+    assert resumed.epoch == 3
+    assert _without_time(resumed.history) == _without_time(first.history)
+    resumed.fit(epochs=5)
+    # ... and with the optimiser state and batch-order RNG, the next 2 epochs are the same as if
+    # training had never stopped.
+    assert [m[EPOCH] for m in resumed.history] == [1, 2, 3, 4, 5]
+    for got, want in zip(_without_time(resumed.history), _without_time(straight), strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_checkpoint_keeps_the_config(tmp_path: Path) -> None:
+    cfg = _config(emb_dim=6, l2=0.01, seed=4)
+    path = Trainer(cfg, _tiny_dataset()).save_checkpoint(tmp_path / "model.pt")
+    # A checkpoint rebuilds its own trainer: the config travels inside it.
+    assert Trainer.from_checkpoint(path, _tiny_dataset()).config == cfg
+    assert read_checkpoint(path)["config"] == cfg.to_dict()
+
+
+def test_load_model_gives_the_trainers_predictions(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    trainer = Trainer(_config(epochs=2), data)
+    trainer.fit()
+    path = trainer.save_checkpoint(tmp_path / "model.pt")
+    model, state = load_model(path)
+    # For serving: same predictions, in eval mode, with the raw id maps beside it.
+    users, items = torch.tensor(data.val.users), torch.tensor(data.val.items)
+    assert torch.equal(model(users, items), trainer.model(users, items))
+    assert not model.training
+    assert state["user_ids"].tolist() == data.user_ids.tolist()
+    assert state["item_ids"].tolist() == data.item_ids.tolist()
+
+
+def test_from_checkpoint_with_other_ids_raises_mf_error_naming_both(tmp_path: Path) -> None:
+    path = Trainer(_config(), _tiny_dataset()).save_checkpoint(tmp_path / "model.pt")
+    other = _tiny_dataset(first_user_id=500, source="other-ratings.csv")
+    # Same sizes but other raw ids: the rows mean other users, so loading must refuse.
+    with pytest.raises(MFError) as info:
+        Trainer.from_checkpoint(path, other)
+    message = str(info.value)
+    # The message names the data it was given and both sizes, and says how to fix it.
+    assert "other-ratings.csv" in message
+    assert f"{N_USERS} users / {N_ITEMS} items" in message
+    assert "use the same data set" in message
+
+
+def test_from_checkpoint_with_other_ids_names_the_checkpoint_file(tmp_path: Path) -> None:
+    path = Trainer(_config(), _tiny_dataset()).save_checkpoint(tmp_path / "model.pt")
+    # With several runs on disk, the user needs to know which checkpoint did not fit.
+    with pytest.raises(MFError, match=str(path)):
+        Trainer.from_checkpoint(path, _tiny_dataset(first_user_id=500))
+
+
+def test_read_checkpoint_missing_file_raises_mf_error(tmp_path: Path) -> None:
+    with pytest.raises(MFError, match=r"nope\.pt: no checkpoint there"):
+        Trainer.from_checkpoint(tmp_path / "nope.pt", _tiny_dataset())
+
+
+def test_read_checkpoint_corrupt_file_raises_mf_error(tmp_path: Path) -> None:
+    path = Trainer(_config(), _tiny_dataset()).save_checkpoint(tmp_path / "model.pt")
+    path.write_bytes(path.read_bytes()[:100])  # a write cut short
+    # Whatever torch raises inside becomes one MFError naming the file.
+    with pytest.raises(MFError, match=r"model\.pt: not a readable mf-tune checkpoint"):
+        load_model(path)
+
+
+def test_read_checkpoint_other_torch_file_raises_mf_error(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    # A valid torch file that is not ours is refused by its missing format tag.
+    with pytest.raises(MFError, match=r"weights\.pt: not an mf-tune checkpoint"):
+        read_checkpoint(path)
+
+
+def test_evaluate_gives_all_metrics_on_val_and_test() -> None:
+    trainer = Trainer(_config(), _tiny_dataset(test=True))
+    trainer.fit()
+    for part in ("val", "test"):
+        m = trainer.evaluate(part)
+        # Regression and half-star classification metrics, on that part.
+        assert set(m) == {"mse", "rmse", "mae", "f1", "precision", "recall"}
+    # On val, the MSE is the one the last epoch reported.
+    assert trainer.evaluate("val")["mse"] == pytest.approx(trainer.history[-1][VAL_MSE])
+
+
+def test_evaluate_test_without_a_test_part_raises_mf_error() -> None:
+    trainer = Trainer(_config(), _tiny_dataset(test=False))
+    # The message says how to get a test part.
+    with pytest.raises(MFError, match=r"no 'test' part .*test_n / test_fraction"):
+        trainer.evaluate("test")
+
+
+def test_sparse_adam_trains() -> None:
+    trainer = Trainer(_config(optimizer="sparse_adam", weight_decay=0.0, epochs=10), _tiny_dataset())
+    # SparseAdam for the tables and Adam for the dense offset.
+    assert [type(o).__name__ for o in trainer.optimizers] == ["SparseAdam", "Adam"]
+    history = trainer.fit()
+    # It learns as the dense optimiser does.
+    assert history[-1][TRAIN_LOSS] < 0.25 * history[0][TRAIN_LOSS]
+    assert history[-1][VAL_MSE] < history[0][VAL_MSE]
+
+
+def test_sparse_adam_without_bias_has_no_dense_optimizer() -> None:
+    cfg = _config(optimizer="sparse_adam", weight_decay=0.0, bias=False)
+    trainer = Trainer(cfg, _tiny_dataset())
+    # No offset parameter, so SparseAdam alone.
+    assert [type(o).__name__ for o in trainer.optimizers] == ["SparseAdam"]
+    assert math.isfinite(trainer.run_epoch()[TRAIN_LOSS])
+
+
+def test_l2_penalty_shrinks_the_factors() -> None:
+    data = _tiny_dataset()
+    plain = Trainer(_config(epochs=10, weight_decay=0.0), data)
+    plain.fit()
+    penalised = Trainer(_config(epochs=10, weight_decay=0.0, l2=0.5), data)
+    penalised.fit()
+
+    def norm(t: Trainer) -> float:
+        return float(t.model.user_emb.weight.detach().norm() + t.model.item_emb.weight.detach().norm())
+
+    # Same seed and data; only the L2 term differs, and it pulls the factors toward zero.
+    assert norm(penalised) < norm(plain)

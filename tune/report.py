@@ -1,0 +1,408 @@
+"""`python -m tune.report <experiment>`: one self-contained HTML page about a tuning experiment.
+
+People would rather look than read a table of 200 trials. The page (`<experiment>/report/report.html`,
+figures embedded as data URIs, the PNGs beside it) is read from what the experiment folder holds
+now, through `tune.results.collect_trials` and the Optuna study, so it works on a finished, running
+or interrupted experiment. It also retrains the tutorial's configuration once on the same split
+(cached in report/tutorial.json), to show what tuning bought.
+
+    python -m tune.report runs/mf-tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from mf.atomic import atomic_write, atomic_write_text, write_json
+from mf.config import TrainConfig, from_dict
+from mf.data import Dataset
+from mf.errors import MFError
+from mf.metrics import prefixed
+from mf.ranking import ranking_metrics
+from mf.recommend import scorer_from_model
+from mf.train import dataset_for
+from mf.training import Trainer, read_checkpoint
+from tune.export import BEST_DIR, best_checkpoint_state, open_study
+from tune.report_figures import (
+    NotAvailable,
+    asha_rungs,
+    best_so_far_figure,
+    curves_figure,
+    epoch_events,
+    importance_figure,
+    param_importances,
+    params_figure,
+    png_bytes,
+    rungs_figure,
+)
+from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, best_trial, collect_trials
+from tune.searcher import RAY_TRIAL_ID
+from tune.settings import read_experiment
+
+REPORT_DIR, REPORT_FILE, TUTORIAL_CACHE = "report", "report.html", "tutorial.json"
+TOP_TRIALS, RANK_K = 10, 10
+# The split and data keys the tutorial's run shares with the experiment; every other key is the tutorial's.
+SHARED_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction", "seed")
+METRIC_ROWS = [
+    ("mse", "MSE", False),
+    ("rmse", "RMSE", False),
+    ("mae", "MAE", False),
+    ("f1", "F1 (half stars, weighted)", True),
+    ("precision", "precision (half stars)", True),
+    ("recall", "recall (half stars)", True),
+    (f"precision@{RANK_K}", f"precision@{RANK_K} (ratings >= 4)", True),
+    (f"recall@{RANK_K}", f"recall@{RANK_K}", True),
+    (f"ndcg@{RANK_K}", f"NDCG@{RANK_K}", True),
+]
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    key: str
+    """File stem of the PNG and the HTML id of the figure (fig-<key>, img-<key>)."""
+    title: str
+    caption: str
+    png: bytes | None
+    note: str = ""
+    """Why the figure is missing, when png is None."""
+
+
+def _figure(key: str, title: str, caption: str, draw: Callable[[], Any]) -> ReportFigure:
+    try:
+        return ReportFigure(key, title, caption, png_bytes(draw()))
+    except NotAvailable as e:
+        return ReportFigure(key, title, caption, None, str(e))
+
+
+def build_figures(
+    records: list[TrialRecord], study: optuna.Study | None, experiment: dict[str, Any]
+) -> list[ReportFigure]:
+    s = experiment["settings"]
+    max_epochs, rf, grace = int(s["max_epochs"]), int(s["reduction_factor"]), int(s["grace_period"])
+    rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_epochs=max_epochs)
+    scored = [r for r in records if r.outcome != FAILED and math.isfinite(r.best_val_mse)]
+    best_id = min(scored, key=lambda r: r.best_val_mse).trial_id if scored else None
+    starts = {}
+    if study is not None:
+        starts = {
+            t.user_attrs[RAY_TRIAL_ID]: t.datetime_start.timestamp()
+            for t in study.get_trials(deepcopy=False)
+            if RAY_TRIAL_ID in t.user_attrs and t.datetime_start is not None
+        }
+    space = experiment.get("space", {}).get("params", {})
+    return [
+        _figure(
+            "val-mse-per-epoch",
+            "Validation MSE per epoch",
+            "Every trial's curve, coloured by how it ended. An x marks the epoch at which ASHA stopped "
+            "a trial; dotted lines are ASHA's rungs; the star is the best epoch of the best trial.",
+            lambda: curves_figure(records, rungs=rungs, best_id=best_id),
+        ),
+        _figure(
+            "best-so-far",
+            "Best val MSE so far",
+            "The lowest val MSE reported by any trial so far, against wall-clock time (trials run in "
+            "parallel) and against epochs spent by all trials together; grey dots are single epochs.",
+            lambda: best_so_far_figure(
+                epoch_events(records, starts), max_epochs=max_epochs, n_trials=len(records)
+            ),
+        ),
+        _figure(
+            "param-importance",
+            "Parameter importance",
+            "Optuna's fANOVA importance of each tuned parameter for val MSE, fitted on the trials that "
+            "ran to max_epochs (stopped trials are left out: their values come from fewer epochs).",
+            lambda: importance_figure(*param_importances(study)),
+        ),
+        _figure(
+            "val-mse-vs-params",
+            "Val MSE against each hyperparameter",
+            "Each trial's best val MSE against each parameter of the search space (log axes for "
+            "log-scale parameters). Trials ASHA stopped early (x) were judged on fewer epochs.",
+            lambda: params_figure(records, space, best_id=best_id),
+        ),
+        _figure(
+            "asha-rungs",
+            "Trials per ASHA rung",
+            f"How many trials trained to each rung (grace period {grace} x reduction factor {rf}^k, "
+            f"up to max_epochs {max_epochs}); the bars' dash is ASHA's aim of keeping 1/{rf} per rung.",
+            lambda: rungs_figure(records, rungs=rungs, reduction_factor=rf, grace_period=grace),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- the tutorial against the best config
+def tutorial_config(base: dict[str, Any]) -> TrainConfig:
+    """The tutorial's run (TrainConfig defaults) on the experiment's data, split and seed."""
+    return from_dict({**{k: base[k] for k in SHARED_KEYS if k in base}, "device": "cpu"}, where="tutorial")
+
+
+def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
+    """Rating metrics and ranking metrics of a trained model, per held-out part (val_mse, test_ndcg@10...)."""
+    scorer = scorer_from_model(trainer.model)
+    out: dict[str, float] = {}
+    for part, heldout in (("val", dataset.val), ("test", dataset.test)):
+        if heldout is None:
+            continue
+        out.update(prefixed(trainer.evaluate(part), part))
+        r = ranking_metrics(
+            scorer,
+            train=dataset.train,
+            heldout=heldout,
+            n_users=dataset.n_users,
+            n_items=dataset.n_items,
+            k=RANK_K,
+        )
+        out.update(
+            {
+                f"{part}_precision@{RANK_K}": r.precision,
+                f"{part}_recall@{RANK_K}": r.recall,
+                f"{part}_ndcg@{RANK_K}": r.ndcg,
+            }
+        )
+    return out
+
+
+def tutorial_metrics(config: TrainConfig, dataset: Dataset, cache: Path) -> dict[str, float]:
+    """Train the tutorial's configuration once; reuse the result while its config is unchanged."""
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("config") == config.to_dict():
+            return cached["metrics"]
+    trainer = Trainer(config, dataset, device="cpu")
+    trainer.fit()
+    metrics = model_metrics(trainer, dataset)
+    write_json(cache, {"config": config.to_dict(), "metrics": metrics})
+    return metrics
+
+
+@dataclass(frozen=True)
+class Comparison:
+    tutorial: TrainConfig
+    best: TrainConfig
+    best_epoch: int
+    tutorial_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    source: str
+
+
+def compare_with_tutorial(folder: Path, experiment: dict[str, Any], records: list[TrialRecord]) -> Comparison:
+    best = best_trial(records)
+    tutorial = tutorial_config(experiment["base_config"])
+    dataset = dataset_for(tutorial)
+    exported = folder / BEST_DIR / "metrics.json"
+    if exported.is_file() and json.loads(exported.read_text()).get("trial_id") == best.trial_id:
+        state, source = read_checkpoint(folder / BEST_DIR / "model.pt"), f"{BEST_DIR}/model.pt"
+    else:  # not exported yet, or a better trial since: the trial's own best checkpoint
+        state, source = best_checkpoint_state(folder, best), f"trial {best.trial_id}'s best checkpoint"
+    config = from_dict(state["config"], where=f"{source} (config)").replace(device="cpu")
+    trainer = Trainer(config, dataset, device="cpu")
+    trainer.load_state(state)
+    return Comparison(
+        tutorial=tutorial,
+        best=config,
+        best_epoch=trainer.epoch,
+        tutorial_metrics=tutorial_metrics(tutorial, dataset, folder / REPORT_DIR / TUTORIAL_CACHE),
+        best_metrics=model_metrics(trainer, dataset),
+        source=f"best trial {best.trial_id} at epoch {trainer.epoch}, from {source}",
+    )
+
+
+# ---------------------------------------------------------------- HTML
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return "" if value is None else str(value)
+
+
+def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def top_trials_table(records: list[TrialRecord], params: Sequence[str], *, top: int = TOP_TRIALS) -> str:
+    scored = sorted((r for r in records if math.isfinite(r.best_val_mse)), key=lambda r: r.best_val_mse)
+    header = [
+        "rank",
+        "trial",
+        "optuna #",
+        "outcome",
+        "epochs",
+        "best val MSE",
+        "best epoch",
+        "last val MSE",
+        *params,
+    ]
+    rows = [
+        [
+            str(i + 1),
+            r.trial_id,
+            _fmt(r.optuna_number),
+            r.outcome,
+            str(r.epochs),
+            f"{r.best_val_mse:.4f}",
+            str(r.best_epoch),
+            f"{r.last_val_mse:.4f}",
+            *(html.escape(_fmt(r.params.get(p))) for p in params),
+        ]
+        for i, r in enumerate(scored[:top])
+    ]
+    return _table("top-trials", header, rows)
+
+
+def epochs_table(records: list[TrialRecord], max_epochs: int) -> str:
+    groups = [
+        (COMPLETE, [r for r in records if r.outcome == COMPLETE]),
+        (PRUNED, [r for r in records if r.outcome == PRUNED]),
+        (FAILED, [r for r in records if r.outcome == FAILED]),
+        ("unfinished", [r for r in records if r.outcome not in (COMPLETE, PRUNED, FAILED)]),
+    ]
+    rows = []
+    for name, group in [*[(n, g) for n, g in groups if g], ("total", records)]:
+        spent, full = sum(r.epochs for r in group), len(group) * max_epochs
+        share = f"{spent / full:.0%}" if full else ""
+        rows.append([name, str(len(group)), str(spent), str(full), str(full - spent), share])
+    header = [
+        "trials",
+        "count",
+        "epochs spent (ASHA)",
+        f"epochs had each run to {max_epochs}",
+        "epochs saved",
+        "share spent",
+    ]
+    return _table("epochs", header, rows)
+
+
+def comparison_table(c: Comparison, tuned: Sequence[str]) -> str:
+    rows = []
+    for part in ("val", "test"):
+        for key, label, higher in METRIC_ROWS:
+            name = f"{part}_{key}"
+            if name not in c.best_metrics:
+                continue
+            t, b = c.tutorial_metrics[name], c.best_metrics[name]
+            better = (b > t) if higher else (b < t)
+            cells = [f"{t:.4f}", f"<b>{b:.4f}</b>" if better else f"{b:.4f}"]
+            rows.append([f"{part} {label}", *cells])
+    rows.append(["epochs", str(c.tutorial.epochs), str(c.best_epoch)])
+    for key in tuned:
+        rows.append(
+            [key, html.escape(_fmt(getattr(c.tutorial, key))), html.escape(_fmt(getattr(c.best, key)))]
+        )
+    return _table("tutorial-vs-best", ["", "tutorial's config", "best config"], rows)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
+figure{margin:1.5em 0}figcaption,.note{color:#555;font-size:.92em}.missing{background:#fff6e5;padding:.6em}"""
+
+
+def _figure_html(f: ReportFigure) -> str:
+    head = f"<h3>{html.escape(f.title)}</h3>"
+    if f.png is None:
+        note = f'<p class="note">Not available for this experiment: {html.escape(f.note)}</p>'
+        return f'<figure id="fig-{f.key}" class="missing">{head}{note}</figure>'
+    data = base64.b64encode(f.png).decode()
+    img = f'<img id="img-{f.key}" alt="{html.escape(f.title)}" src="data:image/png;base64,{data}">'
+    return f'<figure id="fig-{f.key}">{head}{img}<figcaption>{html.escape(f.caption)}</figcaption></figure>'
+
+
+def render(
+    folder: Path,
+    experiment: dict[str, Any],
+    records: list[TrialRecord],
+    figures: list[ReportFigure],
+    comparison: Comparison | str,
+) -> str:
+    s, base = experiment["settings"], experiment["base_config"]
+    max_epochs, tuned = int(s["max_epochs"]), list(experiment.get("space", {}).get("params", {}))
+    counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAILED)}
+    unfinished = len(records) - sum(counts.values())
+    state = (
+        f"{unfinished} trials still running or pending (the run is going on, or was interrupted)"
+        if unfinished
+        else "every trial has ended"
+    )
+    split = f"split {base.get('split')} (val_n {base.get('val_n')}, test_n {base.get('test_n')})"
+    figs = {f.key: _figure_html(f) for f in figures}
+    if isinstance(comparison, Comparison):
+        compare = (
+            f'<p class="note">{html.escape(comparison.source)}. The search selected on the validation '
+            "part, so the best config's val numbers flatter it; a test part (--test-n) was never seen "
+            f"by the search. Ranking metrics: top {RANK_K} of the items a user did not rate in train, "
+            "relevant = held-out ratings >= 4.</p>" + comparison_table(comparison, tuned)
+        )
+    else:
+        compare = f'<p class="note">Not available: {html.escape(comparison)}</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>mf-tune report: {html.escape(s["name"])}</title>
+<style>{CSS}</style></head><body>
+<h1>Tuning report: {html.escape(s["name"])}</h1>
+<p>{html.escape(str(folder))}; written {time.strftime("%Y-%m-%d %H:%M:%S")}. {len(records)} trials:
+{counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAILED]} failed; {state}.</p>
+<p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(str(s["space"]))}
+({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {s["grace_period"]},
+reduction factor {s["reduction_factor"]}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"]}.</p>
+<h2>The tutorial's configuration against the best one</h2>{compare}
+<h2>Trials</h2>{figs["val-mse-per-epoch"]}{figs["best-so-far"]}
+<h3>Top trials</h3>{top_trials_table(records, tuned)}
+<h2>Hyperparameters</h2>{figs["param-importance"]}{figs["val-mse-vs-params"]}
+<h2>What ASHA saved</h2>{figs["asha-rungs"]}<h3>Epochs spent</h3>{epochs_table(records, max_epochs)}
+</body></html>
+"""
+
+
+def write_report(folder: str | os.PathLike) -> Path:
+    """Write <folder>/report/report.html and the figures' PNGs; return the HTML's path."""
+    folder = Path(folder).resolve()
+    experiment = read_experiment(folder)
+    study = open_study(folder, experiment)
+    records = collect_trials(folder, max_epochs=int(experiment["settings"]["max_epochs"]), study=study)
+    out = folder / REPORT_DIR
+    figures = build_figures(records, study, experiment)
+    for f in figures:
+        png = out / f"{f.key}.png"
+        if f.png is None:
+            png.unlink(missing_ok=True)  # a stale picture would contradict the page
+        else:
+            atomic_write(png, lambda file, data=f.png: file.write(data))
+    try:
+        comparison: Comparison | str = compare_with_tutorial(folder, experiment, records)
+    except MFError as e:
+        comparison = str(e)
+    return atomic_write_text(out / REPORT_FILE, render(folder, experiment, records, figures, comparison))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune.report",
+        description="Write <experiment>/report/report.html (figures embedded) and the figures as PNGs.",
+    )
+    parser.add_argument("experiment", type=Path, help="experiment folder (e.g. runs/mf-tune)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.experiment)
+    except MFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
