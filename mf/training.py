@@ -43,6 +43,22 @@ class TrainingDiverged(MFError):
 
 
 @dataclass(frozen=True)
+class BestModel:
+    """The weights of the epoch with the lowest val MSE so far."""
+
+    epoch: int
+    val_mse: float
+    weights: dict[str, torch.Tensor]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "val_mse": self.val_mse, "weights": self.weights}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BestModel:
+        return cls(epoch=int(d["epoch"]), val_mse=float(d["val_mse"]), weights=d["weights"])
+
+
+@dataclass(frozen=True)
 class TensorPart:
     """One split part on the training device."""
 
@@ -121,6 +137,7 @@ class Trainer:
         )
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+        self.best: BestModel | None = None
 
     # ---------------------------------------------------------------- training
     def run_epoch(self) -> dict[str, float]:
@@ -165,6 +182,10 @@ class Trainer:
             EPOCH_SECONDS: time.perf_counter() - started,
         }
         self.history.append(metrics)
+        if self.best is None or val["mse"] < self.best.val_mse:
+            # A copy of the weights at the best epoch, so that no checkpoint is needed at every epoch.
+            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=weights)
         return metrics
 
     def fit(
@@ -207,6 +228,7 @@ class Trainer:
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "epoch": self.epoch,
             "history": self.history,
+            "best": None if self.best is None else self.best.to_dict(),
             "generator": self.generator.get_state(),
             "n_users": self.dataset.n_users,
             "n_items": self.dataset.n_items,
@@ -216,10 +238,25 @@ class Trainer:
             "item_ids": torch.tensor(self.dataset.item_ids, dtype=torch.int64),
         }
 
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
+    def save_checkpoint(self, path: str | os.PathLike, *, durable: bool = True) -> Path:
+        """Write the checkpoint; `durable`: atomically and fsynced (a crash keeps the previous one).
+
+        Tune's trainable writes into a fresh temp folder that Tune then persists: no need there.
+        """
         state = self.state()
-        return atomic_write(path, lambda f: torch.save(state, f))
+        if durable:
+            return atomic_write(path, lambda f: torch.save(state, f))
+        torch.save(state, path)
+        return Path(path)
+
+    def rewind_to_best(self) -> None:
+        """Put back the weights of the best epoch (what an export serves), with fresh optimiser moments."""
+        if self.best is None:
+            raise MFError("rewind_to_best: no epoch has been trained yet")
+        self.model.load_state_dict(self.best.weights)
+        self.optimizers = build_optimizers(self.config, self.model)
+        self.history = self.history[: self.best.epoch]
+        self.epoch = self.best.epoch
 
     def load_state(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
         check_matches(state, self.dataset, source=source)
@@ -228,6 +265,7 @@ class Trainer:
             opt.load_state_dict(opt_state)
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        self.best = BestModel.from_dict(state["best"]) if state.get("best") else None
         self.generator.set_state(state["generator"])
 
     @classmethod

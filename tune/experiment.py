@@ -27,7 +27,7 @@ from mf.train import dataset_for
 from search_spaces import SearchSpace
 from tune.searcher import TruthfulOptunaSearch
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings
-from tune.trainable import train_trial
+from tune.trainable import CheckpointPolicy, train_trial
 
 METRIC, MODE = VAL_MSE, "min"  # stated once, here
 STUDY_FILE = "optuna.db"
@@ -129,7 +129,11 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
         data=dataset,
         base=base,
         max_epochs=settings.max_epochs,
-        checkpoint_every=settings.checkpoint_every,
+        checkpoints=CheckpointPolicy(
+            epochs=frozenset((*settings.rung_epochs, settings.max_epochs)),
+            every=settings.checkpoint_every,
+            interval_s=settings.checkpoint_interval_s,
+        ),
     )
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
@@ -138,12 +142,8 @@ def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunCo
     return tune.RunConfig(
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
-        checkpoint_config=tune.CheckpointConfig(
-            # Keeps the best epoch's checkpoint (for the export) and always the latest (for retries).
-            num_to_keep=1,
-            checkpoint_score_attribute=METRIC,
-            checkpoint_score_order=MODE,
-        ),
+        # The latest checkpoint holds both the state to resume from and the best epoch's weights.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         verbose=verbose,
     )

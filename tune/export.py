@@ -1,7 +1,7 @@
 """Export the best trial of an experiment: `<experiment>/best/` and `<experiment>/trials.csv`.
 
 `best/config.yaml` retrains it (`python -m mf.train --config best/config.yaml`), `best/model.pt`
-is the best trial's own checkpoint at its best epoch (with the id mapping), `best/metrics.json`
+holds the best trial's own weights at its best epoch (with the id mapping), `best/metrics.json`
 holds its validation metrics and, where the split held out a test part, its test metrics,
 computed once here and never seen by the search.
 
@@ -44,14 +44,13 @@ def open_study(folder: Path, experiment: dict[str, Any]) -> optuna.Study | None:
         return None
 
 
-def best_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
-    """The trial's kept checkpoint with the lowest val_mse (Tune keeps the best one and the latest)."""
+def latest_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
+    """The trial's latest checkpoint: it carries the weights of the trial's best epoch so far."""
     analysis = load_analysis(folder)
     trial = next(t for t in analysis.trials if t.trial_id == record.trial_id)
-    checkpoints = [(c, m) for c, m in analysis._get_trial_checkpoints_with_metric(trial) if m is not None]
-    if not checkpoints:
+    checkpoint = analysis.get_last_checkpoint(trial)
+    if checkpoint is None:
         raise MFError(f"{folder}: trial {record.trial_id} has no checkpoint to export")
-    checkpoint, _ = min(checkpoints, key=lambda cm: cm[1])
     with checkpoint.as_directory() as d:
         return read_checkpoint(Path(d) / CHECKPOINT_FILE)
 
@@ -74,13 +73,21 @@ def export_best(
         records = collect_and_write_trials(folder)
     best = best_trial(records)
 
-    # The model: the best trial's checkpoint at its best (checkpointed) epoch.
-    state = best_checkpoint_state(folder, best)
-    config = from_dict(state["config"], where=f"trial {best.trial_id} checkpoint")
-    config = config.replace(epochs=int(state["epoch"]), device="auto")
+    # The model: the best trial's latest checkpoint, rewound to its best epoch.
+    state = latest_checkpoint_state(folder, best)
+    config = from_dict(state["config"], where=f"trial {best.trial_id} checkpoint").replace(device="auto")
     dataset = dataset_for(config)
     trainer = Trainer(config, dataset, device="cpu")
-    trainer.load_state(state)
+    trainer.load_state(state, source=f"trial {best.trial_id} checkpoint")
+    trainer.rewind_to_best()
+    if trainer.epoch != best.best_epoch:
+        # Only when the run ended (time budget) between the trial's best epoch and its next checkpoint.
+        print(
+            f"note: trial {best.trial_id} was best at epoch {best.best_epoch}, but its last checkpoint "
+            f"holds epoch {trainer.epoch} as its best; exporting that"
+        )
+    config = config.replace(epochs=trainer.epoch)
+    trainer.config = config
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
         "optuna_number": best.optuna_number,

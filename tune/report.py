@@ -19,12 +19,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import optuna
 
 from mf.atomic import atomic_write, atomic_write_text, write_json
 from mf.config import TrainConfig, from_dict
@@ -35,21 +33,9 @@ from mf.ranking import ranking_metrics
 from mf.recommend import scorer_from_model
 from mf.train import dataset_for
 from mf.training import Trainer, read_checkpoint
-from tune.export import BEST_DIR, best_checkpoint_state, open_study
-from tune.report_figures import (
-    NotAvailable,
-    asha_rungs,
-    best_so_far_figure,
-    curves_figure,
-    epoch_events,
-    importance_figure,
-    param_importances,
-    params_figure,
-    png_bytes,
-    rungs_figure,
-)
+from tune.export import BEST_DIR, latest_checkpoint_state, open_study
+from tune.report_figures import ReportFigure, build_figures
 from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, best_trial, collect_trials
-from tune.searcher import RAY_TRIAL_ID
 from tune.settings import read_experiment
 
 REPORT_DIR, REPORT_FILE, TUTORIAL_CACHE = "report", "report.html", "tutorial.json"
@@ -67,81 +53,6 @@ METRIC_ROWS = [
     (f"recall@{RANK_K}", f"recall@{RANK_K}", True),
     (f"ndcg@{RANK_K}", f"NDCG@{RANK_K}", True),
 ]
-
-
-@dataclass(frozen=True)
-class ReportFigure:
-    key: str
-    """File stem of the PNG and the HTML id of the figure (fig-<key>, img-<key>)."""
-    title: str
-    caption: str
-    png: bytes | None
-    note: str = ""
-    """Why the figure is missing, when png is None."""
-
-
-def _figure(key: str, title: str, caption: str, draw: Callable[[], Any]) -> ReportFigure:
-    try:
-        return ReportFigure(key, title, caption, png_bytes(draw()))
-    except NotAvailable as e:
-        return ReportFigure(key, title, caption, None, str(e))
-
-
-def build_figures(
-    records: list[TrialRecord], study: optuna.Study | None, experiment: dict[str, Any]
-) -> list[ReportFigure]:
-    s = experiment["settings"]
-    max_epochs, rf, grace = int(s["max_epochs"]), int(s["reduction_factor"]), int(s["grace_period"])
-    rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_epochs=max_epochs)
-    scored = [r for r in records if r.outcome != FAILED and math.isfinite(r.best_val_mse)]
-    best_id = min(scored, key=lambda r: r.best_val_mse).trial_id if scored else None
-    starts = {}
-    if study is not None:
-        starts = {
-            t.user_attrs[RAY_TRIAL_ID]: t.datetime_start.timestamp()
-            for t in study.get_trials(deepcopy=False)
-            if RAY_TRIAL_ID in t.user_attrs and t.datetime_start is not None
-        }
-    space = experiment.get("space", {}).get("params", {})
-    return [
-        _figure(
-            "val-mse-per-epoch",
-            "Validation MSE per epoch",
-            "Every trial's curve, coloured by how it ended. An x marks the epoch at which ASHA stopped "
-            "a trial; dotted lines are ASHA's rungs; the star is the best epoch of the best trial.",
-            lambda: curves_figure(records, rungs=rungs, best_id=best_id),
-        ),
-        _figure(
-            "best-so-far",
-            "Best val MSE so far",
-            "The lowest val MSE reported by any trial so far, against wall-clock time (trials run in "
-            "parallel) and against epochs spent by all trials together; grey dots are single epochs.",
-            lambda: best_so_far_figure(
-                epoch_events(records, starts), max_epochs=max_epochs, n_trials=len(records)
-            ),
-        ),
-        _figure(
-            "param-importance",
-            "Parameter importance",
-            "Optuna's fANOVA importance of each tuned parameter for val MSE, fitted on the trials that "
-            "ran to max_epochs (stopped trials are left out: their values come from fewer epochs).",
-            lambda: importance_figure(*param_importances(study)),
-        ),
-        _figure(
-            "val-mse-vs-params",
-            "Val MSE against each hyperparameter",
-            "Each trial's best val MSE against each parameter of the search space (log axes for "
-            "log-scale parameters). Trials ASHA stopped early (x) were judged on fewer epochs.",
-            lambda: params_figure(records, space, best_id=best_id),
-        ),
-        _figure(
-            "asha-rungs",
-            "Trials per ASHA rung",
-            f"How many trials trained to each rung (grace period {grace} x reduction factor {rf}^k, "
-            f"up to max_epochs {max_epochs}); the bars' dash is ASHA's aim of keeping 1/{rf} per rung.",
-            lambda: rungs_figure(records, rungs=rungs, reduction_factor=rf, grace_period=grace),
-        ),
-    ]
 
 
 # ---------------------------------------------------------------- the tutorial against the best config
@@ -206,11 +117,13 @@ def compare_with_tutorial(folder: Path, experiment: dict[str, Any], records: lis
     exported = folder / BEST_DIR / "metrics.json"
     if exported.is_file() and json.loads(exported.read_text()).get("trial_id") == best.trial_id:
         state, source = read_checkpoint(folder / BEST_DIR / "model.pt"), f"{BEST_DIR}/model.pt"
-    else:  # not exported yet, or a better trial since: the trial's own best checkpoint
-        state, source = best_checkpoint_state(folder, best), f"trial {best.trial_id}'s best checkpoint"
+    else:  # not exported yet, or a better trial since: the trial's latest checkpoint, rewound to its best
+        state, source = latest_checkpoint_state(folder, best), f"trial {best.trial_id}'s latest checkpoint"
     config = from_dict(state["config"], where=f"{source} (config)").replace(device="cpu")
     trainer = Trainer(config, dataset, device="cpu")
-    trainer.load_state(state)
+    trainer.load_state(state, source=source)
+    if trainer.best is not None:
+        trainer.rewind_to_best()
     return Comparison(
         tutorial=tutorial,
         best=config,
@@ -357,7 +270,7 @@ def render(
 {counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAILED]} failed; {state}.</p>
 <p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(str(s["space"]))}
 ({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {s["grace_period"]},
-reduction factor {s["reduction_factor"]}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"]}.</p>
+reduction factor {s["reduction_factor"]}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"] or "none"}.</p>
 <h2>The tutorial's configuration against the best one</h2>{compare}
 <h2>Trials</h2>{figs["val-mse-per-epoch"]}{figs["best-so-far"]}
 <h3>Top trials</h3>{top_trials_table(records, tuned)}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
 from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord
+from tune.searcher import RAY_TRIAL_ID
 
 COLOURS = {COMPLETE: "#1f77b4", PRUNED: "#ff7f0e", FAILED: "#d62728"}
 UNFINISHED = "#7f7f7f"  # RUNNING / PENDING / PAUSED
@@ -61,7 +63,8 @@ def _finite_history(record: TrialRecord) -> pd.DataFrame | None:
     return h if len(h) else None
 
 
-def _outcome_legend(ax: Any, records: Sequence[TrialRecord], extra: Sequence[Line2D] = ()) -> None:
+def _outcome_handles(records: Sequence[TrialRecord]) -> list[Line2D]:
+    """Legend entries for the outcomes present, with their counts."""
     handles = []
     for outcome in (COMPLETE, PRUNED, FAILED):
         n = sum(r.outcome == outcome for r in records)
@@ -73,7 +76,7 @@ def _outcome_legend(ax: Any, records: Sequence[TrialRecord], extra: Sequence[Lin
     n = sum(r.outcome not in COLOURS for r in records)
     if n:
         handles.append(Line2D([], [], color=UNFINISHED, marker="o", label=f"still running / pending ({n})"))
-    ax.legend(handles=[*handles, *extra], loc="upper right", fontsize=9, framealpha=0.9)
+    return handles
 
 
 def curves_figure(records: Sequence[TrialRecord], *, rungs: Sequence[int], best_id: str | None) -> Figure:
@@ -124,7 +127,8 @@ def curves_figure(records: Sequence[TrialRecord], *, rungs: Sequence[int], best_
     ax.set_ylabel("validation MSE (log scale)")
     ax.set_title(f"Validation MSE per epoch, {len(drawn)} trials (x: where ASHA stopped a trial)")
     ax.grid(alpha=0.3, which="both")
-    _outcome_legend(ax, [r for r, _ in drawn], extra)
+    handles = [*_outcome_handles([r for r, _ in drawn]), *extra]
+    ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
     return fig
 
 
@@ -224,7 +228,8 @@ def importance_figure(importances: dict[str, float], n_complete: int) -> Figure:
     ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=9)
     ax.set_xlim(0, max(values) * 1.18 if values and max(values) > 0 else 1)
     ax.set_xlabel("importance for val MSE (fANOVA; the values sum to 1)")
-    ax.set_title(f"Parameter importance over {n_complete} COMPLETE trials")
+    rough = " (few trials: a rough estimate)" if n_complete < 10 else ""
+    ax.set_title(f"Parameter importance over {n_complete} COMPLETE trials{rough}")
     ax.grid(alpha=0.3, axis="x")
     return fig
 
@@ -263,7 +268,7 @@ def params_figure(
             if r.trial_id == best_id:
                 ax.scatter(xi, r.best_val_mse, s=220, marker="*", color=BEST, edgecolors="black", zorder=5)
         ax.set_xlabel(name + (" (log scale)" if spec.get("log") else ""))
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     axes[0].set_yscale("log")
@@ -271,9 +276,9 @@ def params_figure(
     for ax in axes[::cols]:
         ax.set_ylabel("trial's best val MSE")
     best = Line2D([], [], color=BEST, marker="*", ms=12, mec="black", ls="", label="best trial")
-    _outcome_legend(axes[0], scored, [best])
     fig.suptitle("Best val MSE of each trial against each tuned parameter (stopped trials: fewer epochs)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles=[*_outcome_handles(scored), best], loc="lower center", ncol=5, fontsize=10)
     return fig
 
 
@@ -291,9 +296,7 @@ def rungs_figure(
     ax = fig.add_subplot()
     bars = ax.bar(labels, counts, color="#1f77b4", label="trials that reached the rung")
     ax.bar_label(bars, labels=[f"{c} ({c / len(records):.0%})" for c in counts], padding=3)
-    ax.plot(
-        labels, aims, "_", color="black", ms=40, mew=2, label=f"ASHA's aim: trials / {reduction_factor}^k"
-    )
+    ax.plot(labels, aims, "_", color="black", ms=40, mew=2)
     ax.set_ylim(0, len(records) * 1.18)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("trials")
@@ -302,6 +305,82 @@ def rungs_figure(
         f"Trials reaching each ASHA rung ({len(records)} trials, grace period {grace_period}, "
         f"reduction factor {reduction_factor})"
     )
-    ax.legend(loc="upper right", fontsize=9)
+    aim = Line2D([], [], color="black", lw=2, label=f"ASHA's aim: trials / {reduction_factor}^k")
+    ax.legend(handles=[bars, aim], loc="upper right", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    key: str
+    """File stem of the PNG and the HTML id of the figure (fig-<key>, img-<key>)."""
+    title: str
+    caption: str
+    png: bytes | None
+    note: str = ""
+    """Why the figure is missing, when png is None."""
+
+
+def _figure(key: str, title: str, caption: str, draw: Callable[[], Any]) -> ReportFigure:
+    try:
+        return ReportFigure(key, title, caption, png_bytes(draw()))
+    except NotAvailable as e:
+        return ReportFigure(key, title, caption, None, str(e))
+
+
+def build_figures(
+    records: list[TrialRecord], study: optuna.Study | None, experiment: dict[str, Any]
+) -> list[ReportFigure]:
+    s = experiment["settings"]
+    max_epochs, rf, grace = int(s["max_epochs"]), int(s["reduction_factor"]), int(s["grace_period"])
+    rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_epochs=max_epochs)
+    scored = [r for r in records if r.outcome != FAILED and math.isfinite(r.best_val_mse)]
+    best_id = min(scored, key=lambda r: r.best_val_mse).trial_id if scored else None
+    starts = {}
+    if study is not None:
+        starts = {
+            t.user_attrs[RAY_TRIAL_ID]: t.datetime_start.timestamp()
+            for t in study.get_trials(deepcopy=False)
+            if RAY_TRIAL_ID in t.user_attrs and t.datetime_start is not None
+        }
+    space = experiment.get("space", {}).get("params", {})
+    return [
+        _figure(
+            "val-mse-per-epoch",
+            "Validation MSE per epoch",
+            "Every trial's curve, coloured by how it ended. An x marks the epoch at which ASHA stopped "
+            "a trial; dotted lines are ASHA's rungs; the star is the best epoch of the best trial.",
+            lambda: curves_figure(records, rungs=rungs, best_id=best_id),
+        ),
+        _figure(
+            "best-so-far",
+            "Best val MSE so far",
+            "The lowest val MSE reported by any trial so far, against wall-clock time (trials run in "
+            "parallel) and against epochs spent by all trials together; grey dots are single epochs.",
+            lambda: best_so_far_figure(
+                epoch_events(records, starts), max_epochs=max_epochs, n_trials=len(records)
+            ),
+        ),
+        _figure(
+            "param-importance",
+            "Parameter importance",
+            "Optuna's fANOVA importance of each tuned parameter for val MSE, fitted on the trials that "
+            "ran to max_epochs (stopped trials are left out: their values come from fewer epochs).",
+            lambda: importance_figure(*param_importances(study)),
+        ),
+        _figure(
+            "val-mse-vs-params",
+            "Val MSE against each hyperparameter",
+            "Each trial's best val MSE against each parameter of the search space (log axes for "
+            "log-scale parameters). Trials ASHA stopped early (x) were judged on fewer epochs.",
+            lambda: params_figure(records, space, best_id=best_id),
+        ),
+        _figure(
+            "asha-rungs",
+            "Trials per ASHA rung",
+            f"How many trials trained to each rung (grace period {grace} x reduction factor {rf}^k, "
+            f"up to max_epochs {max_epochs}); the black dash on each bar is ASHA's aim of keeping 1/{rf} of the trials per rung.",
+            lambda: rungs_figure(records, rungs=rungs, reduction_factor=rf, grace_period=grace),
+        ),
+    ]

@@ -49,7 +49,14 @@ class ExperimentSettings:
     warm_start: str | None = setting(
         None, "Earlier experiment folder or Optuna storage URL whose trials seed TPE."
     )
-    checkpoint_every: int = setting(1, "Checkpoint a trial every N epochs (and at its last epoch).")
+    checkpoint_every: int = setting(
+        0,
+        "Checkpoint a trial every N epochs; 0: at ASHA's rungs, at the last epoch and every "
+        "--checkpoint-interval-s of training (a checkpoint costs more than a fast epoch).",
+    )
+    checkpoint_interval_s: float = setting(
+        20.0, "With --checkpoint-every 0: the most training time a retry can lose."
+    )
     max_failures: int = setting(2, "Retries of a trial that crashed (node lost) from its last checkpoint.")
 
     def __post_init__(self) -> None:
@@ -69,7 +76,8 @@ class ExperimentSettings:
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
             ("max_concurrent", self.max_concurrent >= 0, ">= 0"),
-            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+            ("checkpoint_interval_s", self.checkpoint_interval_s > 0, "> 0"),
             ("max_failures", self.max_failures >= -1, ">= 0 (or -1: retry forever)"),
         ]
         for name, ok, rule in rules:
@@ -81,6 +89,15 @@ class ExperimentSettings:
             raise ConfigError("--num-samples -1 runs trials until the budget ends: give --time-budget-s too")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"--name: {self.name!r} must be a plain folder name (no '/', not hidden)")
+
+    @property
+    def rung_epochs(self) -> tuple[int, ...]:
+        """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_epochs."""
+        rungs, t = [], self.grace_period
+        while t < self.max_epochs:
+            rungs.append(t)
+            t *= self.reduction_factor
+        return tuple(rungs)
 
     @property
     def is_remote_storage(self) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,35 @@ def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> 
     return base.replace(**params, epochs=max_epochs)
 
 
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a trial saves a checkpoint.
+
+    Always at the epochs where ASHA may stop it (its rungs) and at its last epoch, so a stopped
+    or finished trial's final checkpoint holds its best weights; in between every `every` epochs,
+    or (every=0) once `interval_s` of training has passed since the last one. On a fast trainer a
+    checkpoint costs more than an epoch, and a retry loses at most that much training.
+    """
+
+    epochs: frozenset[int]
+    every: int = 0
+    interval_s: float = 20.0
+
+    def due(self, epoch: int, seconds_since_last: float) -> bool:
+        if epoch in self.epochs:
+            return True
+        if self.every > 0:
+            return epoch % self.every == 0
+        return seconds_since_last >= self.interval_s
+
+
 def train_trial(
     params: dict[str, Any],
     *,
     data: Dataset,
     base: TrainConfig,
     max_epochs: int,
-    checkpoint_every: int = 1,
+    checkpoints: CheckpointPolicy,
 ) -> None:
     # One INFO line per saved checkpoint would drown the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -51,6 +75,7 @@ def train_trial(
         with checkpoint.as_directory() as folder:
             trainer.load_state(read_checkpoint(Path(folder) / CHECKPOINT_FILE))
     node = ray.get_runtime_context().get_node_id()
+    last_saved = time.monotonic()
 
     while trainer.epoch < config.epochs:
         try:
@@ -62,10 +87,10 @@ def train_trial(
             return
         metrics[NODE_ID] = node
         metrics[DIVERGED] = 0
-        last = trainer.epoch >= config.epochs
-        if trainer.epoch % checkpoint_every == 0 or last:
+        if checkpoints.due(trainer.epoch, time.monotonic() - last_saved) or trainer.epoch >= config.epochs:
             with tempfile.TemporaryDirectory() as folder:
-                trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
+                trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, durable=False)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            last_saved = time.monotonic()
         else:
             tune.report(metrics)
