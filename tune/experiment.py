@@ -16,17 +16,17 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from mf.atomic import write_yaml
-from mf.config import TrainConfig
+from mf.config import TrainConfig, from_dict
 from mf.data import Dataset
 from mf.errors import ConfigError
 from mf.metrics import EPOCH, VAL_MSE
 from mf.train import dataset_for
 from search_spaces import SearchSpace
+from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import TruthfulOptunaSearch
-from tune.settings import EXPERIMENT_FILE, ExperimentSettings
+from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
 from tune.trainable import CheckpointPolicy, train_trial
 
 METRIC, MODE = VAL_MSE, "min"  # stated once, here
@@ -109,8 +109,9 @@ def make_searcher(
     return searcher
 
 
-def make_scheduler(settings: ExperimentSettings) -> ASHAScheduler:
-    return ASHAScheduler(
+def make_scheduler(settings: ExperimentSettings) -> PersistentASHA:
+    return PersistentASHA(
+        state_path=settings.experiment_dir / ASHA_STATE_FILE,
         time_attr=EPOCH,  # not training_iteration, which restarts when a trial is restored
         max_t=settings.max_epochs,
         grace_period=settings.grace_period,
@@ -205,6 +206,31 @@ def run_experiment(
             trial_dirname_creator=trial_dirname,
         ),
         run_config=make_run_config(settings, verbose=verbose),
+    )
+    started = time.monotonic()
+    results = tuner.fit()
+    return RunOutcome(folder, time.monotonic() - started, results)
+
+
+def resume_experiment(folder: Path, *, address: str | None = None, verbose: int = 1) -> RunOutcome:
+    """Continue an experiment whose driver died: finished trials stay, unfinished ones resume from
+    their checkpoints, the searcher, the study and ASHA's rungs carry on where they were saved."""
+    experiment = read_experiment(folder)
+    settings = ExperimentSettings(**{**experiment["settings"], **({"address": address} if address else {})})
+    if settings.experiment_dir != folder.resolve():
+        raise ConfigError(
+            f"--resume: {folder} was moved from {settings.experiment_dir}; resume it where it ran"
+        )
+    if not tune.Tuner.can_restore(str(folder)):
+        raise ConfigError(f"--resume: {folder} holds no Tune experiment state to resume from")
+    base = from_dict(experiment["base_config"], where=f"{folder / EXPERIMENT_FILE} (base_config)")
+    dataset = dataset_for(base)
+    connect_ray(settings)
+    tuner = tune.Tuner.restore(
+        str(folder),
+        trainable=make_trainable(settings, base, dataset),
+        resume_unfinished=True,
+        resume_errored=True,
     )
     started = time.monotonic()
     results = tuner.fit()

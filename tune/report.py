@@ -15,6 +15,7 @@ import argparse
 import base64
 import html
 import json
+import logging
 import math
 import os
 import sys
@@ -308,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("experiment", type=Path, help="experiment folder (e.g. runs/mf-tune)")
     args = parser.parse_args(argv)
+    # Tune warns about every trial without results yet, which is normal while an experiment runs.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         path = write_report(args.experiment)
     except MFError as e:

@@ -1,9 +1,11 @@
 """The report's figures, drawn from trial records with matplotlib's object API (Agg, no pyplot).
 
-No pyplot: a figure is a plain object, nothing global is left open between reports, and no display
-is needed on a cluster head node. Each builder returns a `Figure` or raises `NotAvailable` with the
-reason, which the page shows instead of the picture (an experiment that has just started, a study
-with too few finished trials for an importance estimate).
+`build_figures` lists them, each with its caption. No pyplot: a figure is a plain object, nothing
+global is left open between reports, and no display is needed on a cluster head node. Importance
+comes from `optuna.importance` (fANOVA, seeded), drawn here rather than with
+`optuna.visualization.matplotlib`, which is experimental and draws through pyplot. Each builder
+returns a `Figure` or raises `NotAvailable` with the reason, which the page shows instead of the
+picture (an experiment that has just started, too few finished trials for an importance estimate).
 """
 
 from __future__ import annotations
@@ -286,8 +288,8 @@ def rungs_figure(
     records: Sequence[TrialRecord], *, rungs: Sequence[int], reduction_factor: int, grace_period: int
 ) -> Figure:
     """How many trials reached each ASHA rung, against ASHA's aim of 1/rf of the trials per rung."""
-    if not records:
-        raise NotAvailable("no trial has started yet")
+    if not any(r.epochs for r in records):
+        raise NotAvailable("no trial has finished an epoch yet")
     counts = [sum(r.epochs >= rung for r in records) for rung in rungs]
     aims = [len(records) / reduction_factor**k for k in range(len(rungs))]
     labels = [f"epoch {rung}" for rung in rungs]

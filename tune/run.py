@@ -21,7 +21,7 @@ from mf.errors import MFError
 from search_spaces import load_space
 from tune.export import collect_and_write_trials, export_best
 from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, epochs_spent
-from tune.settings import ExperimentSettings, doc
+from tune.settings import ExperimentSettings, doc, read_experiment
 
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1}
 
@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help=f"{doc(f.name)} (default {f.default!r})",
         )
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="EXPERIMENT",
+        help="continue an interrupted experiment (its folder; without one: --storage-path/--name); "
+        "its settings, space and config come from its experiment.yaml",
+    )
     group.add_argument("--smoke-test", action="store_true", help=f"a tiny run for CI: {SMOKE_TEST}")
     group.add_argument(
         "--no-export",
@@ -93,16 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        fixed = explicit_keys(args)
-        space = load_space(settings.space)
-        space.check_against(fixed)
-        if "data" in fixed and Path(fixed["data"]).exists():
-            # Trials, the export and a later retrain may run elsewhere: keep no relative path.
-            fixed["data"] = str(Path(fixed["data"]).resolve())
-        base = from_dict(fixed, where="command line")
-        from tune.experiment import run_experiment  # imports Ray: only once the input is checked
+        if args.resume is not None:
+            from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
 
-        outcome = run_experiment(settings, base, space)
+            folder = Path(args.resume) if args.resume else settings.experiment_dir
+            outcome = resume_experiment(folder, address=getattr(args, "address", None))
+            settings = ExperimentSettings(**read_experiment(folder)["settings"])
+        else:
+            fixed = explicit_keys(args)
+            space = load_space(settings.space)
+            space.check_against(fixed)
+            if "data" in fixed and Path(fixed["data"]).exists():
+                # Trials, the export and a later retrain may run elsewhere: keep no relative path.
+                fixed["data"] = str(Path(fixed["data"]).resolve())
+            base = from_dict(fixed, where="command line")
+            from tune.experiment import run_experiment  # imports Ray: only once the input is checked
+
+            outcome = run_experiment(settings, base, space)
         records = collect_and_write_trials(outcome.experiment_dir)
         print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
         if not args.no_export:

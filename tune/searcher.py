@@ -14,8 +14,10 @@ import math
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
 
 from mf.metrics import EPOCH
 
@@ -34,6 +36,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
         self._best: dict[str, float] = {}
         self._last_step: dict[str, int] = {}
+        self._orphans: list[optuna.trial.FrozenTrial] = []
 
     @property
     def study(self) -> optuna.Study:
@@ -44,11 +47,26 @@ class TruthfulOptunaSearch(OptunaSearch):
         return None if trial is None else trial.number
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self._orphans and trial_id not in self._ot_trials:
+            # A proposal the killed driver made but never saved: run it now instead of asking anew,
+            # so the study holds no RUNNING trial that nobody will finish.
+            orphan = self._orphans.pop(0)
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
+            self._last_step[trial_id] = max(orphan.intermediate_values, default=0)
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
+            return unflatten_dict(orphan.params)
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             # Lets trials.csv and the report join Tune's trial with Optuna's.
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
         return params
+
+    def restore(self, checkpoint_path: str) -> None:
+        """After a driver restart: find the study's RUNNING trials that the saved searcher never knew."""
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self._orphans = [t for t in running if t._trial_id not in known]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -61,8 +79,11 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         step = int(step)
         if step > self._last_step.get(trial_id, 0):
-            # A trial retried from a checkpoint repeats no epoch; a repeated step is skipped.
-            self._ot_trials[trial_id].report(float(value), step)
+            # A trial retried from a checkpoint repeats epochs; a step already reported is skipped.
+            try:
+                self._ot_trials[trial_id].report(float(value), step)
+            except UpdateFinishedTrialError:
+                return  # told already by a driver that died before it could save that
             self._last_step[trial_id] = step
         best = self._best.get(trial_id)
         if best is None or (value < best if self.mode == "min" else value > best):
@@ -75,7 +96,9 @@ class TruthfulOptunaSearch(OptunaSearch):
             # The result ASHA stopped a trial on never reaches on_trial_result.
             self._record(trial_id, result)
         state, value = self.outcome(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        ot_trial = self._ot_trials[trial_id]
+        if not self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
     def outcome(self, trial_id: str, result: dict | None, error: bool) -> tuple[TrialState, float | None]:
