@@ -161,6 +161,22 @@ def connect_ray(settings: ExperimentSettings) -> None:
         ray.init(include_dashboard=False, log_to_driver=True)
 
 
+def concurrent_trials(settings: ExperimentSettings) -> int:
+    """--max-concurrent, or as many trials as the cluster's CPUs and GPUs hold now.
+
+    Tune lets a custom searcher keep only this many trials pending (otherwise 1), and a pending
+    trial is what makes it start a new worker: without it, on a cluster whose workers take longer
+    to start than a trial lasts, Tune keeps reusing the first few workers and leaves the rest idle.
+    """
+    if settings.max_concurrent:
+        return settings.max_concurrent
+    resources = ray.cluster_resources()
+    slots = resources.get("CPU", 0) / settings.cpus_per_trial
+    if settings.gpus_per_trial > 0:
+        slots = min(slots, resources.get("GPU", 0) / settings.gpus_per_trial)
+    return max(1, int(slots + 1e-9))
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     experiment_dir: Path
@@ -200,7 +216,7 @@ def run_experiment(
             search_alg=searcher,
             scheduler=make_scheduler(settings),
             num_samples=settings.num_samples,
-            max_concurrent_trials=settings.max_concurrent or None,
+            max_concurrent_trials=concurrent_trials(settings),
             time_budget_s=settings.time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,

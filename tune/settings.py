@@ -41,7 +41,10 @@ class ExperimentSettings:
     reduction_factor: int = setting(3, "ASHA keeps the top 1/reduction_factor of trials at each rung.")
     cpus_per_trial: float = setting(1.0, "CPUs each trial holds (torch threads follow it).")
     gpus_per_trial: float = setting(0.0, "GPUs each trial holds; fractions share a GPU (0.25: four a GPU).")
-    max_concurrent: int = setting(0, "Trials running at once (0: as many as the resources allow).")
+    max_concurrent: int = setting(
+        0,
+        "Trials running at once (0: as many as the cluster's resources hold at the start; set it on an autoscaling cluster).",
+    )
     address: str | None = setting(
         None, "Ray cluster to join (e.g. auto or ray://host:10001); none: a local Ray."
     )

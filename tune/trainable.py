@@ -74,7 +74,12 @@ def train_trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state(read_checkpoint(Path(folder) / CHECKPOINT_FILE))
-    node = ray.get_runtime_context().get_node_id()
+    # Where the trial ran: its node, device and GPU share (trials.csv and the tests read these).
+    placement = {
+        NODE_ID: ray.get_runtime_context().get_node_id(),
+        "device": str(trainer.device),
+        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+    }
     last_saved = time.monotonic()
 
     while trainer.epoch < config.epochs:
@@ -83,9 +88,9 @@ def train_trial(
         except TrainingDiverged as e:
             # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
             failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
-            tune.report({**failed, "error": str(e), NODE_ID: node})
+            tune.report({**failed, "error": str(e), **placement, "wall_time": time.time()})
             return
-        metrics[NODE_ID] = node
+        metrics.update(placement, wall_time=time.time())
         metrics[DIVERGED] = 0
         if checkpoints.due(trainer.epoch, time.monotonic() - last_saved) or trainer.epoch >= config.epochs:
             with tempfile.TemporaryDirectory() as folder:
