@@ -62,7 +62,7 @@ def scorer_from_model(model: MFAdvanced) -> FactorScorer:
     """The model's weights as numpy arrays (its prediction, item for item, without torch)."""
 
     def weights(name: str) -> np.ndarray:
-        return getattr(model, name).weight.detach().cpu().numpy().astype(np.float64)
+        return getattr(model, name).weight.detach().cpu().numpy()
 
     return FactorScorer(
         user_factors=weights("user_emb"),

@@ -1,0 +1,229 @@
+"""The experiment report: one small real tuning run on ml-latest-small, then its HTML page read back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import optuna
+import pandas as pd
+import pytest
+import ray
+
+from tune import report as tune_report
+from tune import run as tune_run
+from tune.report_figures import NotAvailable, asha_rungs, param_importances
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+FIGURES = ("val-mse-per-epoch", "best-so-far", "param-importance", "val-mse-vs-params", "asha-rungs")
+MAX_EPOCHS = 4
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.slow
+
+
+class Page(HTMLParser):
+    """The parts of the report a reader sees: images by id, tables by id (rows of cell texts), notes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: dict[str, dict[str, str]] = {}
+        self.tables: dict[str, list[list[str]]] = {}
+        self.figures: list[str] = []
+        self.text: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.images[a["id"]] = a
+        elif tag == "figure":
+            self.figures.append(a["id"])
+        elif tag == "table":
+            self._table = a["id"]
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def read_page(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+def as_records(table: list[list[str]]) -> list[dict[str, str]]:
+    header, *rows = table
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """Six trials of the default space, 4 epochs at most, ASHA halving from epoch 1; one at a time
+    (--max-concurrent 1) so that the seeded search, and so which trials finish, is repeatable."""
+    storage = tmp_path_factory.mktemp("runs")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code = tune_run.main(
+            [
+                "--data", str(DATA),
+                "--storage-path", str(storage),
+                "--name", "small",
+                "--num-samples", "6",
+                "--max-epochs", str(MAX_EPOCHS),
+                "--grace-period", "1",
+                "--reduction-factor", "2",
+                "--max-concurrent", "1",
+                "--seed", "3",
+            ]
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert code == 0
+    return storage / "small"
+
+
+@pytest.fixture(scope="module")
+def page(experiment: Path) -> Page:
+    path = tune_report.write_report(experiment)
+    # The page lives in <experiment>/report/ beside its PNGs.
+    assert path == experiment / "report" / "report.html"
+    return read_page(path)
+
+
+def test_report_has_every_figure_as_a_real_picture(experiment: Path, page: Page):
+    for key in FIGURES:
+        # Every figure is on the page, as an image with a title for its alt text.
+        assert f"fig-{key}" in page.figures
+        img = page.images[f"img-{key}"]
+        assert img["alt"]
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        png = base64.b64decode(img["src"][len(prefix) :])
+        # A real PNG of a reasonable size, the same as the file written beside the page.
+        assert png.startswith(PNG_MAGIC)
+        assert len(png) > 10_000
+        assert (experiment / "report" / f"{key}.png").read_bytes() == png
+        # Not a blank canvas: the pixels vary.
+        pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+        assert pixels.var() > 0.001
+
+
+def test_report_top_trials_match_trials_csv(experiment: Path, page: Page):
+    trials = pd.read_csv(experiment / "trials.csv").set_index("trial_id")
+    rows = as_records(page.tables["top-trials"])
+    # The best trials of trials.csv, best first.
+    expected = trials["best_val_mse"].nsmallest(len(rows)).index.tolist()
+    assert [r["trial"] for r in rows] == expected
+    for row in rows:
+        csv = trials.loc[row["trial"]]
+        # Each row's outcome, epochs and values are those of trials.csv (MSE to 4 decimals).
+        assert row["outcome"] == csv["outcome"]
+        assert int(row["epochs"]) == csv["epochs"]
+        assert int(row["best epoch"]) == csv["best_epoch"]
+        assert int(row["optuna #"]) == csv["optuna_number"]
+        assert float(row["best val MSE"]) == pytest.approx(csv["best_val_mse"], abs=5e-5)
+        assert float(row["last val MSE"]) == pytest.approx(csv["last_val_mse"], abs=5e-5)
+        # And its configuration (4 significant digits).
+        for name in ("emb_dim", "lr", "sigmoid_high", "init_range", "l2", "weight_decay"):
+            assert float(row[name]) == pytest.approx(csv[f"param_{name}"], rel=1e-3)
+
+
+def test_report_epochs_table_matches_trials_csv(experiment: Path, page: Page):
+    trials = pd.read_csv(experiment / "trials.csv")
+    rows = {r["trials"]: r for r in as_records(page.tables["epochs"])}
+    total = rows["total"]
+    # ASHA's epochs are the sum of trials.csv's, against every trial run to max_epochs.
+    assert int(total["count"]) == len(trials)
+    assert int(total["epochs spent (ASHA)"]) == trials["epochs"].sum()
+    assert int(total[f"epochs had each run to {MAX_EPOCHS}"]) == len(trials) * MAX_EPOCHS
+    assert int(total["epochs saved"]) == len(trials) * MAX_EPOCHS - trials["epochs"].sum()
+    # Per outcome too.
+    for outcome, group in trials.groupby("outcome"):
+        assert int(rows[outcome]["count"]) == len(group)
+        assert int(rows[outcome]["epochs spent (ASHA)"]) == group["epochs"].sum()
+
+
+def test_report_compares_tutorial_with_exported_best(experiment: Path, page: Page):
+    best = json.loads((experiment / "best" / "metrics.json").read_text())
+    rows = {r[""]: r for r in as_records(page.tables["tutorial-vs-best"])}
+    # The best column is the exported model's validation metrics.
+    for label, key in (
+        ("val MSE", "val_mse"),
+        ("val RMSE", "val_rmse"),
+        ("val F1 (half stars, weighted)", "val_f1"),
+        ("val precision (half stars)", "val_precision"),
+        ("val recall (half stars)", "val_recall"),
+    ):
+        assert float(rows[label]["best config"]) == pytest.approx(best[key], abs=5e-5)
+    # The tutorial's run (10 epochs of its defaults) lands near the README's 0.914.
+    assert 0.85 < float(rows["val MSE"]["tutorial's config"]) < 0.98
+    assert rows["epochs"]["tutorial's config"] == "10"
+    assert int(rows["epochs"]["best config"]) == best["epoch"]
+    # Ranking quality is judged for both.
+    assert 0 <= float(rows["val NDCG@10"]["best config"]) <= 1
+
+
+def test_report_on_an_unexported_copy_matches(experiment: Path, tmp_path: Path):
+    # An interrupted run has no best/ or trials.csv; a moved folder must still read.
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("best", "trials.csv", "report"))
+    page = read_page(tune_report.write_report(copy))
+    best = json.loads((experiment / "best" / "metrics.json").read_text())
+    rows = {r[""]: r for r in as_records(page.tables["tutorial-vs-best"])}
+    # The best trial's own checkpoint gives the same model as the export.
+    assert float(rows["val MSE"]["best config"]) == pytest.approx(best["val_mse"], abs=5e-5)
+    assert all(f"img-{key}" in page.images for key in FIGURES)
+
+
+def test_report_cli_prints_where_and_rejects_a_non_experiment(experiment: Path, tmp_path: Path, capsys):
+    # The command prints the page's path.
+    assert tune_report.main([str(experiment)]) == 0
+    assert str(experiment / "report" / "report.html") in capsys.readouterr().out
+    # A folder that is no experiment: one line, no traceback, exit 2.
+    assert tune_report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "experiment.yaml" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_importance_needs_two_complete_trials():
+    study = optuna.create_study()
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=dist, value=0.9))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 0.02}, distributions=dist, state=optuna.trial.TrialState.PRUNED, value=1.2
+        )
+    )
+    # One COMPLETE trial (a pruned one does not count): the page says so instead of crashing.
+    with pytest.raises(NotAvailable, match="at least 2 COMPLETE"):
+        param_importances(study)
+    with pytest.raises(NotAvailable, match="no Optuna study"):
+        param_importances(None)
+
+
+def test_asha_rungs_follow_grace_period_and_reduction_factor():
+    # grace * rf**k up to max_epochs, and max_epochs itself (where a trial is complete).
+    assert asha_rungs(grace_period=1, reduction_factor=3, max_epochs=9) == [1, 3, 9]
+    assert asha_rungs(grace_period=2, reduction_factor=3, max_epochs=30) == [2, 6, 18, 30]
+    assert asha_rungs(grace_period=4, reduction_factor=2, max_epochs=4) == [4]
