@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from tune.export import collect_and_write_trials, export_best
 from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, epochs_spent
 from tune.settings import ExperimentSettings, doc, read_experiment
 
+IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1}
 
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted experiment (its folder; without one: --storage-path/--name); "
         "its settings, space and config come from its experiment.yaml",
     )
+    group.add_argument("--report", action="store_true", help="write <experiment>/report/report.html at the end")
     group.add_argument("--smoke-test", action="store_true", help=f"a tiny run for CI: {SMOKE_TEST}")
     group.add_argument(
         "--no-export",
@@ -101,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        if IN_RAY_JOB in os.environ and not Path(settings.storage_path).is_absolute():
+            raise MFError(
+                f"--storage-path: {settings.storage_path!r} is relative, and a Ray job runs in a temporary copy of "
+                "its working dir that nobody will find again; give an absolute path on shared storage"
+            )
         if args.resume is not None:
             from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
 
@@ -122,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
         if not args.no_export:
             export_best(outcome.experiment_dir, records=records)
+        if args.report:
+            from tune.report import write_report
+
+            print(f"report: {write_report(outcome.experiment_dir)}")
     except MFError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
