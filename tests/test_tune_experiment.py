@@ -196,3 +196,50 @@ def test_existing_experiment_name_is_not_overwritten(experiment: Path, capsys):
     assert code == 2
     assert "--resume" in capsys.readouterr().err
     assert (experiment / "trials.csv").read_bytes() == before
+
+
+def test_warm_start_seeds_the_new_study_with_earlier_trials(experiment: Path, tmp_path: Path):
+    code = tune_run.main(
+        [
+            "--data", str(DATA),
+            "--storage-path", str(tmp_path),
+            "--name", "warm",
+            "--warm-start", str(experiment),
+            "--num-samples", "2",
+            "--max-epochs", "4",
+            "--grace-period", "1",
+            "--reduction-factor", "2",
+            "--seed", "3",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    earlier = load_study(experiment)
+    study = load_study(tmp_path / "warm")
+    copied = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    # Every finished trial of the earlier study is in the new one (with its curve), plus the 2 new trials.
+    assert len(copied) == len(earlier.trials)
+    assert sorted(t.value for t in copied) == pytest.approx(sorted(t.value for t in earlier.trials))
+    assert all(t.intermediate_values for t in copied)
+    assert len(study.trials) == len(earlier.trials) + 2
+    # trials.csv lists only this experiment's own trials.
+    assert len(pd.read_csv(tmp_path / "warm" / "trials.csv")) == 2
+
+
+def test_split_with_a_test_part_exports_test_metrics(tmp_path: Path):
+    code = tune_run.main(
+        [
+            "--data", str(DATA),
+            "--storage-path", str(tmp_path),
+            "--name", "held-out",
+            "--test-n", "5",
+            "--num-samples", "2",
+            "--max-epochs", "2",
+            "--grace-period", "2",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads((tmp_path / "held-out" / "best" / "metrics.json").read_text())
+    # The best config's test metrics are computed once, after tuning, next to its val metrics.
+    for key in ("test_mse", "test_rmse", "test_mae", "test_f1", "test_precision", "test_recall"):
+        assert math.isfinite(metrics[key])
+    assert metrics["test_mse"] != metrics["val_mse"]
