@@ -25,7 +25,7 @@ from mf.metrics import EPOCH, VAL_MSE
 from mf.train import dataset_for
 from search_spaces import SearchSpace
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.searcher import TruthfulOptunaSearch
+from tune.searcher import RAY_TRIAL_ID, TruthfulOptunaSearch
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
 from tune.trainable import CheckpointPolicy, train_trial
 
@@ -76,7 +76,10 @@ def warm_start_trials(
                 params=t.params,
                 distributions=distributions,
                 intermediate_values=t.intermediate_values,
-                user_attrs={**t.user_attrs, "warm_start_from": f"{source}#{study_name}:{t.number}"},
+                user_attrs={
+                    **{k: v for k, v in t.user_attrs.items() if k != RAY_TRIAL_ID},  # not a trial of this run
+                    "warm_start_from": f"{source}#{study_name}:{t.number}",
+                },
             )
         )
     return trials
@@ -151,14 +154,18 @@ def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunCo
 
 
 def connect_ray(settings: ExperimentSettings) -> None:
-    """Join the cluster given by --address, or start a local Ray without the dashboard."""
+    """Join --address; inside a Ray job, the job's cluster (RAY_ADDRESS); else start a private local Ray.
+
+    `ray.init()` alone would join any cluster someone started on this machine with `ray start`.
+    """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=True)
+        ray.init(address=settings.address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False)
 
 
 def concurrent_trials(settings: ExperimentSettings) -> int:

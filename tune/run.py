@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted experiment (its folder; without one: --storage-path/--name); "
         "its settings, space and config come from its experiment.yaml",
     )
-    group.add_argument("--report", action="store_true", help="write <experiment>/report/report.html at the end")
+    group.add_argument(
+        "--report", action="store_true", help="write <experiment>/report/report.html at the end"
+    )
     group.add_argument("--smoke-test", action="store_true", help=f"a tiny run for CI: {SMOKE_TEST}")
     group.add_argument(
         "--no-export",
