@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+
 
 class MFError(Exception):
     """Base class for every error the project raises about a user's input or environment."""
@@ -13,3 +17,18 @@ class DataError(MFError):
 
 class ConfigError(MFError):
     """A configuration key or value (YAML, CLI, search space) that breaks a rule."""
+
+
+def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a CLI's main(): a user's mistake (an MFError) becomes one `error:` line and exit code 2,
+    never a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except MFError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper

@@ -23,7 +23,7 @@ import numpy as np
 
 from mf.config import TrainConfig, from_dict
 from mf.data import Dataset, Interactions
-from mf.errors import ConfigError, MFError
+from mf.errors import ConfigError, user_errors_exit
 from mf.model import MFAdvanced
 from mf.ranking import FactorScorer, RankingMetrics, ranking_metrics, top_k
 from mf.train import dataset_for
@@ -169,33 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.user is None and args.evaluate is None:
         parser.error("give --user ID, --evaluate, or both")
-    try:
-        loaded = load(args.model, data=args.data)
-        output: dict[str, Any] = {}
-        if args.user is not None:
-            recs = recommend(loaded, args.user, k=args.k)
-            output["recommendations"] = [r.as_dict() for r in recs]
-            if not args.json:
-                print(f"top {len(recs)} movies user {args.user} has not rated ({loaded.path}):")
-                for r in recs:
-                    print(f"{r.rank:3d}. {r.predicted_rating:.2f}  {r.title}  (movieId {r.movie_id})")
-        if args.evaluate is not None:
-            metrics = evaluate(loaded, part=args.evaluate, k=args.k, threshold=args.threshold)
-            output["ranking"] = {"part": args.evaluate, **metrics.as_dict()}
-            if not args.json:
-                print(format_ranking(metrics, args.evaluate))
-        if args.json:
-            # --user alone: the plain list of recommendations, which is what a caller wants to loop over.
-            only_recs = args.evaluate is None
-            print(json.dumps(output["recommendations"] if only_recs else output, indent=2))
-    except MFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    loaded = load(args.model, data=args.data)
+    output: dict[str, Any] = {}
+    if args.user is not None:
+        recs = recommend(loaded, args.user, k=args.k)
+        output["recommendations"] = [r.as_dict() for r in recs]
+        if not args.json:
+            print(f"top {len(recs)} movies user {args.user} has not rated ({loaded.path}):")
+            for r in recs:
+                print(f"{r.rank:3d}. {r.predicted_rating:.2f}  {r.title}  (movieId {r.movie_id})")
+    if args.evaluate is not None:
+        metrics = evaluate(loaded, part=args.evaluate, k=args.k, threshold=args.threshold)
+        output["ranking"] = {"part": args.evaluate, **metrics.as_dict()}
+        if not args.json:
+            print(format_ranking(metrics, args.evaluate))
+    if args.json:
+        # --user alone: the plain list of recommendations, which is what a caller wants to loop over.
+        only_recs = args.evaluate is None
+        print(json.dumps(output["recommendations"] if only_recs else output, indent=2))
     return 0
 
 

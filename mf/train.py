@@ -19,7 +19,7 @@ from mf.atomic import atomic_write_text, write_json, write_yaml
 from mf.cli_args import add_config_flags, config_from_args
 from mf.config import TrainConfig
 from mf.data import prepare_dataset
-from mf.errors import MFError
+from mf.errors import user_errors_exit
 from mf.metrics import EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, prefixed
 from mf.training import Trainer
 
@@ -101,15 +101,12 @@ def train(config: TrainConfig, out: Path, *, quiet: bool = False) -> dict[str, A
     return metrics
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-        train(config, out, quiet=args.quiet)
-    except MFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    train(config, out, quiet=args.quiet)
     return 0
 
 

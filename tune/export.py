@@ -22,7 +22,7 @@ import optuna
 
 from mf.atomic import write_json, write_yaml
 from mf.config import from_dict
-from mf.errors import MFError
+from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
 from mf.train import dataset_for
 from mf.training import Trainer, read_checkpoint
@@ -121,6 +121,7 @@ def export_best(
     return metrics
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tune.export",
@@ -128,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("experiment", type=Path, help="experiment folder (e.g. runs/mf-tune)")
     args = parser.parse_args(argv)
-    try:
-        export_best(args.experiment)
-    except MFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    export_best(args.experiment)
     return 0
 
 

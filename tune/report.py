@@ -28,7 +28,7 @@ from typing import Any
 from mf.atomic import atomic_write, atomic_write_text, write_json
 from mf.config import TrainConfig, from_dict
 from mf.data import Dataset
-from mf.errors import MFError
+from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
 from mf.ranking import ranking_metrics
 from mf.recommend import scorer_from_model
@@ -302,6 +302,7 @@ def write_report(folder: str | os.PathLike) -> Path:
     return atomic_write_text(out / REPORT_FILE, render(folder, experiment, records, figures, comparison))
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tune.report",
@@ -311,11 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Tune warns about every trial without results yet, which is normal while an experiment runs.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    try:
-        path = write_report(args.experiment)
-    except MFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = write_report(args.experiment)
     print(f"report: {path}")
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from mf.cli_args import add_config_flags, explicit_keys
 from mf.config import from_dict
-from mf.errors import MFError
+from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
 from tune.export import collect_and_write_trials, export_best
 from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, epochs_spent
@@ -102,43 +102,40 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-        if IN_RAY_JOB in os.environ and not Path(settings.storage_path).is_absolute():
-            raise MFError(
-                f"--storage-path: {settings.storage_path!r} is relative, and a Ray job runs in a temporary copy of "
-                "its working dir that nobody will find again; give an absolute path on shared storage"
-            )
-        if args.resume is not None:
-            from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
+    settings = settings_from_args(args)
+    if IN_RAY_JOB in os.environ and not Path(settings.storage_path).is_absolute():
+        raise MFError(
+            f"--storage-path: {settings.storage_path!r} is relative, and a Ray job runs in a temporary copy of "
+            "its working dir that nobody will find again; give an absolute path on shared storage"
+        )
+    if args.resume is not None:
+        from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
 
-            folder = Path(args.resume) if args.resume else settings.experiment_dir
-            outcome = resume_experiment(folder, address=getattr(args, "address", None))
-            settings = ExperimentSettings(**read_experiment(folder)["settings"])
-        else:
-            fixed = explicit_keys(args)
-            space = load_space(settings.space)
-            space.check_against(fixed)
-            if "data" in fixed and Path(fixed["data"]).exists():
-                # Trials, the export and a later retrain may run elsewhere: keep no relative path.
-                fixed["data"] = str(Path(fixed["data"]).resolve())
-            base = from_dict(fixed, where="command line")
-            from tune.experiment import run_experiment  # imports Ray: only once the input is checked
+        folder = Path(args.resume) if args.resume else settings.experiment_dir
+        outcome = resume_experiment(folder, address=getattr(args, "address", None))
+        settings = ExperimentSettings(**read_experiment(folder)["settings"])
+    else:
+        fixed = explicit_keys(args)
+        space = load_space(settings.space)
+        space.check_against(fixed)
+        if "data" in fixed and Path(fixed["data"]).exists():
+            # Trials, the export and a later retrain may run elsewhere: keep no relative path.
+            fixed["data"] = str(Path(fixed["data"]).resolve())
+        base = from_dict(fixed, where="command line")
+        from tune.experiment import run_experiment  # imports Ray: only once the input is checked
 
-            outcome = run_experiment(settings, base, space)
-        records = collect_and_write_trials(outcome.experiment_dir)
-        print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
-        if not args.no_export:
-            export_best(outcome.experiment_dir, records=records)
-        if args.report:
-            from tune.report import write_report
+        outcome = run_experiment(settings, base, space)
+    records = collect_and_write_trials(outcome.experiment_dir)
+    print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
+    if not args.no_export:
+        export_best(outcome.experiment_dir, records=records)
+    if args.report:
+        from tune.report import write_report
 
-            print(f"report: {write_report(outcome.experiment_dir)}")
-    except MFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"report: {write_report(outcome.experiment_dir)}")
     return 0
 
 
