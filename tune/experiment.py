@@ -174,6 +174,10 @@ def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunCo
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
         # The latest checkpoint holds both the state to resume from and the best epoch's weights.
+        # num_to_keep=1 makes Tune snapshot the experiment after each checkpoint, so that a resumed
+        # driver knows every trial's last checkpoint. Measured (40 s runs, 2 cores): num_to_keep=2
+        # or more forces fewer snapshots, +20-45 % epochs, but a driver killed between snapshots
+        # restarts unfinished trials from scratch.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         verbose=verbose,
