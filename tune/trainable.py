@@ -1,8 +1,8 @@
 """The Ray Tune trainable: a thin function that drives `mf.training.Trainer` one epoch at a time.
 
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
-resumes from `tune.get_checkpoint()` when Tune retries it, and reports every epoch with a
-checkpoint, which is what ASHA and the Optuna searcher act on.
+resumes from `tune.get_checkpoint()` when Tune retries it, and reports every epoch (what ASHA and
+the Optuna searcher act on), with a checkpoint where `CheckpointPolicy` says.
 """
 
 from __future__ import annotations
