@@ -243,3 +243,27 @@ def test_split_with_a_test_part_exports_test_metrics(tmp_path: Path):
     for key in ("test_mse", "test_rmse", "test_mae", "test_f1", "test_precision", "test_recall"):
         assert math.isfinite(metrics[key])
     assert metrics["test_mse"] != metrics["val_mse"]
+
+
+def test_time_budget_leaves_no_trial_running_in_the_study(tmp_path: Path):
+    code = tune_run.main(
+        [
+            "--data", str(DATA),
+            "--storage-path", str(tmp_path),
+            "--name", "budget",
+            "--num-samples", "-1",
+            "--time-budget-s", "12",
+            "--max-epochs", "30",
+            "--emb-dim", "256",
+            "--space", "ablation",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    study = load_study(tmp_path / "budget")
+    trials = pd.read_csv(tmp_path / "budget" / "trials.csv").set_index("optuna_number")
+    # Trials cut off by the budget are PRUNED (or FAIL without an epoch): none stays RUNNING.
+    assert all(t.state.is_finished() for t in study.trials)
+    for t in study.trials:
+        assert t.state.name == {"FAILED": "FAIL"}.get(
+            trials.loc[t.number, "outcome"], trials.loc[t.number, "outcome"]
+        )

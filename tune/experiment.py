@@ -26,6 +26,7 @@ from mf.errors import ConfigError
 from mf.metrics import EPOCH, VAL_MSE
 from mf.train import dataset_for
 from search_spaces import SearchSpace
+from tune.results import load_analysis
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import RAY_TRIAL_ID, TruthfulOptunaSearch
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
@@ -263,7 +264,35 @@ def run_experiment(
     )
     started = time.monotonic()
     results = tuner.fit()
+    settle_stopped_trials(settings)
     return RunOutcome(folder, time.monotonic() - started, results)
+
+
+def settle_stopped_trials(settings: ExperimentSettings) -> int:
+    """Tell Optuna about trials Tune stopped without telling the searcher (those still running when
+    --time-budget-s ran out): PRUNED with their curve, COMPLETE if they had reached max_epochs,
+    FAIL with no epoch. Trials Tune will still resume (an interrupted run) are left RUNNING."""
+    stopped = {
+        t.trial_id
+        for t in load_analysis(settings.experiment_dir).trials
+        if t.status in ("TERMINATED", "ERROR")
+    }
+    study = optuna.load_study(
+        study_name=settings.name, storage=open_study_storage(study_storage_url(settings))
+    )
+    settled = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get(RAY_TRIAL_ID) not in stopped:
+            continue
+        curve = t.intermediate_values
+        if curve and max(curve) >= settings.max_epochs:
+            study.tell(t.number, min(curve.values()), state=optuna.trial.TrialState.COMPLETE)
+        elif curve:
+            study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        settled += 1
+    return settled
 
 
 def resume_experiment(folder: Path, *, address: str | None = None, verbose: int = 1) -> RunOutcome:
@@ -288,4 +317,5 @@ def resume_experiment(folder: Path, *, address: str | None = None, verbose: int 
     )
     started = time.monotonic()
     results = tuner.fit()
+    settle_stopped_trials(settings)
     return RunOutcome(folder, time.monotonic() - started, results)
