@@ -7,6 +7,7 @@ trial costs its own epochs and little else.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -270,10 +271,10 @@ def run_experiment(
 
 def settle_stopped_trials(settings: ExperimentSettings) -> int:
     """Tell Optuna about trials Tune stopped without telling the searcher (those still running when
-    --time-budget-s ran out): PRUNED with their curve, COMPLETE if they had reached max_epochs,
-    FAIL with no epoch. Trials Tune will still resume (an interrupted run) are left RUNNING."""
-    stopped = {
-        t.trial_id
+    --time-budget-s ran out): their last result joins their curve, then PRUNED, COMPLETE if they had
+    reached max_epochs, FAIL with no epoch. Trials Tune will still resume (an interrupted run) stay RUNNING."""
+    last_results = {
+        t.trial_id: t.last_result or {}
         for t in load_analysis(settings.experiment_dir).trials
         if t.status in ("TERMINATED", "ERROR")
     }
@@ -282,9 +283,18 @@ def settle_stopped_trials(settings: ExperimentSettings) -> int:
     )
     settled = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get(RAY_TRIAL_ID) not in stopped:
+        last = last_results.get(t.user_attrs.get(RAY_TRIAL_ID))
+        if last is None:
             continue
-        curve = t.intermediate_values
+        epoch, value = last.get(EPOCH), last.get(METRIC)
+        if (
+            epoch is not None
+            and value is not None
+            and math.isfinite(value)
+            and int(epoch) not in t.intermediate_values
+        ):
+            optuna.Trial(study, t._trial_id).report(float(value), int(epoch))
+        curve = study._storage.get_trial(t._trial_id).intermediate_values
         if curve and max(curve) >= settings.max_epochs:
             study.tell(t.number, min(curve.values()), state=optuna.trial.TrialState.COMPLETE)
         elif curve:
