@@ -42,10 +42,6 @@ class TruthfulOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
-    def optuna_trial_number(self, trial_id: str) -> int | None:
-        trial = self._ot_trials.get(trial_id)
-        return None if trial is None else trial.number
-
     def suggest(self, trial_id: str) -> dict | None:
         if self._orphans and trial_id not in self._ot_trials:
             # A proposal the killed driver made but never saved: run it now instead of asking anew,
