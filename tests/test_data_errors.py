@@ -9,6 +9,7 @@ import pytest
 
 from mf.data import load_movielens
 from mf.errors import DataError, MFError
+from tests.files import write_file
 
 HEADER = "userId,movieId,rating,timestamp\n"
 
@@ -22,22 +23,13 @@ def _error(source: Path | str) -> str:
     return message
 
 
-def _write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text)
-    return path
-
-
 def test_data_error_is_an_mf_error() -> None:
     # The CLI catches MFError to print messages without a traceback.
     assert issubclass(DataError, MFError)
 
 
 def test_load_movielens_rejects_wrong_header(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ratings.csv", "user,movieId,rating,timestamp\n1,1,4.0,5\n")
+    path = write_file(tmp_path / "ratings.csv", "user,movieId,rating,timestamp\n1,1,4.0,5\n")
     message = _error(path)
     # Names the file, line 1, the header found and the missing column.
     assert str(path) in message and "line 1" in message
@@ -45,7 +37,7 @@ def test_load_movielens_rejects_wrong_header(tmp_path: Path) -> None:
 
 
 def test_load_movielens_rejects_missing_column(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ratings.csv", "userId,movieId,timestamp\n1,1,5\n")
+    path = write_file(tmp_path / "ratings.csv", "userId,movieId,timestamp\n1,1,5\n")
     message = _error(path)
     # The absent rating column is named.
     assert str(path) in message and "line 1" in message and "'rating'" in message
@@ -68,7 +60,7 @@ def test_load_movielens_rejects_missing_column(tmp_path: Path) -> None:
 def test_load_movielens_names_line_column_and_value_in_csv(
     tmp_path: Path, body: str, line: int, column: str, found: str
 ) -> None:
-    path = _write(tmp_path / "ratings.csv", HEADER + body)
+    path = write_file(tmp_path / "ratings.csv", HEADER + body)
     message = _error(path)
     # File, 1-based line (header is line 1), column and the value found are all named.
     assert str(path) in message
@@ -77,21 +69,21 @@ def test_load_movielens_names_line_column_and_value_in_csv(
 
 
 def test_load_movielens_counts_blank_lines_in_line_numbers(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ratings.csv", HEADER + "1,1,4.0,5\n\n\n1,2,9,6\n")
+    path = write_file(tmp_path / "ratings.csv", HEADER + "1,1,4.0,5\n\n\n1,2,9,6\n")
     # Blank lines are skipped but still counted, so the number matches an editor's.
     assert "line 5," in _error(path)
 
 
 @pytest.mark.parametrize("body", ["1,1,4.0\n", "1,1,4.0,5,7\n"])
 def test_load_movielens_rejects_wrong_field_count(tmp_path: Path, body: str) -> None:
-    path = _write(tmp_path / "ratings.csv", HEADER + "2,2,3.0,1\n" + body)
+    path = write_file(tmp_path / "ratings.csv", HEADER + "2,2,3.0,1\n" + body)
     message = _error(path)
     # The line with too few or too many fields is named, with its content.
     assert str(path) in message and "line 3:" in message and repr(body.strip()) in message
 
 
 def test_load_movielens_rejects_half_stars_in_ml_100k(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ml-100k" / "u.data", "1\t1\t4\t5\n1\t2\t3.5\t6\n")
+    path = write_file(tmp_path / "ml-100k" / "u.data", "1\t1\t4\t5\n1\t2\t3.5\t6\n")
     message = _error(path.parent)
     # ml-100k ratings are integers 1..5.
     assert (
@@ -101,8 +93,8 @@ def test_load_movielens_rejects_half_stars_in_ml_100k(tmp_path: Path) -> None:
 
 def test_load_movielens_rejects_half_stars_in_ml_1m(tmp_path: Path) -> None:
     folder = tmp_path / "ml-1m"
-    _write(folder / "users.dat", "1::F::1::10::48067\n")
-    path = _write(folder / "ratings.dat", "1::1::4::5\n1::2::4.5::6\n")
+    write_file(folder / "users.dat", "1::F::1::10::48067\n")
+    path = write_file(folder / "ratings.dat", "1::1::4::5\n1::2::4.5::6\n")
     message = _error(folder)
     # A ratings.dat beside users.dat is ml-1m: whole stars only.
     assert str(path) in message and "line 2," in message and "'4.5'" in message
@@ -118,34 +110,34 @@ def test_load_movielens_rejects_out_of_scale_in_ml_10m_zip(tmp_path: Path) -> No
 
 
 def test_load_movielens_rejects_bad_dat_separator(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ratings.dat", "1::1::4::5\n1:2::4::6\n")
+    path = write_file(tmp_path / "ratings.dat", "1::1::4::5\n1:2::4::6\n")
     message = _error(path)
     # A single ':' leaves three fields on line 2.
     assert str(path) in message and "line 2:" in message and "'1:2::4::6'" in message
 
 
 def test_load_movielens_rejects_non_numeric_u_data(tmp_path: Path) -> None:
-    path = _write(tmp_path / "u.data", "1\t1\t4\t5\n1\tGoldenEye\t4\t6\n")
+    path = write_file(tmp_path / "u.data", "1\t1\t4\t5\n1\tGoldenEye\t4\t6\n")
     message = _error(path)
     assert str(path) in message and "line 2," in message and "'GoldenEye'" in message
 
 
 @pytest.mark.parametrize("name", ["ratings.csv", "u.data", "ratings.dat", "export.csv"])
 def test_load_movielens_rejects_zero_byte_file(tmp_path: Path, name: str) -> None:
-    path = _write(tmp_path / name, "")
+    path = write_file(tmp_path / name, "")
     message = _error(path)
     # An empty file is named as such.
     assert str(path) in message and "empty" in message
 
 
 def test_load_movielens_rejects_header_only_file(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ratings.csv", HEADER)
+    path = write_file(tmp_path / "ratings.csv", HEADER)
     message = _error(path)
     assert str(path) in message and "no ratings" in message
 
 
 def test_load_movielens_rejects_folder_without_ratings(tmp_path: Path) -> None:
-    _write(tmp_path / "set" / "movies.csv", "movieId,title,genres\n")
+    write_file(tmp_path / "set" / "movies.csv", "movieId,title,genres\n")
     message = _error(tmp_path / "set")
     # The folder is named, with the files that were looked for.
     assert str(tmp_path / "set") in message and "ratings.csv" in message and "u.data" in message
@@ -160,19 +152,19 @@ def test_load_movielens_rejects_zip_without_ratings(tmp_path: Path) -> None:
 
 
 def test_load_movielens_rejects_corrupt_zip(tmp_path: Path) -> None:
-    path = _write(tmp_path / "ml-latest-small.zip", b"PK not really")
+    path = write_file(tmp_path / "ml-latest-small.zip", b"PK not really")
     assert str(path) in _error(path)
 
 
 def test_load_movielens_rejects_unknown_layout(tmp_path: Path) -> None:
-    path = _write(tmp_path / "notes.txt", "just some words\n")
+    path = write_file(tmp_path / "notes.txt", "just some words\n")
     message = _error(path)
     # Line 1 matches none of the layouts; the line and its content are named.
     assert str(path) in message and "line 1" in message and "'just some words'" in message
 
 
 def test_load_movielens_rejects_csv_without_header(tmp_path: Path) -> None:
-    path = _write(tmp_path / "export.csv", "1,1,4.0,5\n")
+    path = write_file(tmp_path / "export.csv", "1,1,4.0,5\n")
     message = _error(path)
     # A CSV needs the header; its first line is shown.
     assert str(path) in message and "line 1" in message and "'1,1,4.0,5'" in message
@@ -185,8 +177,8 @@ def test_load_movielens_rejects_missing_path() -> None:
 
 
 def test_load_movielens_rejects_bad_movies_dat(tmp_path: Path) -> None:
-    _write(tmp_path / "ratings.dat", "1::1::4::5\n")
-    path = _write(tmp_path / "movies.dat", "1::Toy Story (1995)::Animation\nbroken line\n")
+    write_file(tmp_path / "ratings.dat", "1::1::4::5\n")
+    path = write_file(tmp_path / "movies.dat", "1::Toy Story (1995)::Animation\nbroken line\n")
     message = _error(tmp_path)
     # Titles files are checked too.
     assert str(path) in message and "line 2" in message and "'broken line'" in message

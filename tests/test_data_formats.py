@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mf.data import Ratings, load_movielens
+from tests.files import write_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL_DIR = SHARED / "ml-latest-small"
@@ -18,15 +19,6 @@ ML100K_DIR = SHARED / "ml-100k"
 
 # Three users, including a tie in timestamps, in a deliberately unsorted file order.
 ROWS = [(3, 10, 4.0, 300), (1, 20, 3.5, 100), (1, 10, 5.0, 100), (2, 30, 0.5, 200)]
-
-
-def _write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text)
-    return path
 
 
 def _csv(rows: list[tuple[int, int, float, int]]) -> str:
@@ -96,8 +88,8 @@ def test_load_movielens_is_fast_on_100k_rows() -> None:
 
 
 def test_load_movielens_reads_ml_25m_style_folder(tmp_path: Path) -> None:
-    _write(tmp_path / "ml-25m" / "ratings.csv", _csv(ROWS))
-    _write(
+    write_file(tmp_path / "ml-25m" / "ratings.csv", _csv(ROWS))
+    write_file(
         tmp_path / "ml-25m" / "movies.csv",
         'movieId,title,genres\n10,"Lion, The (1994)",Drama\n20,B (2000),X\n',
     )
@@ -108,13 +100,13 @@ def test_load_movielens_reads_ml_25m_style_folder(tmp_path: Path) -> None:
 
 
 def test_load_movielens_finds_files_under_one_top_folder(tmp_path: Path) -> None:
-    _write(tmp_path / "outer" / "ml-25m" / "ratings.csv", _csv(ROWS))
+    write_file(tmp_path / "outer" / "ml-25m" / "ratings.csv", _csv(ROWS))
     # A folder holding the set one level down is read like the set's own folder.
     _assert_rows(load_movielens(tmp_path / "outer"), ROWS)
 
 
 def test_load_movielens_reads_plain_csv_file_without_titles(tmp_path: Path) -> None:
-    path = _write(tmp_path / "my_ratings.csv", _csv(ROWS))
+    path = write_file(tmp_path / "my_ratings.csv", _csv(ROWS))
     ratings = load_movielens(path)
     _assert_rows(ratings, ROWS)
     # No movies.csv beside it: no titles.
@@ -124,9 +116,9 @@ def test_load_movielens_reads_plain_csv_file_without_titles(tmp_path: Path) -> N
 def test_load_movielens_reads_ml_1m_style_dat_with_latin1_titles(tmp_path: Path) -> None:
     rows = [(1, 10, 5.0, 978300760), (1, 20, 3.0, 978302109), (2, 10, 1.0, 978301968)]
     folder = tmp_path / "ml-1m"
-    _write(folder / "ratings.dat", _dat(rows))
-    _write(folder / "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n")
-    _write(
+    write_file(folder / "ratings.dat", _dat(rows))
+    write_file(folder / "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n")
+    write_file(
         folder / "movies.dat",
         "10::Ladri di biciclette (1948)::Drama\n20::Caf\xe9 au lait (1993)::Comedy\n".encode("latin-1"),
     )
@@ -151,7 +143,7 @@ def test_load_movielens_reads_ml_10m_style_zip_with_half_stars(tmp_path: Path) -
 
 def test_load_movielens_reads_ratings_dat_file_itself(tmp_path: Path) -> None:
     rows = [(7, 1, 2.0, 5), (7, 2, 3.0, 6)]
-    path = _write(tmp_path / "ratings.dat", _dat(rows))
+    path = write_file(tmp_path / "ratings.dat", _dat(rows))
     _assert_rows(load_movielens(path), rows)
 
 
@@ -164,7 +156,7 @@ def test_load_movielens_reads_ratings_dat_file_itself(tmp_path: Path) -> None:
     ],
 )
 def test_load_movielens_detects_layout_of_unknown_file_names(tmp_path: Path, name: str, text: str) -> None:
-    ratings = load_movielens(_write(tmp_path / name, text))
+    ratings = load_movielens(write_file(tmp_path / name, text))
     # The layout is sniffed from line 1 when the file name does not say it.
     assert len(ratings.frame) == text.count("\n") - (1 if text.startswith("userId") else 0)
 
@@ -172,13 +164,13 @@ def test_load_movielens_detects_layout_of_unknown_file_names(tmp_path: Path, nam
 def test_load_movielens_skips_blank_lines_and_crlf(tmp_path: Path) -> None:
     text = _csv(ROWS).replace("\n", "\r\n") + "\r\n"
     # Windows line ends and a trailing blank line are harmless.
-    _assert_rows(load_movielens(_write(tmp_path / "ratings.csv", text)), ROWS)
+    _assert_rows(load_movielens(write_file(tmp_path / "ratings.csv", text)), ROWS)
 
 
 def test_load_movielens_prefers_existing_path_over_set_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _write(tmp_path / "ml-100k" / "ratings.csv", _csv(ROWS))
+    write_file(tmp_path / "ml-100k" / "ratings.csv", _csv(ROWS))
     monkeypatch.chdir(tmp_path)
     # A path that exists is read as a path, never fetched as the set of the same name.
     _assert_rows(load_movielens("ml-100k"), ROWS)
