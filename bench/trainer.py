@@ -1,0 +1,418 @@
+"""`python -m bench.trainer`: the trainer benchmark. Speed and memory targets live here, not in tests.
+
+1. Reference vs ours, in one process, on the same data and config: the tutorial's own loop (a
+   per-row `Dataset`, a `DataLoader`, its `MFAdvanced`, AdamW, MSELoss) against `Trainer.run_epoch()`.
+   An epoch is timed the same way on both sides: one pass over the training ratings plus the
+   validation MSE. The target is ours >= 20x faster.
+2. Scale: a synthetic MovieLens-shaped set (10M ratings by default) trained with `adamw` and with
+   `sparse_adam`, each variant in its own process so that each gets its own peak RSS.
+
+    python -m bench.trainer                       # both parts, about 1.5 minutes on 2 idle cores
+    python -m bench.trainer --ratings 1_000_000   # a smaller scale part
+    python -m bench.trainer --skip-scale --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from bench.synthetic import synthetic_movielens
+from mf.atomic import write_json
+from mf.config import TrainConfig
+from mf.data import Dataset, Interactions, prepare_dataset
+from mf.errors import MFError
+from mf.metrics import VAL_MSE, regression_metrics
+from mf.training import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+TARGET_SPEEDUP = 20.0
+SCALE_VARIANTS: dict[str, dict[str, Any]] = {
+    "adamw": {},  # the tutorial's optimiser and weight decay
+    "sparse_adam": {"optimizer": "sparse_adam", "weight_decay": 0.0, "l2": 0.05},
+}
+
+
+# ------------------------------------------------------------------ the tutorial, written out as it is
+class MovieDataset(TorchDataset):
+    """The tutorial's Dataset: per row `((user, item), rating)` as numpy scalars; default_collate batches them."""
+
+    def __init__(self, part: Interactions) -> None:
+        self.x_user_movie = list(zip(part.users, part.items, strict=True))
+        self.y_rating = np.asarray(part.ratings, dtype=np.float64)  # pandas' float64 column in the tutorial
+
+    def __len__(self) -> int:
+        return len(self.y_rating)
+
+    def __getitem__(self, idx: int) -> tuple[tuple[Any, Any], Any]:
+        return self.x_user_movie[idx], self.y_rating[idx]
+
+
+class TensorRowsDataset(MovieDataset):
+    """The same rows as 0-d tensors, a common way to write such a Dataset; batching them costs ~4x more."""
+
+    def __init__(self, part: Interactions) -> None:
+        self.users = torch.from_numpy(np.asarray(part.users, dtype=np.int64))
+        self.items = torch.from_numpy(np.asarray(part.items, dtype=np.int64))
+        self.y_rating = torch.from_numpy(np.asarray(part.ratings, dtype=np.float64))
+
+    def __getitem__(self, idx: int) -> tuple[tuple[Any, Any], Any]:
+        return (self.users[idx], self.items[idx]), self.y_rating[idx]
+
+
+def sigmoid_range(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Sigmoid function with range (low, high)."""
+    return torch.sigmoid(x) * (high - low) + low
+
+
+class TutorialMF(nn.Module):
+    """The tutorial's MFAdvanced: embeddings, biases as indexed Parameters, offset, sigmoid_range."""
+
+    def __init__(self, num_users: int, num_items: int, emb_dim: int, init: bool, bias: bool, sigmoid: bool):
+        super().__init__()
+        self.bias = bias
+        self.sigmoid = sigmoid
+        self.user_emb = nn.Embedding(num_users, emb_dim)
+        self.item_emb = nn.Embedding(num_items, emb_dim)
+        if bias:
+            self.user_bias = nn.Parameter(torch.zeros(num_users))
+            self.item_bias = nn.Parameter(torch.zeros(num_items))
+            self.offset = nn.Parameter(torch.zeros(1))
+        if init:
+            self.user_emb.weight.data.uniform_(0.0, 0.05)
+            self.item_emb.weight.data.uniform_(0.0, 0.05)
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        user_emb = self.user_emb(user)
+        item_emb = self.item_emb(item)
+        element_product = (user_emb * item_emb).sum(1)
+        if self.bias:
+            user_b = self.user_bias[user]
+            item_b = self.item_bias[item]
+            element_product += user_b + item_b + self.offset
+        if self.sigmoid:
+            return sigmoid_range(element_product, 0, 5.5)
+        return element_product
+
+
+class ReferenceRun:
+    """The tutorial's training loop and validation, one epoch per `epoch()` call."""
+
+    def __init__(
+        self, dataset: Dataset, device: torch.device, rows: type[MovieDataset] = MovieDataset
+    ) -> None:
+        torch.manual_seed(0)
+        self.device = device
+        # The tutorial passes num_workers=4; on 2 cores that re-forks 4 workers every epoch and ran 2.5x
+        # slower than in-process loading, so the reference loads in-process (the faster baseline).
+        self.dl_train = DataLoader(rows(dataset.train), batch_size=8192, shuffle=True)
+        self.dl_val = DataLoader(rows(dataset.val), batch_size=8192, shuffle=True)
+        self.mdl = TutorialMF(
+            dataset.n_users, dataset.n_items, emb_dim=32, init=True, bias=True, sigmoid=True
+        )
+        self.mdl.to(device)
+        self.opt = torch.optim.AdamW(self.mdl.parameters(), lr=0.005)
+        self.loss_fn = nn.MSELoss()
+
+    def epoch(self) -> float:
+        device, mdl, opt = self.device, self.mdl, self.opt
+        train_losses = []
+        mdl.train()
+        for xb, yb in self.dl_train:
+            x_user = xb[0].to(device, dtype=torch.long)
+            x_item = xb[1].to(device, dtype=torch.long)
+            y_ratings = yb.to(device, dtype=torch.float)
+            preds = mdl(x_user, x_item)
+            loss = self.loss_fn(preds, y_ratings)
+            train_losses.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return self.validate()
+
+    def validate(self) -> float:
+        """As the tutorial runs it (no torch.no_grad, no F1 here), but the MSE over all of val rather than
+        a mean of batch means (val is one batch here, so the two agree)."""
+        self.mdl.eval()
+        lpreds, lratings = [], []
+        for xb, yb in self.dl_val:
+            x_user = xb[0].to(self.device, dtype=torch.long)
+            x_item = xb[1].to(self.device, dtype=torch.long)
+            lpreds.append(self.mdl(x_user, x_item))
+            lratings.append(yb.to(self.device, dtype=torch.float))
+        return self.loss_fn(torch.cat(lpreds), torch.cat(lratings)).item()
+
+
+class OursRun:
+    """`Trainer.run_epoch()`, which trains one pass and computes the validation metrics itself."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, *, data: str) -> None:
+        self.trainer = Trainer(TrainConfig(data=data), dataset, device=device.type)
+
+    def epoch(self) -> float:
+        return self.trainer.run_epoch()[VAL_MSE]
+
+    def validate(self) -> float:
+        part = self.trainer.val_part
+        return regression_metrics(part.ratings.cpu().numpy(), self.trainer.predict_part(part))["mse"]
+
+
+def timed(fn: Callable[[], float]) -> tuple[float, float, float]:
+    """Wall seconds, process CPU seconds (every thread, so it can exceed the wall time) and the result."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, value
+
+
+def summary(run: dict[str, list[float]]) -> dict[str, float]:
+    return {
+        "mean_s": statistics.fmean(run["epoch_s"]),
+        "median_s": statistics.median(run["epoch_s"]),
+        "min_s": min(run["epoch_s"]),
+        "cpu_median_s": statistics.median(run["epoch_cpu_s"]),
+        "val_median_s": statistics.median(run["val_s"]),
+        "final_val_mse": run["val_mse"][-1],
+    }
+
+
+def compare(data: Path, *, epochs: int, device: torch.device) -> dict[str, Any]:
+    """Epochs interleaved (reference 1, ref-tensors 1, ours 1, reference 2, ...) so that a load spike on a
+    shared machine hits every side rather than one."""
+    dataset = prepare_dataset(data)
+    print(
+        f"== reference (tutorial loop) vs ours (Trainer.run_epoch), {dataset.source}: train {len(dataset.train):,}"
+        f" / val {len(dataset.val):,}, {epochs} epochs, device {device}, torch {torch.__version__},"
+        f" {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "   epoch = one pass over train + the val MSE, on every side, epochs interleaved; cpu s: process CPU"
+        " time; val s: that validation alone, timed again apart; ref-tensors: the reference with 0-d tensor rows"
+    )
+    runs: dict[str, ReferenceRun | OursRun] = {
+        "reference": ReferenceRun(dataset, device),
+        "ref-tensors": ReferenceRun(dataset, device, rows=TensorRowsDataset),
+        "ours": OursRun(dataset, device, data=str(data)),
+    }
+    logs: dict[str, dict[str, list[float]]] = {
+        n: {"epoch_s": [], "epoch_cpu_s": [], "val_s": [], "val_mse": []} for n in runs
+    }
+    for _ in range(epochs):
+        for name, run in runs.items():
+            wall, cpu, mse = timed(run.epoch)
+            val_wall, _, _ = timed(run.validate)
+            for key, value in zip(logs[name], (wall, cpu, val_wall, mse), strict=True):
+                logs[name][key].append(value)
+    rows = {name: summary(log) for name, log in logs.items()}
+    print(
+        f"   {'':11} {'mean s':>8} {'median s':>8} {'min s':>8} {'cpu s':>8} {'val s':>8} {'final val MSE':>14}"
+    )
+    for name, s in rows.items():
+        print(
+            f"   {name:11} {s['mean_s']:8.4f} {s['median_s']:8.4f} {s['min_s']:8.4f} {s['cpu_median_s']:8.4f}"
+            f" {s['val_median_s']:8.4f} {s['final_val_mse']:14.4f}"
+        )
+    ratio = {
+        f"{ref}/ours {k}": rows[ref][k] / rows["ours"][k]
+        for ref in ("reference", "ref-tensors")
+        for k in ("median_s", "mean_s", "cpu_median_s")
+    }
+    met = "met" if ratio["reference/ours median_s"] >= TARGET_SPEEDUP else "NOT met"
+    for ref in ("reference", "ref-tensors"):
+        print(
+            f"   {ref}/ours: {ratio[f'{ref}/ours median_s']:.1f}x on the median, {ratio[f'{ref}/ours mean_s']:.1f}x"
+            f" on the mean, {ratio[f'{ref}/ours cpu_median_s']:.1f}x on CPU time"
+            + (f" (target >= {TARGET_SPEEDUP:.0f}x on the median: {met})" if ref == "reference" else "")
+        )
+    for name, log in logs.items():
+        print(f"   per-epoch s, {name + ':':12} {' '.join(f'{t:.3f}' for t in log['epoch_s'])}")
+    print(f"   load average at the end {os.getloadavg()[0]:.2f}")
+    return {
+        "data": dataset.source,
+        "train": len(dataset.train),
+        "val": len(dataset.val),
+        "epochs": epochs,
+        "runs": logs,
+        "summary": rows,
+        "ratio": ratio,
+    }
+
+
+# ------------------------------------------------------------------ scale: synthetic MovieLens-shaped data
+def _memory_mb() -> dict[str, float]:
+    """Current and peak resident set (MB) from /proc; empty where there is no /proc (not Linux)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {line.split(":")[0]: line.split()[1] for line in lines if line.startswith(("VmRSS", "VmHWM"))}
+    return {"rss": int(fields["VmRSS"]) / 1024, "peak": int(fields["VmHWM"]) / 1024}
+
+
+def _reset_peak() -> None:
+    """Restart the kernel's peak-RSS count, so each phase's peak is its own (Linux >= 4.0)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def run_scale_variant(variant: str, *, n_ratings: int, epochs: int) -> dict[str, Any]:
+    """One variant from data generation to its last epoch, with memory measured around each phase."""
+    started = time.perf_counter()
+    dataset = synthetic_movielens(n_ratings)
+    generate_s = time.perf_counter() - started
+    gc.collect()
+    after_data = _memory_mb()
+    _reset_peak()
+    started = time.perf_counter()
+    config = TrainConfig(data=dataset.source, epochs=epochs, **SCALE_VARIANTS[variant])
+    trainer = Trainer(config, dataset)
+    init_s = time.perf_counter() - started
+    after_init = _memory_mb()
+    _reset_peak()
+    epoch_rows = []
+    for _ in range(epochs):
+        seconds, cpu_s, mse = timed(lambda: trainer.run_epoch()[VAL_MSE])
+        epoch_rows.append(
+            {
+                "seconds": seconds,
+                "cpu_s": cpu_s,
+                "ratings_per_s": len(dataset.train) / seconds,
+                "val_mse": mse,
+            }
+        )
+    after_train = _memory_mb()
+    memory: dict[str, float] = {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if after_data and after_init and after_train:
+        memory.update(
+            data_rss_mb=after_data["rss"],  # the process with the generated parts, before the trainer
+            init_delta_mb=after_init["peak"] - after_data["rss"],  # Trainer(): tensors, model, optimiser
+            train_delta_mb=after_train["peak"] - after_init["rss"],  # the epochs' peak above that
+        )
+    return {
+        "variant": variant,
+        "ratings": n_ratings,
+        "train": len(dataset.train),
+        "val": len(dataset.val),
+        "users": dataset.n_users,
+        "items": dataset.n_items,
+        "generate_s": generate_s,
+        "init_s": init_s,
+        "epochs": epoch_rows,
+        "memory": memory,
+        "device": str(trainer.device),
+    }
+
+
+def scale(*, n_ratings: int, epochs: int) -> dict[str, Any]:
+    """Each variant in a fresh `python -m bench.trainer --only VARIANT`, so that its peak RSS is its own."""
+    load_before = os.getloadavg()[0]
+    results = {}
+    for variant in SCALE_VARIANTS:
+        cmd = [sys.executable, "-m", "bench.trainer", "--only", variant]
+        cmd += ["--ratings", str(n_ratings), "--epochs", str(epochs)]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise MFError(
+                f"scale variant {variant}: `{' '.join(cmd)}` failed:\n{done.stderr.strip()[-2000:]}"
+            )
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    first = next(iter(results.values()))
+    print(
+        f"\n== scale: synthetic MovieLens-shaped, {first['ratings']:,} ratings (train {first['train']:,} /"
+        f" val {first['val']:,}), {first['users']:,} users, {first['items']:,} items, device {first['device']}"
+    )
+    print(
+        f"   generated in {first['generate_s']:.1f} s (vectorised numpy); each variant in its own process;"
+        f" epoch = run_epoch() (train + val MSE); load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
+    print(f"   {'variant':12} {'epoch':>5} {'seconds':>8} {'cpu s':>8} {'ratings/s':>11} {'val MSE':>8}")
+    for variant, r in results.items():
+        for n, e in enumerate(r["epochs"], 1):
+            print(
+                f"   {variant:12} {n:5d} {e['seconds']:8.2f} {e['cpu_s']:8.2f} {e['ratings_per_s']:11,.0f}"
+                f" {e['val_mse']:8.4f}"
+            )
+    print(f"   {'variant':12} {'init s':>7} {'data RSS':>9} {'+init':>7} {'+train':>7} {'peak RSS':>9}  (MB)")
+    for variant, r in results.items():
+        m = r["memory"]
+        print(
+            f"   {variant:12} {r['init_s']:7.2f} {m.get('data_rss_mb', float('nan')):9.0f}"
+            f" {m.get('init_delta_mb', float('nan')):7.0f} {m.get('train_delta_mb', float('nan')):7.0f}"
+            f" {m['ru_maxrss_mb']:9.0f}"
+        )
+    return results
+
+
+# ------------------------------------------------------------------ command line
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="ml-latest-small (default: %(default)s)"
+    )
+    parser.add_argument("--epochs-ref", type=_at_least(1), default=10, help="epochs of part 1 (default: 10)")
+    parser.add_argument("--ratings", type=_at_least(10_000), default=10_000_000, help="synthetic ratings")
+    parser.add_argument(
+        "--epochs", type=_at_least(1), default=2, help="epochs of the scale part (default: 2)"
+    )
+    parser.add_argument("--skip-scale", action="store_true", help="run part 1 only")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--only", choices=list(SCALE_VARIANTS), help="internal: one scale variant, as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.only:
+            print(json.dumps(run_scale_variant(args.only, n_ratings=args.ratings, epochs=args.epochs)))
+            return 0
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        print(f"bench.trainer on {platform.machine()} with {torch.get_num_threads()} torch threads")
+        results: dict[str, Any] = {
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "compare": compare(args.data, epochs=args.epochs_ref, device=device),
+        }
+        if not args.skip_scale:
+            results["scale"] = scale(n_ratings=args.ratings, epochs=args.epochs)
+        if args.json:
+            write_json(args.json, results)
+    except MFError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
