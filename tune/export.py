@@ -26,7 +26,7 @@ from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
 from mf.train import dataset_for
 from mf.training import Trainer, read_checkpoint
-from tune.results import TrialRecord, best_trial, collect_trials, load_analysis, write_trials_csv
+from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
 from tune.trainable import CHECKPOINT_FILE
 
@@ -46,12 +46,9 @@ def open_study(folder: Path, experiment: dict[str, Any]) -> optuna.Study | None:
 
 def latest_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
     """The trial's latest checkpoint: it carries the weights of the trial's best epoch so far."""
-    analysis = load_analysis(folder)
-    trial = next(t for t in analysis.trials if t.trial_id == record.trial_id)
-    checkpoint = analysis.get_last_checkpoint(trial)
-    if checkpoint is None:
+    if record.checkpoint is None:
         raise MFError(f"{folder}: trial {record.trial_id} has no checkpoint to export")
-    with checkpoint.as_directory() as d:
+    with record.checkpoint.as_directory() as d:
         return read_checkpoint(Path(d) / CHECKPOINT_FILE)
 
 

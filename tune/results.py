@@ -9,13 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-from ray.tune import ExperimentAnalysis
+from ray.tune import Checkpoint, ExperimentAnalysis
 
 from mf.atomic import atomic_write_text
 from mf.errors import MFError
@@ -46,14 +46,15 @@ class TrialRecord:
     error: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     history: pd.DataFrame | None = field(default=None, repr=False)
-    path: str = ""
+    checkpoint: Checkpoint | None = field(default=None, repr=False)
+    """Tune's latest checkpoint of the trial (it carries the best epoch's weights)."""
 
     def row(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("history")
-        out.pop("path")
-        params = out.pop("params")
-        return {**out, **{f"param_{k}": v for k, v in params.items()}}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_IN_CSV}
+        return {**out, **{f"param_{k}": v for k, v in self.params.items()}}
+
+
+_NOT_IN_CSV = ("params", "history", "checkpoint")
 
 
 def outcome_of(status: str, last: dict[str, Any], max_epochs: int) -> str:
@@ -108,7 +109,7 @@ def collect_trials(folder: Path, *, max_epochs: int, study: optuna.Study | None 
                 error=str(last.get("error", "")) or _error_text(trial),
                 params=dict(trial.config),
                 history=history,
-                path=str(trial.path or ""),
+                checkpoint=trial.checkpoint,
             )
         )
     return records
