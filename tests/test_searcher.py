@@ -7,12 +7,13 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from search_spaces import load_space
 from tune.searcher import DIVERGED, RAY_TRIAL_ID, TruthfulOptunaSearch
 
 
-def make_searcher(tmp_path: Path, max_epochs: int = 4) -> TruthfulOptunaSearch:
+def make_searcher(tmp_path: Path, max_epochs: int = 4, num_samples: int = -1) -> TruthfulOptunaSearch:
     return TruthfulOptunaSearch(
         space=load_space("default").to_optuna(),
         sampler=optuna.samplers.TPESampler(seed=0),
@@ -21,6 +22,7 @@ def make_searcher(tmp_path: Path, max_epochs: int = 4) -> TruthfulOptunaSearch:
         metric="val_mse",
         mode="min",
         max_epochs=max_epochs,
+        num_samples=num_samples,
     )
 
 
@@ -95,3 +97,17 @@ def test_restore_runs_a_proposal_the_dead_driver_never_saved(tmp_path: Path):
     # ...so the study has one trial per Tune trial and none left RUNNING.
     states = {t.user_attrs[RAY_TRIAL_ID]: t.state for t in restored.study.trials}
     assert states == {"saved": TrialState.COMPLETE, "new": TrialState.PRUNED}
+
+
+def test_restore_counts_trials_that_ended_after_the_save_against_num_samples(tmp_path: Path):
+    searcher = make_searcher(tmp_path, num_samples=3)
+    searcher.suggest("a")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    run(searcher, "b", [1.2, 1.1])  # asked and stopped after the save, then the driver died
+
+    restored = make_searcher(tmp_path, num_samples=3)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    # Tune's equally old snapshot knows only "a", so it asks for two more; the study has room for one.
+    assert restored.suggest("c") is not None
+    assert restored.suggest("d") == Searcher.FINISHED
+    assert len(restored.study.trials) == 3

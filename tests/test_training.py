@@ -6,42 +6,15 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from mf.config import TrainConfig
-from mf.data import Dataset, Interactions
 from mf.errors import MFError
 from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
 from mf.training import Trainer, TrainingDiverged, load_model, read_checkpoint
-
-N_USERS, N_ITEMS = 20, 15
-
-
-def _tiny_dataset(*, test: bool = False, first_user_id: int = 100, source: str = "tiny") -> Dataset:
-    """Every user rates every item; ratings come from two hidden factors, in half stars."""
-    rng = np.random.default_rng(0)
-    p, q = rng.normal(size=(N_USERS, 2)), rng.normal(size=(N_ITEMS, 2))
-    users, items = (a.ravel() for a in np.meshgrid(np.arange(N_USERS), np.arange(N_ITEMS), indexing="ij"))
-    ratings = np.clip(np.round((3 + (p[users] * q[items]).sum(1)) * 2) / 2, 0.5, 5.0).astype(np.float32)
-    rows = rng.permutation(len(ratings))
-    val, rest = rows[:40], rows[40:]
-    test_rows, train = (rest[:40], rest[40:]) if test else (None, rest)
-
-    def part(r: np.ndarray) -> Interactions:
-        return Interactions(users=users[r], items=items[r], ratings=ratings[r])
-
-    return Dataset(
-        train=part(train),
-        val=part(val),
-        test=part(test_rows) if test_rows is not None else None,
-        user_ids=np.arange(N_USERS, dtype=np.int64) + first_user_id,
-        item_ids=np.arange(N_ITEMS, dtype=np.int64) + 1000,
-        titles=None,
-        rating_scale=(0.5, 5.0),
-        source=source,
-    )
+from tests.files import N_ITEMS, N_USERS
+from tests.files import tiny_dataset as _tiny_dataset
 
 
 def _config(**changes: object) -> TrainConfig:

@@ -18,7 +18,6 @@ import optuna
 import ray
 import sqlalchemy
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 
 from mf.atomic import write_yaml
 from mf.config import TrainConfig, from_dict
@@ -29,9 +28,10 @@ from mf.train import dataset_for
 from search_spaces import SearchSpace
 from tune.results import load_analysis
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.searcher import RAY_TRIAL_ID, TruthfulOptunaSearch
+from tune.searcher import RAY_TRIAL_ID, WARM_START_FROM, TruthfulOptunaSearch, outcome_of_curve
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
 from tune.trainable import CheckpointPolicy, train_trial
+from tune.trial_files import TrialFolderLogger, trial_dirname
 
 METRIC, MODE = VAL_MSE, "min"  # stated once, here
 STUDY_FILE = "optuna.db"
@@ -102,7 +102,7 @@ def warm_start_trials(
                 intermediate_values=t.intermediate_values,
                 user_attrs={
                     **{k: v for k, v in t.user_attrs.items() if k != RAY_TRIAL_ID},  # not a trial of this run
-                    "warm_start_from": f"{source}#{study_name}:{t.number}",
+                    WARM_START_FROM: f"{source}#{study_name}:{t.number}",
                 },
             )
         )
@@ -127,6 +127,7 @@ def make_searcher(
         metric=METRIC,  # with a space given up front, Tune does not pass TuneConfig's metric/mode on
         mode=MODE,
         max_epochs=settings.max_epochs,
+        num_samples=settings.num_samples,
     )
     if settings.warm_start and not resume:
         source, _, name = settings.warm_start.partition("#")
@@ -146,11 +147,6 @@ def make_scheduler(settings: ExperimentSettings) -> PersistentASHA:
     )
 
 
-def trial_dirname(trial: Any) -> str:
-    """Short trial folders (Tune's default spells out every parameter)."""
-    return f"trial_{trial.trial_id}"
-
-
 def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dataset):
     trainable = tune.with_parameters(
         train_trial,
@@ -162,6 +158,7 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
             every=settings.checkpoint_every,
             interval_s=settings.checkpoint_interval_s,
         ),
+        experiment_dir=settings.experiment_dir,
     )
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
@@ -169,18 +166,20 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
 def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunConfig:
     # Tune's default loggers also write progress.csv and a TensorBoard file for every result; the
     # TensorBoard writer alone took an eighth of the driver's time (py-spy). result.json is what
-    # ExperimentAnalysis, the export and the report read.
+    # ExperimentAnalysis, the export and the report read; TrialFolderLogger writes it straight into
+    # the experiment folder (Tune's JSON logger stages it and copies every trial's file at each
+    # snapshot of the experiment).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return tune.RunConfig(
-        callbacks=[JsonLoggerCallback()],
+        callbacks=[TrialFolderLogger()],
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
-        # The latest checkpoint holds both the state to resume from and the best epoch's weights.
-        # num_to_keep=1 makes Tune snapshot the experiment after each checkpoint, so that a resumed
-        # driver knows every trial's last checkpoint. Measured (40 s runs, 2 cores): num_to_keep=2
-        # or more forces fewer snapshots, +20-45 % epochs, but a driver killed between snapshots
-        # restarts unfinished trials from scratch.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # The newest checkpoint holds both the state to resume from and the best epoch's weights.
+        # Keeping two: with one, Tune snapshots the whole experiment after every checkpoint (so that
+        # its record never names a deleted one), a cost that grows with the trials; measured at
+        # 420 s on 2 cores: 6,437 epochs with one, 9,363 with two. A trial resumes from the newest
+        # checkpoint in its folder, not from Tune's possibly older record (tune/trial_files.py).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         verbose=verbose,
     )
@@ -259,7 +258,7 @@ def run_experiment(
             max_concurrent_trials=concurrent_trials(settings),
             time_budget_s=settings.time_budget_s,
             reuse_actors=True,
-            trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),
         run_config=make_run_config(settings, verbose=verbose),
     )
@@ -295,12 +294,8 @@ def settle_stopped_trials(settings: ExperimentSettings) -> int:
         ):
             optuna.Trial(study, t._trial_id).report(float(value), int(epoch))
         curve = study._storage.get_trial(t._trial_id).intermediate_values
-        if curve and max(curve) >= settings.max_epochs:
-            study.tell(t.number, min(curve.values()), state=optuna.trial.TrialState.COMPLETE)
-        elif curve:
-            study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        state, best = outcome_of_curve(curve, failed=False, max_epochs=settings.max_epochs, mode=MODE)
+        study.tell(t.number, best, state=state)
         settled += 1
     return settled
 

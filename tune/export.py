@@ -25,10 +25,10 @@ from mf.config import from_dict
 from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
 from mf.train import dataset_for
-from mf.training import Trainer, read_checkpoint
+from mf.training import Trainer
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
-from tune.trainable import CHECKPOINT_FILE
+from tune.trial_files import newest_checkpoint
 
 BEST_DIR = "best"
 
@@ -45,11 +45,11 @@ def open_study(folder: Path, experiment: dict[str, Any]) -> optuna.Study | None:
 
 
 def latest_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
-    """The trial's latest checkpoint: it carries the weights of the trial's best epoch so far."""
-    if record.checkpoint is None:
-        raise MFError(f"{folder}: trial {record.trial_id} has no checkpoint to export")
-    with record.checkpoint.as_directory() as d:
-        return read_checkpoint(Path(d) / CHECKPOINT_FILE)
+    """The trial's newest checkpoint: it carries the weights of the trial's best epoch so far."""
+    state = newest_checkpoint(record.trial_dir) if record.trial_dir is not None else None
+    if state is None:
+        raise MFError(f"{folder}: trial {record.trial_id} has no readable checkpoint to export")
+    return state
 
 
 def collect_and_write_trials(folder: Path) -> list[TrialRecord]:

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
@@ -26,17 +27,32 @@ DIVERGED = "diverged"
 
 
 RAY_TRIAL_ID = "ray_trial_id"
+WARM_START_FROM = "warm_start_from"
+"""User attribute of a trial copied from an earlier study by --warm-start (not a trial of this run)."""
+
+
+def outcome_of_curve(
+    curve: dict[int, float], *, failed: bool, max_epochs: int, mode: str = "min"
+) -> tuple[TrialState, float | None]:
+    """How a trial ended, from its intermediate values (epoch -> val MSE): COMPLETE with its best
+    value if it reached `max_epochs`, PRUNED if stopped before, FAIL if it failed or has none."""
+    if failed or not curve:
+        return TrialState.FAIL, None
+    if max(curve) >= max_epochs:
+        return TrialState.COMPLETE, (min if mode == "min" else max)(curve.values())
+    return TrialState.PRUNED, None  # Optuna takes the last intermediate value for a PRUNED trial
 
 
 class TruthfulOptunaSearch(OptunaSearch):
     """OptunaSearch with per-epoch intermediate values and PRUNED / COMPLETE / FAIL told truthfully."""
 
-    def __init__(self, *, max_epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_epochs: int, num_samples: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_epochs = max_epochs
-        self._best: dict[str, float] = {}
+        self._num_samples = num_samples
         self._last_step: dict[str, int] = {}
         self._orphans: list[optuna.trial.FrozenTrial] = []
+        self._asks_left: int | None = None
 
     @property
     def study(self) -> optuna.Study:
@@ -51,6 +67,10 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._last_step[trial_id] = max(orphan.intermediate_values, default=0)
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
             return unflatten_dict(orphan.params)
+        if self._asks_left is not None:
+            if self._asks_left <= 0:
+                return Searcher.FINISHED
+            self._asks_left -= 1
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             # Lets trials.csv and the report join Tune's trial with Optuna's.
@@ -58,11 +78,21 @@ class TruthfulOptunaSearch(OptunaSearch):
         return params
 
     def restore(self, checkpoint_path: str) -> None:
-        """After a driver restart: find the study's RUNNING trials that the saved searcher never knew."""
+        """After a driver restart, from a searcher saved some time before the driver died: find the
+        study's RUNNING trials that it never knew (to run them instead of asking anew), and with a
+        fixed --num-samples, count the trials it never knew that finished, which Tune's (equally old)
+        snapshot does not count: the study ends up with --num-samples trials of this run, no more."""
         super().restore(checkpoint_path)
         known = {t._trial_id for t in self._ot_trials.values()}
-        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        self._orphans = [t for t in running if t._trial_id not in known]
+        trials = self._ot_study.get_trials(deepcopy=False)
+        self._orphans = [t for t in trials if t.state == TrialState.RUNNING and t._trial_id not in known]
+        if any(t._trial_id not in known and WARM_START_FROM not in t.user_attrs for t in trials):
+            # The sampler's random state was saved with the searcher: left as it is, it would
+            # propose again what it proposed after the save.
+            self._ot_study.sampler.reseed_rng()
+        if self._num_samples > 0:
+            this_run = [t for t in trials if WARM_START_FROM not in t.user_attrs]
+            self._asks_left = self._num_samples - len(this_run)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -81,9 +111,6 @@ class TruthfulOptunaSearch(OptunaSearch):
             except UpdateFinishedTrialError:
                 return  # told already by a driver that died before it could save that
             self._last_step[trial_id] = step
-        best = self._best.get(trial_id)
-        if best is None or (value < best if self.mode == "min" else value > best):
-            self._best[trial_id] = float(value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -91,17 +118,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         if result:
             # The result ASHA stopped a trial on never reaches on_trial_result.
             self._record(trial_id, result)
-        state, value = self.outcome(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
-        if not self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if not stored.state.is_finished():  # else told by a driver that died before it could save that
+            failed = error or bool(result and result.get(DIVERGED))
+            state, value = outcome_of_curve(
+                stored.intermediate_values, failed=failed, max_epochs=self._max_epochs, mode=self.mode
+            )
             self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
-
-    def outcome(self, trial_id: str, result: dict | None, error: bool) -> tuple[TrialState, float | None]:
-        """The Optuna state and value that describe how the trial ended."""
-        if error or not result or result.get(DIVERGED) or trial_id not in self._best:
-            return TrialState.FAIL, None
-        if int(result.get(EPOCH, 0)) >= self._max_epochs:
-            return TrialState.COMPLETE, self._best[trial_id]
-        # Stopped early: Optuna takes the last intermediate value for a PRUNED trial.
-        return TrialState.PRUNED, None

@@ -1,8 +1,9 @@
 """The Ray Tune trainable: a thin function that drives `mf.training.Trainer` one epoch at a time.
 
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
-resumes from `tune.get_checkpoint()` when Tune retries it, and reports every epoch (what ASHA and
-the Optuna searcher act on), with a checkpoint where `CheckpointPolicy` says.
+resumes from the newest checkpoint in its trial folder when Tune retries or restores it, and
+reports every epoch (what ASHA and the Optuna searcher act on), with a checkpoint where
+`CheckpointPolicy` says.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from ray import tune
 
 from mf.config import TrainConfig
 from mf.data import Dataset
-from mf.metrics import EPOCH, TRAIN_LOSS, VAL_MSE
-from mf.training import Trainer, TrainingDiverged, read_checkpoint
+from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MSE
+from mf.training import Trainer, TrainingDiverged
 from tune.searcher import DIVERGED
+from tune.trial_files import CHECKPOINT_FILE, has_ended, newest_checkpoint, read_results, trial_dirname
 
-CHECKPOINT_FILE = "state.pt"
 NODE_ID = "node_id"
 
 
@@ -63,17 +64,23 @@ def train_trial(
     base: TrainConfig,
     max_epochs: int,
     checkpoints: CheckpointPolicy,
+    experiment_dir: Path,
 ) -> None:
     # One INFO line per saved checkpoint would drown the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    trial_dir = experiment_dir / trial_dirname(tune.get_context().get_trial_id())
+    # What the trial did before a retry or a driver restart, read from its folder: Tune's snapshot
+    # of the experiment (and so `tune.get_checkpoint()`) may be older than that.
+    reported = read_results(trial_dir)
+    if reported and has_ended(reported[-1]):
+        return  # stopped or finished before the driver restarted: nothing left to do
     config = trial_config(base, params, max_epochs)
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(threads)  # match torch to the CPUs this trial holds
     trainer = Trainer(config, data)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load_state(read_checkpoint(Path(folder) / CHECKPOINT_FILE))
+    state = newest_checkpoint(trial_dir)
+    if state is not None:
+        trainer.load_state(state, source=f"{trial_dir} checkpoint")
     # Where the trial ran: its node, device and GPU share (trials.csv and the tests read these).
     placement = {
         NODE_ID: ray.get_runtime_context().get_node_id(),
@@ -81,6 +88,12 @@ def train_trial(
         "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
     }
     last_saved = time.monotonic()
+    last_reported = max((int(r.get(EPOCH, 0)) for r in reported), default=0)
+    if trainer.history and trainer.epoch > last_reported:
+        # The checkpoint is newer than any result the driver logged (it died in between): report
+        # that epoch again, so that ASHA and the searcher see it before any further epoch.
+        replay = {k: v for k, v in trainer.history[-1].items() if k != EPOCH_SECONDS}
+        tune.report({**replay, **placement, "wall_time": time.time(), DIVERGED: 0})
 
     while trainer.epoch < config.epochs:
         try:
