@@ -46,10 +46,22 @@ def experiment(tmp_path_factory) -> Path:
             "--grace-period", "1",
             "--reduction-factor", "2",
             "--seed", "3",
+            "--keep-checkpoints", "2",
         ]
     )  # fmt: skip
     assert code == 0
     return storage / "small"
+
+
+def test_only_the_best_ended_trials_keep_a_checkpoint(experiment: Path):
+    trials = pd.read_csv(experiment / "trials.csv").sort_values("best_val_mse")
+    states = {t: list((experiment / f"trial_{t}").glob("checkpoint_*/state.pt")) for t in trials["trial_id"]}
+    # Every trial checkpointed at each rung it reached (1, 2, 4); older checkpoints are deleted as
+    # newer ones come, and once the trials ended only the best two (--keep-checkpoints) keep theirs.
+    assert {t for t, files in states.items() if files} == set(trials["trial_id"][:2])
+    assert all(len(files) <= 1 for files in states.values())
+    # The folders stay: Tune's snapshot may name them.
+    assert all(list((experiment / f"trial_{t}").glob("checkpoint_*")) for t in trials["trial_id"])
 
 
 def test_run_exports_best_config_metrics_and_model(experiment: Path):

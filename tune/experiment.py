@@ -27,6 +27,7 @@ from mf.metrics import EPOCH, VAL_MSE
 from mf.train import dataset_for
 from search_spaces import SearchSpace
 from tune.results import load_analysis
+from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import RAY_TRIAL_ID, WARM_START_FROM, TruthfulOptunaSearch, outcome_of_curve
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
@@ -171,15 +172,17 @@ def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunCo
     # snapshot of the experiment).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return tune.RunConfig(
-        callbacks=[TrialFolderLogger()],
+        callbacks=[
+            TrialFolderLogger(),
+            CheckpointRetention(metric=METRIC, mode=MODE, keep_best=settings.keep_checkpoints),
+        ],
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
-        # The newest checkpoint holds both the state to resume from and the best epoch's weights.
-        # Keeping two: with one, Tune snapshots the whole experiment after every checkpoint (so that
-        # its record never names a deleted one), a cost that grows with the trials; measured at
-        # 420 s on 2 cores: 6,437 epochs with one, 9,363 with two. A trial resumes from the newest
-        # checkpoint in its folder, not from Tune's possibly older record (tune/trial_files.py).
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Tune keeps every checkpoint and CheckpointRetention deletes the old ones: with
+        # num_to_keep=N, Tune snapshots the whole experiment whenever a trial has saved N
+        # checkpoints since the last snapshot, a cost that grows with the trials (tune/retention.py).
+        # A trial resumes from the newest checkpoint in its folder (tune/trial_files.py).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         verbose=verbose,
     )

@@ -24,7 +24,7 @@ from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
 from tune.searcher import DIVERGED, RAY_TRIAL_ID
 from tune.trainable import NODE_ID
-from tune.trial_files import has_ended, read_results, trial_dirname
+from tune.trial_files import CHECKPOINT_FILE, has_ended, read_results, trial_dirname
 
 TRIALS_FILE = "trials.csv"
 COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
@@ -51,6 +51,9 @@ class TrialRecord:
     history: pd.DataFrame | None = field(default=None, repr=False)
     trial_dir: Path | None = field(default=None, repr=False)
     """The trial's folder: its results and checkpoints (the newest carries the best epoch's weights)."""
+
+    def has_checkpoint(self) -> bool:
+        return self.trial_dir is not None and any(self.trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
 
     def row(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_IN_CSV}
@@ -183,7 +186,11 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
     scored = [r for r in records if r.outcome != FAILED and math.isfinite(r.best_val_mse)]
     if not scored:
         raise MFError("no trial reported a finite val_mse yet: nothing to export")
-    return min(scored, key=lambda r: r.best_val_mse)
+    best = min(r.best_val_mse for r in scored)
+    tied = [r for r in scored if r.best_val_mse == best]
+    # Trials that tie (the same params train the same curve) may not all have kept their
+    # checkpoint (tune/retention.py keeps the best few): prefer one that has.
+    return next((r for r in tied if r.has_checkpoint()), tied[0])
 
 
 def epochs_spent(records: list[TrialRecord]) -> int:

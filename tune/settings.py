@@ -61,6 +61,11 @@ class ExperimentSettings:
         20.0, "With --checkpoint-every 0: the most training time a retry can lose."
     )
     max_failures: int = setting(2, "Retries of a trial that crashed (node lost) from its last checkpoint.")
+    keep_checkpoints: int = setting(
+        3,
+        "Ended trials that keep their last checkpoint: the best N by val MSE (the export uses the "
+        "best); the others' are deleted, as is every checkpoint older than a trial's newest. -1: keep them all.",
+    )
 
     def __post_init__(self) -> None:
         rules = [
@@ -82,6 +87,11 @@ class ExperimentSettings:
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
             ("checkpoint_interval_s", self.checkpoint_interval_s > 0, "> 0"),
             ("max_failures", self.max_failures >= -1, ">= 0 (or -1: retry forever)"),
+            (
+                "keep_checkpoints",
+                self.keep_checkpoints == -1 or self.keep_checkpoints >= 1,
+                ">= 1 (or -1: keep all)",
+            ),
         ]
         for name, ok, rule in rules:
             if not ok:

@@ -22,12 +22,23 @@ from ray import tune
 
 from mf.config import TrainConfig
 from mf.data import Dataset
-from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MSE
+from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
 from mf.training import Trainer, TrainingDiverged
 from tune.searcher import DIVERGED
-from tune.trial_files import CHECKPOINT_FILE, has_ended, newest_checkpoint, read_results, trial_dirname
+from tune.trial_files import (
+    ALREADY_LOGGED,
+    CHECKPOINT_FILE,
+    has_ended,
+    newest_checkpoint,
+    read_results,
+    trial_dirname,
+)
 
 NODE_ID = "node_id"
+OWN_RESULT_KEYS = frozenset(
+    (EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, VAL_MAE, NODE_ID, "device", "gpu_ids", DIVERGED, "error")
+)
+"""What this trainable puts in a result, besides its timing (Tune adds its own keys)."""
 
 
 def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
@@ -73,7 +84,11 @@ def train_trial(
     # of the experiment (and so `tune.get_checkpoint()`) may be older than that.
     reported = read_results(trial_dir)
     if reported and has_ended(reported[-1]):
-        return  # stopped or finished before the driver restarted: nothing left to do
+        # It ended before the driver restarted from a snapshot that missed that: send the last
+        # result again (not logged twice) so that Tune's record of the trial ends as it did.
+        last = {k: v for k, v in reported[-1].items() if k in OWN_RESULT_KEYS}
+        tune.report({**last, ALREADY_LOGGED: 1})
+        return
     config = trial_config(base, params, max_epochs)
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(threads)  # match torch to the CPUs this trial holds

@@ -30,6 +30,8 @@ from tune.searcher import DIVERGED
 
 CHECKPOINT_FILE = "state.pt"
 RESULT_FILE = EXPR_RESULT_FILE
+ALREADY_LOGGED = "already_logged"
+"""Result key set by a trial that sends its last result again after a driver restart."""
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -89,6 +91,10 @@ class TrialFolderLogger(JsonLoggerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         self.update_config(trial, trial.config)
         self._trial_files[trial] = (folder / RESULT_FILE).open("a")
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if not result.get(ALREADY_LOGGED):
+            super().log_trial_result(iteration, trial, result)
 
     def update_config(self, trial: Any, config: dict) -> None:
         self._trial_configs[trial] = config
