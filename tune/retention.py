@@ -4,8 +4,9 @@ Every checkpoint is about four copies of the model (weights, Adam's two moments,
 weights): up to 40 MB at emb_dim 256. A 420 s run on 2 cores starts over a thousand trials, and
 keeping every checkpoint filled 24 GB. Tune can keep the newest N per trial itself
 (`CheckpointConfig(num_to_keep=N)`), but then it snapshots the whole experiment whenever a trial
-has saved N checkpoints since the last snapshot, which was most of the driver's time late in a
-long run. So Tune keeps all of them, and this callback, in the driver, deletes what no one needs:
+has saved N checkpoints since the last snapshot, and the snapshot grows with the trials (measured
+at 420 s on 2 cores: 6,437 epochs trained with N=1, 9,363 with N=2). So Tune keeps all of them,
+and this callback, in the driver, deletes what no one needs:
 
 - a trial's older checkpoints, once a newer one is saved (the newest also carries the best epoch's
   weights, and a resumed trial reads the newest in its folder);
