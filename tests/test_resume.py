@@ -118,11 +118,6 @@ def start_run(storage: Path, *extra: str, env: dict[str, str] | None = None) -> 
     )
 
 
-def results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def resumable_trials(folder: Path) -> list[str]:
     """Trials that Tune's last snapshot lists as running, and whose folder holds a checkpoint."""
     snapshots = list(folder.glob("experiment_state-*.json"))
@@ -184,7 +179,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
     finally:
         driver.kill()
         driver.wait()
-    before = {d.name: results(d) for d in folder.glob("trial_*")}
+    before = {d.name: read_results(d) for d in folder.glob("trial_*")}
     rungs_before = json.loads((folder / ASHA_STATE_FILE).read_text())["rungs"]
 
     resumed = subprocess.run(
@@ -197,7 +192,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
     # The planned number of trials is reached, each with an outcome.
     assert len(trials) == 10
     assert set(trials["outcome"]) <= {"COMPLETE", "PRUNED"}
-    after = {d.name: results(d) for d in folder.glob("trial_*")}
+    after = {d.name: read_results(d) for d in folder.glob("trial_*")}
     resumed_from = {}
     for name, old in before.items():
         new = after[name][len(old) :]
@@ -223,4 +218,4 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 10
     # trials.csv agrees with what each trial's folder holds.
     for row in trials.itertuples():
-        assert row.epochs == results(folder / f"trial_{row.trial_id}")[-1]["epoch"]
+        assert row.epochs == read_results(folder / f"trial_{row.trial_id}")[-1]["epoch"]

@@ -11,7 +11,7 @@ from mf.config import TrainConfig
 from mf.errors import MFError
 from mf.training import Trainer
 from tests.files import tiny_dataset, write_file
-from tune.trial_files import CHECKPOINT_FILE, has_ended, newest_checkpoint, read_results
+from tune.trial_files import CHECKPOINT_FILE, drop_cut_last_line, has_ended, newest_checkpoint, read_results
 
 
 def lines(*results: dict) -> str:
@@ -22,6 +22,15 @@ def test_results_in_order_and_a_line_cut_short_by_a_kill_left_out(tmp_path: Path
     write_file(tmp_path / "result.json", lines({"epoch": 1}, {"epoch": 2}) + '{"epoch": 3, "val_')
     assert [r["epoch"] for r in read_results(tmp_path)] == [1, 2]
     assert read_results(tmp_path / "no-such-trial") == []
+
+
+def test_a_line_cut_short_is_dropped_before_more_results_are_appended(tmp_path: Path):
+    path = write_file(tmp_path / "result.json", lines({"epoch": 1}) + '{"epoch": 2, "val_')
+    drop_cut_last_line(path)
+    with path.open("a") as f:
+        f.write(lines({"epoch": 2}))
+    assert [r["epoch"] for r in read_results(tmp_path)] == [1, 2]
+    drop_cut_last_line(tmp_path / "no-such-file.json")  # nothing to do
 
 
 def test_a_damaged_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: Path):

@@ -56,6 +56,17 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     return results
 
 
+def drop_cut_last_line(path: Path) -> None:
+    """Cut off a last line a killed driver left unfinished, so that the next result starts a line
+    of its own instead of gluing onto it (which would damage both)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def has_ended(result: dict[str, Any]) -> bool:
     """Whether this result was a trial's last: Tune marks `done` on the one ASHA stopped it on
     (at max_epochs too), and a diverged trial ends on its own."""
@@ -90,7 +101,9 @@ class TrialFolderLogger(JsonLoggerCallback):
         folder = Path(trial.path)
         folder.mkdir(parents=True, exist_ok=True)
         self.update_config(trial, trial.config)
-        self._trial_files[trial] = (folder / RESULT_FILE).open("a")
+        path = folder / RESULT_FILE
+        drop_cut_last_line(path)
+        self._trial_files[trial] = path.open("a")
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if not result.get(ALREADY_LOGGED):
