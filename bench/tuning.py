@@ -236,6 +236,7 @@ def optuna_alone(args: argparse.Namespace) -> None:
     record = {
         "curves": curves,
         "states": {s: states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
+        "params": [t.params for t in study.trials],  # for a look at where the best configs lie
         "torch_threads": torch.get_num_threads(),
     }
     args.work_dir.mkdir(parents=True, exist_ok=True)
