@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import threading
 from pathlib import Path
 
 import optuna
@@ -13,18 +11,12 @@ from ray.tune.search import Searcher
 
 from search_spaces import load_space
 from tune.searcher import DIVERGED, RAY_TRIAL_ID, TruthfulOptunaSearch
-from tune.study_calls import StudyCalls
 
 
-def make_searcher(
-    tmp_path: Path,
-    max_epochs: int = 4,
-    num_samples: int = -1,
-    sampler: optuna.samplers.BaseSampler | None = None,
-) -> TruthfulOptunaSearch:
+def make_searcher(tmp_path: Path, max_epochs: int = 4, num_samples: int = -1) -> TruthfulOptunaSearch:
     return TruthfulOptunaSearch(
         space=load_space("default").to_optuna(),
-        sampler=sampler or optuna.samplers.TPESampler(seed=0),
+        sampler=optuna.samplers.TPESampler(seed=0),
         storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
         study_name="s",
         metric="val_mse",
@@ -88,14 +80,6 @@ def test_retried_trial_reports_each_epoch_once(tmp_path: Path):
     assert t.state == TrialState.COMPLETE
 
 
-def test_proposes_no_trial_beyond_num_samples(tmp_path: Path):
-    searcher = make_searcher(tmp_path, num_samples=2)
-    run(searcher, "a", [1.2, 1.1])  # b's proposal is made while a runs...
-    run(searcher, "b", [1.3, 1.2])  # ...but none after b's: there are only two
-    assert searcher.suggest("c") == Searcher.FINISHED
-    assert [t.user_attrs[RAY_TRIAL_ID] for t in searcher.study.trials] == ["a", "b"]
-
-
 def test_restore_runs_a_proposal_the_dead_driver_never_saved(tmp_path: Path):
     searcher = make_searcher(tmp_path)
     searcher.suggest("saved")
@@ -110,11 +94,9 @@ def test_restore_runs_a_proposal_the_dead_driver_never_saved(tmp_path: Path):
     restored.on_trial_result("new", {"epoch": 1, "val_mse": 1.1})
     restored.on_trial_complete("new", result={"epoch": 2, "val_mse": 1.0})
     restored.on_trial_complete("saved", result={"epoch": 4, "val_mse": 0.9})
-    # The proposal the dead driver had made in advance for the trial after "lost" runs next.
-    restored.suggest("next")
-    # So the study has one trial per Tune trial, and only the running one is RUNNING.
+    # ...so the study has one trial per Tune trial and none left RUNNING.
     states = {t.user_attrs[RAY_TRIAL_ID]: t.state for t in restored.study.trials}
-    assert states == {"saved": TrialState.COMPLETE, "new": TrialState.PRUNED, "next": TrialState.RUNNING}
+    assert states == {"saved": TrialState.COMPLETE, "new": TrialState.PRUNED}
 
 
 def test_restore_counts_trials_that_ended_after_the_save_against_num_samples(tmp_path: Path):
@@ -126,51 +108,6 @@ def test_restore_counts_trials_that_ended_after_the_save_against_num_samples(tmp
     restored = make_searcher(tmp_path, num_samples=3)
     restored.restore(str(tmp_path / "searcher.pkl"))
     # Tune's equally old snapshot knows only "a", so it asks for two more; the study has room for one.
-    # (the third is the proposal the dead driver had made in advance: "c" runs it)
     assert restored.suggest("c") is not None
     assert restored.suggest("d") == Searcher.FINISHED
     assert len(restored.study.trials) == 3
-
-
-class HeldSampler(optuna.samplers.TPESampler):
-    """TPE that makes every proposal after the first wait for `release`: a stand-in for the tens of
-    milliseconds an ask takes on a study of a thousand trials."""
-
-    def __init__(self) -> None:
-        super().__init__(seed=0)
-        self.release = threading.Event()
-        self.proposals = 0
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.proposals += 1
-        if self.proposals > 1:
-            assert self.release.wait(timeout=30)
-        super().before_trial(study, trial)
-
-
-def test_tune_loop_never_waits_on_the_study(tmp_path: Path):
-    sampler = HeldSampler()
-    searcher = make_searcher(tmp_path, sampler=sampler)
-    searcher.suggest("a")  # and TPE, on the study thread, starts on the trial after "a"
-    # Tune's loop hands a's result over and goes on; the study gets it after the proposal.
-    searcher.on_trial_result("a", {"epoch": 1, "val_mse": 1.2})
-    searcher.on_trial_complete("a", result={"epoch": 2, "val_mse": 1.1})
-    elsewhere = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
-    assert elsewhere.trials[0].intermediate_values == {}
-    sampler.release.set()
-    params = searcher.suggest("b")  # the proposal made while "a" ran
-    # Once the calls are done the study holds them all, in order.
-    assert study_trial(searcher, "a").intermediate_values == {1: 1.2, 2: 1.1}
-    assert study_trial(searcher, "a").state == TrialState.PRUNED
-    assert study_trial(searcher, "b").params == params
-
-
-def test_a_failed_study_call_is_raised_in_the_driver():
-    calls = StudyCalls()
-    calls.send(int, "not a number")  # fails on the study thread...
-    with pytest.raises(ValueError):
-        calls.flush()  # ...and is raised here (or by the next send), not lost
-    failed = calls.send(int, "also not")
-    concurrent.futures.wait([failed])
-    with pytest.raises(ValueError):
-        calls.send(int, "7")

@@ -29,13 +29,7 @@ from search_spaces import SearchSpace
 from tune.results import load_analysis
 from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.searcher import (
-    NOT_STARTED,
-    RAY_TRIAL_ID,
-    WARM_START_FROM,
-    TruthfulOptunaSearch,
-    outcome_of_curve,
-)
+from tune.searcher import RAY_TRIAL_ID, WARM_START_FROM, TruthfulOptunaSearch, outcome_of_curve
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
 from tune.trainable import CheckpointPolicy, train_trial
 from tune.trial_files import TrialFolderLogger, trial_dirname
@@ -273,7 +267,6 @@ def run_experiment(
     )
     started = time.monotonic()
     results = tuner.fit()
-    searcher.flush()  # (Tune's last snapshot saved the searcher, which flushed it too)
     settle_stopped_trials(settings)
     return RunOutcome(folder, time.monotonic() - started, results)
 
@@ -281,8 +274,7 @@ def run_experiment(
 def settle_stopped_trials(settings: ExperimentSettings) -> int:
     """Tell Optuna about trials Tune stopped without telling the searcher (those still running when
     --time-budget-s ran out): their last result joins their curve, then PRUNED, COMPLETE if they had
-    reached max_epochs, FAIL with no epoch. Trials Tune will still resume (an interrupted run) stay RUNNING.
-    A proposal TPE made while the run ended, which no Tune trial took, is FAIL too."""
+    reached max_epochs, FAIL with no epoch. Trials Tune will still resume (an interrupted run) stay RUNNING."""
     last_results = {
         t.trial_id: t.last_result or {}
         for t in load_analysis(settings.experiment_dir).trials
@@ -293,14 +285,7 @@ def settle_stopped_trials(settings: ExperimentSettings) -> int:
     )
     settled = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if RAY_TRIAL_ID not in t.user_attrs:
-            study._storage.set_trial_user_attr(
-                t._trial_id, NOT_STARTED, "the run ended before a trial took it"
-            )
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            settled += 1
-            continue
-        last = last_results.get(t.user_attrs[RAY_TRIAL_ID])
+        last = last_results.get(t.user_attrs.get(RAY_TRIAL_ID))
         if last is None:
             continue
         epoch, value = last.get(EPOCH), last.get(METRIC)
