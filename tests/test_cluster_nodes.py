@@ -17,6 +17,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from tune import run as tune_run
+from tune.study_storage import JOURNAL_FILE, open_storage
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 pytestmark = pytest.mark.slow
@@ -117,7 +118,7 @@ def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster: Cluster, tmp
         assert 1 < rows[restart]["epoch"] <= rows[restart - 1]["epoch"] + 1
         assert rows[-1]["epoch"] == 30
     # The study agrees: one finished trial per planned trial.
-    study = optuna.load_study(study_name="lost", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = optuna.load_study(study_name="lost", storage=open_storage(str(folder / JOURNAL_FILE)))
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
 
 

@@ -19,6 +19,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
+from tune.study_storage import JOURNAL_FILE, open_storage
 from tune.trial_files import read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +210,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
     for rung, recorded in rungs_before.items():
         assert recorded.items() <= rungs_after[rung].items()
     # The study: one trial per Tune trial, none left RUNNING, none duplicated.
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna.db'}")
+    study = optuna.load_study(study_name="killed", storage=open_storage(str(folder / JOURNAL_FILE)))
     assert len(study.trials) == 10
     assert all(t.state.is_finished() for t in study.trials)
     ids = [t.user_attrs["ray_trial_id"] for t in study.trials]

@@ -15,6 +15,7 @@ import yaml
 from mf import train as mf_train
 from tune import run as tune_run
 from tune.export import export_best
+from tune.study_storage import JOURNAL_FILE, open_storage
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def local_ray():
 
 
 def load_study(folder: Path) -> optuna.Study:
-    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    return optuna.load_study(study_name=folder.name, storage=open_storage(str(folder / JOURNAL_FILE)))
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import ray
-import sqlalchemy
 from ray import tune
 
 from mf.atomic import write_yaml
@@ -31,54 +29,38 @@ from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import RAY_TRIAL_ID, WARM_START_FROM, TruthfulOptunaSearch, outcome_of_curve
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
+from tune.study_storage import (
+    JOURNAL_FILE,
+    SQLITE_FILE,
+    exists,
+    is_url,
+    mend_journal,
+    open_storage,
+    study_location,
+)
 from tune.trainable import CheckpointPolicy, train_trial
 from tune.trial_files import TrialFolderLogger, trial_dirname
 
 METRIC, MODE = VAL_MSE, "min"  # stated once, here
-STUDY_FILE = "optuna.db"
 
 
-def study_storage_url(settings: ExperimentSettings) -> str:
-    return settings.study_storage or f"sqlite:///{settings.experiment_dir / STUDY_FILE}"
-
-
-def open_study_storage(url: str) -> optuna.storages.RDBStorage:
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except Exception as e:  # SQLAlchemy raises many kinds for a bad URL
-        raise ConfigError(f"--study-storage: cannot open {url!r} ({type(e).__name__}: {e})") from e
-    if url.startswith("sqlite:"):
-        use_write_ahead_log(storage)
-    return storage
-
-
-def use_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
-    """SQLite in WAL mode, synced at checkpoints: an intermediate value costs about 1 ms to commit
-    instead of about 9 (measured here), readers such as optuna-dashboard never block the driver,
-    and a killed driver loses nothing it committed."""
-    with storage.engine.connect() as connection:
-        connection.execute(sqlalchemy.text("PRAGMA journal_mode=WAL"))
-        connection.commit()
-
-    @sqlalchemy.event.listens_for(storage.engine, "connect")
-    def _synchronous_normal(dbapi_connection: Any, _: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    storage.engine.dispose()  # pooled connections reopen with the pragma
+def study_location_of(settings: ExperimentSettings) -> str:
+    return study_location(settings.experiment_dir, settings.study_storage)
 
 
 def warm_start_trials(
     source: str, study_name: str | None, space: SearchSpace
 ) -> list[optuna.trial.FrozenTrial]:
-    """Finished trials of an earlier study (an experiment folder or a storage URL) that fit `space`."""
-    url = source if "://" in source else f"sqlite:///{Path(source).resolve() / STUDY_FILE}"
-    if "://" not in source and not (Path(source) / STUDY_FILE).is_file():
+    """Finished trials of an earlier study (an experiment folder, a journal file or a storage URL)
+    that fit `space`."""
+    # A storage URL or a journal file as given; an experiment folder's own study.
+    location = source if is_url(source) or Path(source).is_file() else study_location(Path(source).resolve())
+    if not exists(location):
         raise ConfigError(
-            f"--warm-start: {source!r} holds no {STUDY_FILE}; give an experiment folder or a storage URL"
+            f"--warm-start: {source!r} holds no Optuna study ({JOURNAL_FILE} or {SQLITE_FILE}); give an "
+            "experiment folder, a journal file or a storage URL"
         )
-    storage = open_study_storage(url)
+    storage = open_storage(location)
     summaries = optuna.get_all_study_summaries(storage)
     if study_name is None:
         if len(summaries) != 1:
@@ -113,11 +95,11 @@ def warm_start_trials(
 def make_searcher(
     settings: ExperimentSettings, space: SearchSpace, *, seed: int, resume: bool
 ) -> TruthfulOptunaSearch:
-    storage = open_study_storage(study_storage_url(settings))
+    storage = open_storage(study_location_of(settings), writer=True)
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if settings.name in existing and not resume:
         raise ConfigError(
-            f"--name: the study {settings.name!r} already exists in {study_storage_url(settings)}; "
+            f"--name: the study {settings.name!r} already exists in {study_location_of(settings)}; "
             "pick another --name, or --resume the experiment"
         )
     searcher = TruthfulOptunaSearch(
@@ -280,9 +262,7 @@ def settle_stopped_trials(settings: ExperimentSettings) -> int:
         for t in load_analysis(settings.experiment_dir).trials
         if t.status in ("TERMINATED", "ERROR")
     }
-    study = optuna.load_study(
-        study_name=settings.name, storage=open_study_storage(study_storage_url(settings))
-    )
+    study = optuna.load_study(study_name=settings.name, storage=open_storage(study_location_of(settings)))
     settled = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         last = last_results.get(t.user_attrs.get(RAY_TRIAL_ID))
@@ -317,6 +297,7 @@ def resume_experiment(folder: Path, *, address: str | None = None, verbose: int 
     base = from_dict(experiment["base_config"], where=f"{folder / EXPERIMENT_FILE} (base_config)")
     dataset = dataset_for(base)
     connect_ray(settings)
+    mend_journal(study_location_of(settings))
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=make_trainable(settings, base, dataset),

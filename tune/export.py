@@ -28,18 +28,20 @@ from mf.train import dataset_for
 from mf.training import Trainer
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
+from tune.study_storage import exists, open_storage, study_location
 from tune.trial_files import newest_checkpoint
 
 BEST_DIR = "best"
 
 
 def open_study(folder: Path, experiment: dict[str, Any]) -> optuna.Study | None:
+    """The experiment's Optuna study, or None if it has none (yet)."""
     settings = experiment["settings"]
-    url = settings.get("study_storage") or f"sqlite:///{folder / 'optuna.db'}"
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    location = study_location(folder, settings.get("study_storage"))
+    if not exists(location):
         return None
     try:
-        return optuna.load_study(study_name=settings["name"], storage=url)
+        return optuna.load_study(study_name=settings["name"], storage=open_storage(location))
     except KeyError:
         return None
 

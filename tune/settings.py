@@ -48,7 +48,11 @@ class ExperimentSettings:
     address: str | None = setting(
         None, "Ray cluster to join (e.g. auto or ray://host:10001); none: a local Ray."
     )
-    study_storage: str | None = setting(None, "Optuna storage URL (default: sqlite file in the experiment).")
+    study_storage: str | None = setting(
+        None,
+        "Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file "
+        "(default: optuna.journal in the experiment).",
+    )
     warm_start: str | None = setting(
         None, "Earlier experiment folder or Optuna storage URL whose trials seed TPE."
     )
