@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from mf.errors import ConfigError
 from tune.study_storage import JOURNAL_FILE, SQLITE_FILE, exists, open_storage, study_location
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -18,6 +19,11 @@ def test_a_new_experiment_keeps_its_study_in_a_journal_file(tmp_path: Path):
     # --study-storage wins, whether an RDB URL or a journal file elsewhere.
     assert study_location(tmp_path, "sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
     assert study_location(tmp_path, "/nfs/studies/mf.journal") == "/nfs/studies/mf.journal"
+
+
+def test_a_journal_in_a_missing_folder_is_refused_by_name(tmp_path: Path):
+    with pytest.raises(ConfigError, match="--study-storage.*does not exist"):
+        open_storage(str(tmp_path / "no" / "such" / JOURNAL_FILE), writer=True)
 
 
 def test_an_experiment_made_with_sqlite_keeps_its_optuna_db(tmp_path: Path):

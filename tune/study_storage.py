@@ -50,6 +50,11 @@ def open_storage(location: str, *, writer: bool = False) -> optuna.storages.Base
     (Optuna's reader skips a cut-short last line, not a damaged one in the middle). Readers (export,
     report) must not: a live run may be writing that line."""
     if not is_url(location):
+        if not Path(location).parent.is_dir():
+            raise ConfigError(
+                f"--study-storage: {location!r}: folder {Path(location).parent} does not exist; give a "
+                "journal file in an existing folder, or an RDB URL such as sqlite:///path/study.db"
+            )
         if writer:
             mend_journal(location)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
