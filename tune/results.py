@@ -24,7 +24,7 @@ from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
 from tune.searcher import DIVERGED, RAY_TRIAL_ID
 from tune.trainable import NODE_ID
-from tune.trial_files import CHECKPOINT_FILE, has_ended, read_results, trial_dirname
+from tune.trial_files import checkpoint_files, has_ended, read_results, trial_dirname
 
 TRIALS_FILE = "trials.csv"
 COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
@@ -53,7 +53,7 @@ class TrialRecord:
     """The trial's folder: its results and checkpoints (the newest carries the best epoch's weights)."""
 
     def has_checkpoint(self) -> bool:
-        return self.trial_dir is not None and any(self.trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+        return self.trial_dir is not None and bool(checkpoint_files(self.trial_dir))
 
     def row(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_IN_CSV}

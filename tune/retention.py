@@ -27,13 +27,13 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.trial_files import CHECKPOINT_FILE, read_results
+from tune.trial_files import checkpoint_files, read_results
 
 
 def empty_checkpoints(trial_dir: Path, *, except_folder: str | None = None) -> int:
     """Delete the state files of the trial's checkpoints (all but `except_folder`); return how many."""
     deleted = 0
-    for path in trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
+    for path in checkpoint_files(trial_dir):
         if path.parent.name != except_folder:
             path.unlink(missing_ok=True)
             deleted += 1

@@ -3,9 +3,9 @@
 By default a journal file in the experiment folder (`optuna.journal`): Optuna's JournalStorage keeps
 the study in memory and appends each change to the file as one line, so an ask, a report or a tell
 costs the driver about what an in-memory study costs: on 2 cores, runs trained 7-14 % more epochs a
-second than with SQLite, where SQLAlchemy is most of each call (bench/README.md). `--study-storage` takes an RDB URL
-(sqlite:///..., postgresql://...) or another journal file. An experiment made before the journal was
-the default keeps its `optuna.db`.
+second than with SQLite, where SQLAlchemy is most of each call (bench/README.md). `--study-storage`
+takes an RDB URL (sqlite:///..., postgresql://...) or another journal file. An experiment made
+before the journal was the default keeps its `optuna.db`.
 """
 
 from __future__ import annotations

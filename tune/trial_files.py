@@ -73,6 +73,12 @@ def has_ended(result: dict[str, Any]) -> bool:
     return bool(result.get("done")) or bool(result.get(DIVERGED))
 
 
+def checkpoint_files(trial_dir: Path) -> list[Path]:
+    """The state files of the trial's checkpoints that are still on disk (tune/retention.py deletes
+    the files no one needs and keeps the folders)."""
+    return list(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+
+
 def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
     """The state of the trial's checkpoint with the most epochs, or None.
 
@@ -81,7 +87,7 @@ def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
     read (its copy was cut short by a kill) is passed over.
     """
     newest = None
-    for path in trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
+    for path in checkpoint_files(trial_dir):
         try:
             state = read_checkpoint(path)
         except MFError:
