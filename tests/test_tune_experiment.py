@@ -10,12 +10,18 @@ import optuna
 import pandas as pd
 import pytest
 import ray
+import torch
 import yaml
 
 from mf import train as mf_train
+from mf.config import from_dict
+from mf.train import dataset_for
+from mf.training import Trainer
 from tune import run as tune_run
 from tune.export import export_best
 from tune.study_storage import JOURNAL_FILE, open_storage
+from tune.trainable import RunAhead, trial_config
+from tune.trial_files import read_results
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 pytestmark = pytest.mark.slow
@@ -134,6 +140,38 @@ def test_train_reproduces_exported_val_mse(experiment: Path, tmp_path: Path, cap
     retrained = json.loads((tmp_path / "metrics.json").read_text())
     # Retraining the exported config from scratch lands within 0.01 of the exported val MSE.
     assert abs(retrained["val_mse"] - exported["val_mse"]) <= 0.01
+
+
+def test_a_trial_trains_its_next_epoch_early_only_where_asha_cannot_stop_it(experiment: Path):
+    # ASHA may stop a trial after epochs 1 and 2 (its rungs) and 4 (max_epochs); after epoch 3 it
+    # cannot, so epoch 4 is trained while the driver handles epoch 3's report.
+    ran_ahead = 0
+    for folder in experiment.glob("trial_*"):
+        results = {r["epoch"]: r for r in read_results(folder)}
+        for epoch, result in results.items():
+            expected = epoch == 4 and results[3]["epoch_seconds"] < RunAhead.max_epoch_s
+            assert result["ran_ahead"] == int(expected), (folder.name, epoch)
+            ran_ahead += result["ran_ahead"]
+    assert ran_ahead >= 1
+
+
+def test_a_trial_trains_what_the_trainer_alone_trains(experiment: Path):
+    """Running ahead changes when an epoch is trained, not what it computes."""
+    trials = pd.read_csv(experiment / "trials.csv")
+    longest = trials.loc[trials["epochs"].idxmax()]
+    assert longest["epochs"] == 4  # so its epoch 4 ran ahead
+    folder = experiment / f"trial_{longest['trial_id']}"
+    params = json.loads((folder / "params.json").read_text())
+    base = from_dict(yaml.safe_load((experiment / "experiment.yaml").read_text())["base_config"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran: one CPU, one thread
+    try:
+        trainer = Trainer(trial_config(base, params, int(longest["epochs"])), dataset_for(base))
+        alone = [m["val_mse"] for m in trainer.fit()]
+    finally:
+        torch.set_num_threads(threads)
+    in_tune = [r["val_mse"] for r in read_results(folder)]
+    assert in_tune == pytest.approx(alone, rel=1e-6)
 
 
 def test_export_rewrites_the_same_best_from_the_folder(experiment: Path):

@@ -38,7 +38,7 @@ from tune.study_storage import (
     open_storage,
     study_location,
 )
-from tune.trainable import CheckpointPolicy, train_trial
+from tune.trainable import CheckpointPolicy, RunAhead, train_trial
 from tune.trial_files import TrialFolderLogger, trial_dirname
 
 METRIC, MODE = VAL_MSE, "min"  # stated once, here
@@ -137,10 +137,11 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
         base=base,
         max_epochs=settings.max_epochs,
         checkpoints=CheckpointPolicy(
-            epochs=frozenset((*settings.rung_epochs, settings.max_epochs)),
+            epochs=settings.decision_epochs,
             every=settings.checkpoint_every,
             interval_s=settings.checkpoint_interval_s,
         ),
+        run_ahead=RunAhead(settings.decision_epochs),
         experiment_dir=settings.experiment_dir,
     )
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})

@@ -117,6 +117,12 @@ class ExperimentSettings:
         return tuple(rungs)
 
     @property
+    def decision_epochs(self) -> frozenset[int]:
+        """The epochs after which ASHA may stop a trial: its rungs and max_epochs. After any other
+        epoch it lets the trial go on, which is what lets a trial train its next epoch early."""
+        return frozenset((*self.rung_epochs, self.max_epochs))
+
+    @property
     def is_remote_storage(self) -> bool:
         return "://" in self.storage_path
 

@@ -3,15 +3,18 @@
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
 resumes from the newest checkpoint in its trial folder when Tune retries or restores it, and
 reports every epoch (what ASHA and the Optuna searcher act on), with a checkpoint where
-`CheckpointPolicy` says.
+`CheckpointPolicy` says. Between ASHA's rungs it trains the next epoch while the driver handles
+the last report (`RunAhead`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,22 @@ from tune.trial_files import (
 )
 
 NODE_ID = "node_id"
+RAN_AHEAD = "ran_ahead"
+"""Result key: 1 if the epoch was trained while the driver handled the previous epoch's report."""
 OWN_RESULT_KEYS = frozenset(
-    (EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, VAL_MAE, NODE_ID, "device", "gpu_ids", DIVERGED, "error")
+    (
+        EPOCH,
+        TRAIN_LOSS,
+        VAL_MSE,
+        VAL_RMSE,
+        VAL_MAE,
+        NODE_ID,
+        "device",
+        "gpu_ids",
+        DIVERGED,
+        "error",
+        RAN_AHEAD,
+    )
 )
 """What this trainable puts in a result, besides its timing (Tune adds its own keys)."""
 
@@ -68,6 +85,28 @@ class CheckpointPolicy:
         return seconds_since_last >= self.interval_s
 
 
+@dataclass(frozen=True)
+class RunAhead:
+    """When a trial trains its next epoch while the driver handles the last epoch's report.
+
+    `tune.report` blocks the trial until the driver has handled the result (loggers, ASHA, the
+    Optuna study) and asks for the next one: with epochs of tens of milliseconds, a quarter of a
+    worker's time went into that wait (py-spy). ASHA lets a trial go on after any epoch that is
+    not one of its `decision_epochs`, so the next epoch is trained in the meantime; it is the
+    same epoch, with the same result, that the trial would train after the wait. After a
+    decision epoch the trial waits, so a trial that ASHA stops trains nothing more. Only epochs
+    shorter than `max_epoch_s` run ahead: the wait matters only for them, and a trial that Tune
+    stops otherwise (the time budget) must end within the 2 s Tune gives a reused worker.
+    """
+
+    decision_epochs: frozenset[int]
+    max_epoch_s: float = 1.0
+
+    def allowed(self, epoch: int, epoch_seconds: float) -> bool:
+        """May the epoch after `epoch` (which took `epoch_seconds`) start before its report is handled?"""
+        return epoch not in self.decision_epochs and epoch_seconds < self.max_epoch_s
+
+
 def train_trial(
     params: dict[str, Any],
     *,
@@ -75,6 +114,7 @@ def train_trial(
     base: TrainConfig,
     max_epochs: int,
     checkpoints: CheckpointPolicy,
+    run_ahead: RunAhead,
     experiment_dir: Path,
 ) -> None:
     # One INFO line per saved checkpoint would drown the progress table.
@@ -110,20 +150,32 @@ def train_trial(
         replay = {k: v for k, v in trainer.history[-1].items() if k != EPOCH_SECONDS}
         tune.report({**replay, **placement, "wall_time": time.time(), DIVERGED: 0})
 
-    while trainer.epoch < config.epochs:
-        try:
-            metrics: dict[str, Any] = trainer.run_epoch()
-        except TrainingDiverged as e:
-            # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
-            failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
-            tune.report({**failed, "error": str(e), **placement, "wall_time": time.time()})
-            return
-        metrics.update(placement, wall_time=time.time())
-        metrics[DIVERGED] = 0
-        if checkpoints.due(trainer.epoch, time.monotonic() - last_saved) or trainer.epoch >= config.epochs:
-            with tempfile.TemporaryDirectory() as folder:
-                trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, durable=False)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-            last_saved = time.monotonic()
-        else:
-            tune.report(metrics)
+    # Epochs run on this one thread, so that the next can start while tune.report waits.
+    with ThreadPoolExecutor(1, "epoch", initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        ahead: Future | None = None
+        while trainer.epoch < config.epochs or ahead is not None:
+            ran_ahead = ahead is not None
+            try:
+                metrics: dict[str, Any] = (ahead or pool.submit(trainer.run_epoch)).result()
+            except TrainingDiverged as e:
+                # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
+                failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
+                tune.report({**failed, "error": str(e), **placement, "wall_time": time.time()})
+                return
+            ahead = None
+            epoch = trainer.epoch
+            metrics.update(placement, wall_time=time.time())
+            metrics[DIVERGED] = 0
+            metrics[RAN_AHEAD] = int(ran_ahead)
+            save = checkpoints.due(epoch, time.monotonic() - last_saved) or epoch >= config.epochs
+            with tempfile.TemporaryDirectory() if save else contextlib.nullcontext() as folder:
+                checkpoint = None
+                if folder is not None:
+                    # Saved before the next epoch starts changing the weights.
+                    trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, durable=False)
+                    checkpoint = tune.Checkpoint.from_directory(folder)
+                    last_saved = time.monotonic()
+                if epoch < config.epochs and run_ahead.allowed(epoch, metrics[EPOCH_SECONDS]):
+                    ahead = pool.submit(trainer.run_epoch)
+                # If Tune stops the trial here, leaving the `with` waits for the epoch in flight.
+                tune.report(metrics, checkpoint=checkpoint)
