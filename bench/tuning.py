@@ -258,7 +258,7 @@ def train_mf(config: dict[str, Any], *, data: Dataset, base: TrainConfig, max_ep
     while trainer.epoch < max_epochs:
         metrics = trainer.run_epoch()
         with tempfile.TemporaryDirectory() as folder:
-            trainer.save_checkpoint(Path(folder) / "state.pt", durable=False)
+            trainer.save_checkpoint(Path(folder) / "state.pt", fsync=False)
             tune.report(
                 {**metrics, "wall_time": time.time()}, checkpoint=tune.Checkpoint.from_directory(folder)
             )

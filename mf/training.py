@@ -238,16 +238,11 @@ class Trainer:
             "item_ids": torch.tensor(self.dataset.item_ids, dtype=torch.int64),
         }
 
-    def save_checkpoint(self, path: str | os.PathLike, *, durable: bool = True) -> Path:
-        """Write the checkpoint; `durable`: atomically and fsynced (a crash keeps the previous one).
-
-        Tune's trainable writes into a fresh temp folder that Tune then persists: no need there.
-        """
+    def save_checkpoint(self, path: str | os.PathLike, *, fsync: bool = True) -> Path:
+        """Write the checkpoint atomically (a crash keeps the previous file or the new one, whole);
+        fsync=False: not flushed to the disk (see mf.atomic)."""
         state = self.state()
-        if durable:
-            return atomic_write(path, lambda f: torch.save(state, f))
-        torch.save(state, path)
-        return Path(path)
+        return atomic_write(path, lambda f: torch.save(state, f), fsync=fsync)
 
     def rewind_to_best(self) -> None:
         """Put back the weights of the best epoch (what an export serves), with fresh optimiser moments."""

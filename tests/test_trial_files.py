@@ -11,7 +11,15 @@ from mf.config import TrainConfig
 from mf.errors import MFError
 from mf.training import Trainer
 from tests.files import tiny_dataset, write_file
-from tune.trial_files import CHECKPOINT_FILE, drop_cut_last_line, has_ended, newest_checkpoint, read_results
+from tune.trial_files import (
+    CHECKPOINT_FILE,
+    checkpoint_files,
+    drop_cut_last_line,
+    has_ended,
+    newest_checkpoint,
+    read_results,
+    save_trial_checkpoint,
+)
 
 
 def lines(*results: dict) -> str:
@@ -52,10 +60,26 @@ def test_newest_checkpoint_is_the_one_with_most_epochs_and_a_damaged_one_is_pass
     trainer.run_epoch()
     trainer.save_checkpoint(tmp_path / "checkpoint_000007" / CHECKPOINT_FILE)
     trainer.run_epoch()
-    # A resumed trial numbers its folders from Tune's older snapshot: the newest state can sit
-    # in a lower-numbered folder.
+    # In an experiment from before trials saved their own checkpoints, Tune numbered the folders,
+    # from its snapshot after a resume: the newest state can sit in a lower-numbered folder.
     trainer.save_checkpoint(tmp_path / "checkpoint_000002" / CHECKPOINT_FILE)
     good = (tmp_path / "checkpoint_000002" / CHECKPOINT_FILE).read_bytes()
     write_file(tmp_path / "checkpoint_000009" / CHECKPOINT_FILE, good[: len(good) // 2])  # copy cut short
     assert newest_checkpoint(tmp_path)["epoch"] == 2
     assert newest_checkpoint(tmp_path / "no-such-trial") is None
+
+
+def test_a_trial_keeps_only_its_newest_checkpoint(tmp_path: Path):
+    trainer = Trainer(
+        TrainConfig(device="cpu", threads=1, emb_dim=4, batch_size=32, epochs=5), tiny_dataset()
+    )
+    trainer.run_epoch()
+    first = save_trial_checkpoint(trainer, tmp_path)
+    trainer.run_epoch()
+    second = save_trial_checkpoint(trainer, tmp_path)
+    # One folder per checkpointed epoch; the older state file is deleted once the newer is written.
+    assert (first.parent.name, second.parent.name) == ("checkpoint_epoch_000001", "checkpoint_epoch_000002")
+    assert checkpoint_files(tmp_path) == [second]
+    assert newest_checkpoint(tmp_path)["epoch"] == 2
+    # Written through a temp file renamed into place: nothing else is left beside it.
+    assert [p.name for p in second.parent.iterdir()] == [CHECKPOINT_FILE]

@@ -67,8 +67,11 @@ def test_only_the_best_ended_trials_keep_a_checkpoint(experiment: Path):
     # newer ones come, and once the trials ended only the best two (--keep-checkpoints) keep theirs.
     assert {t for t, files in states.items() if files} == set(trials["trial_id"][:2])
     assert all(len(files) <= 1 for files in states.values())
-    # The folders stay: Tune's snapshot may name them.
-    assert all(list((experiment / f"trial_{t}").glob("checkpoint_*")) for t in trials["trial_id"])
+    # Each trial wrote its checkpoints into its folder, one folder per checkpointed epoch; the
+    # last one it wrote is the epoch it ended on, where ASHA stopped it or max_epochs.
+    for t, epochs in zip(trials["trial_id"], trials["epochs"], strict=True):
+        folders = sorted(p.name for p in (experiment / f"trial_{t}").glob("checkpoint_*"))
+        assert folders[-1] == f"checkpoint_epoch_{epochs:06d}"
 
 
 def test_run_exports_best_config_metrics_and_model(experiment: Path):

@@ -161,11 +161,9 @@ def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunCo
         ],
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
-        # Tune keeps every checkpoint and CheckpointRetention deletes the old ones: with
-        # num_to_keep=N, Tune snapshots the whole experiment whenever a trial has saved N
-        # checkpoints since the last snapshot, a cost that grows with the trials (tune/retention.py).
-        # A trial resumes from the newest checkpoint in its folder (tune/trial_files.py).
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        # No checkpoint_config: trials save their checkpoints into their folders themselves and
+        # resume from the newest there (tune/trial_files.py); CheckpointRetention deletes the
+        # ones no one needs (tune/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         verbose=verbose,
     )

@@ -2,17 +2,14 @@
 
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
 resumes from the newest checkpoint in its trial folder when Tune retries or restores it, and
-reports every epoch (what ASHA and the Optuna searcher act on), with a checkpoint where
-`CheckpointPolicy` says. Between ASHA's rungs it trains the next epoch while the driver handles
+reports every epoch (what ASHA and the Optuna searcher act on), and saves a checkpoint into its
+folder where `CheckpointPolicy` says. Between ASHA's rungs it trains the next epoch while the driver handles
 the last report (`RunAhead`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,10 +27,10 @@ from mf.training import Trainer, TrainingDiverged
 from tune.searcher import DIVERGED
 from tune.trial_files import (
     ALREADY_LOGGED,
-    CHECKPOINT_FILE,
     has_ended,
     newest_checkpoint,
     read_results,
+    save_trial_checkpoint,
     trial_dirname,
 )
 
@@ -117,8 +114,6 @@ def train_trial(
     run_ahead: RunAhead,
     experiment_dir: Path,
 ) -> None:
-    # One INFO line per saved checkpoint would drown the progress table.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial_dir = experiment_dir / trial_dirname(tune.get_context().get_trial_id())
     # What the trial did before a retry or a driver restart, read from its folder: Tune's snapshot
     # of the experiment (and so `tune.get_checkpoint()`) may be older than that.
@@ -167,15 +162,11 @@ def train_trial(
             metrics.update(placement, wall_time=time.time())
             metrics[DIVERGED] = 0
             metrics[RAN_AHEAD] = int(ran_ahead)
-            save = checkpoints.due(epoch, time.monotonic() - last_saved) or epoch >= config.epochs
-            with tempfile.TemporaryDirectory() if save else contextlib.nullcontext() as folder:
-                checkpoint = None
-                if folder is not None:
-                    # Saved before the next epoch starts changing the weights.
-                    trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, durable=False)
-                    checkpoint = tune.Checkpoint.from_directory(folder)
-                    last_saved = time.monotonic()
-                if epoch < config.epochs and run_ahead.allowed(epoch, metrics[EPOCH_SECONDS]):
-                    ahead = pool.submit(trainer.run_epoch)
-                # If Tune stops the trial here, leaving the `with` waits for the epoch in flight.
-                tune.report(metrics, checkpoint=checkpoint)
+            if checkpoints.due(epoch, time.monotonic() - last_saved) or epoch >= config.epochs:
+                # Saved before the next epoch starts changing the weights.
+                save_trial_checkpoint(trainer, trial_dir)
+                last_saved = time.monotonic()
+            if epoch < config.epochs and run_ahead.allowed(epoch, metrics[EPOCH_SECONDS]):
+                ahead = pool.submit(trainer.run_epoch)
+            # If Tune stops the trial here, leaving the `with` waits for the epoch in flight.
+            tune.report(metrics)

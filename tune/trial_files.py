@@ -8,7 +8,7 @@ the trials). So the truth about a trial is its folder, and its folder is always 
 - `result.json`: one JSON line per result, appended by `TrialFolderLogger` in the driver as the
   result arrives (Tune's own JSON logger writes to a staging folder and copies it over at each
   snapshot, so a killed driver's folders were as old as its last snapshot);
-- `checkpoint_*/state.pt`: each written by the trial's worker.
+- `checkpoint_*/state.pt`: each written by the trial's worker (`save_trial_checkpoint`).
 
 A resumed trial, trials.csv and the export read these instead of Tune's (maybe older) snapshot.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.cloudpickle as cloudpickle
 from ray.air.constants import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_RESULT_FILE
@@ -27,6 +27,9 @@ from ray.tune.utils.util import SafeFallbackEncoder
 from mf.errors import MFError
 from mf.training import read_checkpoint
 from tune.searcher import DIVERGED
+
+if TYPE_CHECKING:
+    from mf.training import Trainer
 
 CHECKPOINT_FILE = "state.pt"
 RESULT_FILE = EXPR_RESULT_FILE
@@ -74,9 +77,38 @@ def has_ended(result: dict[str, Any]) -> bool:
 
 
 def checkpoint_files(trial_dir: Path) -> list[Path]:
-    """The state files of the trial's checkpoints that are still on disk (tune/retention.py deletes
-    the files no one needs and keeps the folders)."""
+    """The state files of the trial's checkpoints that are still on disk (`empty_checkpoints`
+    deletes the files no one needs and keeps the folders)."""
     return list(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+
+
+def empty_checkpoints(trial_dir: Path, *, except_folder: str | None = None) -> int:
+    """Delete the state files of the trial's checkpoints (all but `except_folder`); return how many.
+
+    The folders stay: an experiment written before trials saved their own checkpoints has Tune's
+    snapshot naming them, and Tune refuses to restore a trial whose checkpoint folder is gone.
+    """
+    deleted = 0
+    for path in checkpoint_files(trial_dir):
+        if path.parent.name != except_folder:
+            path.unlink(missing_ok=True)
+            deleted += 1
+    return deleted
+
+
+def save_trial_checkpoint(trainer: Trainer, trial_dir: Path) -> Path:
+    """Write the trial's checkpoint at its current epoch into its folder, then delete its older ones
+    (the newest carries the best epoch's weights too).
+
+    The worker writes it where everything reads it (a shared file system on a cluster), instead
+    of handing it to `tune.report`: Tune would copy it from a temp folder and hold the trial's
+    next step for a `save` round trip with the driver, at the rungs where most trials end. Not
+    fsynced: an OS crash that empties it makes the trial start over, as a crash before it would.
+    """
+    path = trial_dir / f"checkpoint_epoch_{trainer.epoch:06d}" / CHECKPOINT_FILE
+    trainer.save_checkpoint(path, fsync=False)
+    empty_checkpoints(trial_dir, except_folder=path.parent.name)
+    return path
 
 
 def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
