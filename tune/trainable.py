@@ -3,8 +3,8 @@
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
 resumes from the newest checkpoint in its trial folder when Tune retries or restores it, and
 reports every epoch (what ASHA and the Optuna searcher act on), and saves a checkpoint into its
-folder where `CheckpointPolicy` says. Between ASHA's rungs it trains the next epoch while the driver handles
-the last report (`RunAhead`).
+folder where `CheckpointPolicy` says. Between ASHA's rungs it trains the next epoch while the
+driver handles the last report (`RunAhead`).
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def save_trial_checkpoint(trainer: Trainer, trial_dir: Path) -> Path:
     The worker writes it where everything reads it (a shared file system on a cluster), instead
     of handing it to `tune.report`: Tune would copy it from a temp folder and hold the trial's
     next step for a `save` round trip with the driver, at the rungs where most trials end. Not
-    fsynced: an OS crash that empties it makes the trial start over, as a crash before it would.
+    fsynced (it is written at every rung): if the machine holding the file crashes before the OS
+    writes it out, it is left empty and a retry of the trial starts from its first epoch.
     """
     path = trial_dir / f"checkpoint_epoch_{trainer.epoch:06d}" / CHECKPOINT_FILE
     trainer.save_checkpoint(path, fsync=False)
