@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray.cloudpickle as cloudpickle
 from ray.air.constants import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_RESULT_FILE
@@ -25,11 +25,8 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from mf.errors import MFError
-from mf.training import read_checkpoint
+from mf.training import Trainer, read_checkpoint
 from tune.searcher import DIVERGED
-
-if TYPE_CHECKING:
-    from mf.training import Trainer
 
 CHECKPOINT_FILE = "state.pt"
 RESULT_FILE = EXPR_RESULT_FILE
