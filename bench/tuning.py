@@ -196,8 +196,7 @@ def optuna_alone(args: argparse.Namespace) -> None:
 
     from mf.config import TrainConfig
     from mf.metrics import EPOCH, EPOCH_SECONDS, VAL_MSE
-    from mf.train import dataset_for
-    from mf.training import Trainer, TrainingDiverged
+    from mf.training import Trainer, TrainingDiverged, dataset_for
     from search_spaces import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -274,7 +273,7 @@ def stock_ray_tune(args: argparse.Namespace) -> None:
 
     from mf.config import TrainConfig
     from mf.metrics import EPOCH, VAL_MSE
-    from mf.train import dataset_for
+    from mf.training import dataset_for
     from search_spaces import load_space
 
     ray.init()  # a plain local Ray, as a user gets it (with the dashboard, where installed)

@@ -26,8 +26,7 @@ from mf.data import Dataset, Interactions
 from mf.errors import ConfigError, user_errors_exit
 from mf.model import MFAdvanced
 from mf.ranking import FactorScorer, RankingMetrics, ranking_metrics, top_k
-from mf.train import dataset_for
-from mf.training import check_matches, load_model
+from mf.training import check_matches, dataset_for, load_model
 
 MODEL_FILE = "model.pt"
 

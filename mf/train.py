@@ -18,24 +18,9 @@ from typing import Any
 from mf.atomic import atomic_write_text, write_json, write_yaml
 from mf.cli_args import add_config_flags, config_from_args
 from mf.config import TrainConfig
-from mf.data import prepare_dataset
 from mf.errors import user_errors_exit
 from mf.metrics import EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, prefixed
-from mf.training import Trainer
-
-
-def dataset_for(config: TrainConfig, *, cache_dir: str | None = None):
-    """The data set and split a config names (one place that maps config keys to the data layer)."""
-    return prepare_dataset(
-        config.data,
-        split=config.split,
-        val_n=config.val_n,
-        test_n=config.test_n,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        cache_dir=cache_dir,
-    )
+from mf.training import Trainer, dataset_for
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from mf.atomic import atomic_write
 from mf.config import TrainConfig, from_dict
-from mf.data import Dataset, Interactions
+from mf.data import Dataset, Interactions, prepare_dataset
 from mf.errors import MFError
 from mf.metrics import (
     EPOCH,
@@ -85,6 +85,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise MFError("device: 'cuda' was asked for but torch sees no CUDA device; use device: cpu")
     return torch.device(name)
+
+
+def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset:
+    """The data set and split a config names (one place that maps config keys to the data layer)."""
+    return prepare_dataset(
+        config.data,
+        split=config.split,
+        val_n=config.val_n,
+        test_n=config.test_n,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        cache_dir=cache_dir,
+    )
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:

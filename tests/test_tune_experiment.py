@@ -15,8 +15,7 @@ import yaml
 
 from mf import train as mf_train
 from mf.config import from_dict
-from mf.train import dataset_for
-from mf.training import Trainer
+from mf.training import Trainer, dataset_for
 from tune import run as tune_run
 from tune.export import export_best
 from tune.study_storage import JOURNAL_FILE, open_storage

@@ -22,7 +22,7 @@ from mf.config import TrainConfig, from_dict
 from mf.data import Dataset
 from mf.errors import ConfigError
 from mf.metrics import EPOCH, VAL_MSE
-from mf.train import dataset_for
+from mf.training import dataset_for
 from search_spaces import SearchSpace
 from tune.results import load_analysis
 from tune.retention import CheckpointRetention

@@ -24,8 +24,7 @@ from mf.atomic import write_json, write_yaml
 from mf.config import from_dict
 from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
-from mf.train import dataset_for
-from mf.training import Trainer
+from mf.training import Trainer, dataset_for
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
 from tune.study_storage import exists, open_storage, study_location

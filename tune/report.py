@@ -32,8 +32,7 @@ from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
 from mf.ranking import ranking_metrics
 from mf.recommend import scorer_from_model
-from mf.train import dataset_for
-from mf.training import Trainer, read_checkpoint
+from mf.training import Trainer, dataset_for, read_checkpoint
 from tune.export import BEST_DIR, latest_checkpoint_state, open_study
 from tune.report_figures import ReportFigure, build_figures
 from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, best_trial, collect_trials
