@@ -110,9 +110,7 @@ def _check_types(cfg: TrainConfig) -> None:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name}: expected an integer, got {value!r}")
         elif hint is float:
-            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-                with contextlib.suppress(ValueError):
-                    value = float(value)
+            value = yaml_number(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name}: expected a finite number, got {value!r}")
             object.__setattr__(cfg, name, float(value))
@@ -148,6 +146,17 @@ def _check_ranges(cfg: TrainConfig) -> None:
             f"weight_decay: {cfg.weight_decay} cannot be used with optimizer 'sparse_adam' "
             "(SparseAdam has no weight decay); set weight_decay: 0 and regularise with l2"
         )
+
+
+def yaml_number(value: Any) -> Any:
+    """A number written the way people write them, read as one: YAML 1.1 (PyYAML) reads `1e-3`
+    (no dot) and `1e+12` as strings. Other values are returned unchanged."""
+    if not isinstance(value, str):
+        return value
+    for parse in (int, float):
+        with contextlib.suppress(ValueError):
+            return parse(value)
+    return value
 
 
 def from_dict(values: dict[str, Any], *, where: str = "config") -> TrainConfig:
@@ -208,4 +217,5 @@ __all__ = [
     "doc",
     "key",
     "parse_value",
+    "yaml_number",
 ]

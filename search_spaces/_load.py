@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from mf.config import yaml_number
 from mf.errors import ConfigError
 from search_spaces._space import _HINTS, Param, SearchSpace, check_tunable
 
@@ -127,31 +128,19 @@ def _param(name: str, spec: object, *, where: str) -> Param:
         raise ConfigError(f"{where}: param {name}: no type; add type: float, int or categorical")
     choices = spec.get("choices")
     if isinstance(choices, list) and _HINTS[name] is float:
-        choices = [_number(choice) for choice in choices]
+        choices = [yaml_number(choice) for choice in choices]
     try:
         return Param(
             name=name,
             kind=spec["type"],
-            low=_number(spec.get("low")),
-            high=_number(spec.get("high")),
+            low=yaml_number(spec.get("low")),
+            high=yaml_number(spec.get("high")),
             log=spec.get("log", False),
-            step=_number(spec.get("step")),
+            step=yaml_number(spec.get("step")),
             choices=choices,
         )
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads 1e-3 (no dot) as a string; read it as the number the user meant."""
-    if not isinstance(value, str):
-        return value
-    for parse in (int, float):
-        try:
-            return parse(value)
-        except ValueError:
-            pass
-    return value
 
 
 def _suggest(word: object, known: tuple[str, ...]) -> str:

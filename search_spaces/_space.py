@@ -226,6 +226,20 @@ class Param:
             spec["step"] = self.step
         return spec
 
+    def contains(self, value: Any) -> bool:
+        """Whether TPE could have sampled `value` from this key's distribution (for a warm start)."""
+        if self.kind == "categorical":
+            # True == 1 in Python: a true/false choice matches only true/false
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+        if not _is_number(value) or not self.low <= value <= self.high:
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        if self.step is None:
+            return True
+        steps = (Decimal(str(value)) - Decimal(str(self.low))) / Decimal(str(self.step))
+        return steps == steps.to_integral_value()
+
     def ends(self) -> Iterator[tuple[str, Any]]:
         """The values that bound what TPE may sample, named: each choice, or low and high."""
         if self.kind == "categorical":
@@ -291,8 +305,12 @@ class SearchSpace:
                         f"{self.name}: param {key}: {end} {value!r} is rejected by the training config ({e}); {fix}"
                     ) from e
 
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """Whether `params` sets exactly this space's keys, each to a value its range or choices hold."""
+        return set(params) == set(self.params) and all(self.params[k].contains(v) for k, v in params.items())
+
     def to_optuna(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        """The space as `OptunaSearch(space=...)` and `Study.ask(...)` take it."""
+        """The space as `Study.ask(...)` takes it."""
         return {key: param.to_optuna() for key, param in self.params.items()}
 
     def to_dict(self) -> dict[str, Any]:
