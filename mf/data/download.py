@@ -3,12 +3,17 @@
 Why so careful: a cache that can hold a truncated zip or a half-unpacked folder fails later, far
 from the cause. So every step writes to a temporary name in the cache folder and is published with
 an atomic rename only after it succeeded; a failure removes its temporary and raises `DataError`.
+
+ml-latest-small comes with the package (`mf/data/bundled/`, GroupLens' zip unchanged, under
+GroupLens' terms: see NOTICE.txt there), so the default data set needs no network: its zip is
+checked against the same registered checksum as a download and unpacked into the cache the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.resources
 import os
 import shutil
 import sys
@@ -17,9 +22,12 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from mf.errors import DataError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 BASE_URL_ENV = "MF_TUNE_DATA_URL"  # base such that url = base + "/" + name + ".zip"; tests use loopback
@@ -58,6 +66,13 @@ DATASETS: dict[str, RemoteDataset] = {
     "ml-25m": _grouplens("ml-25m", "sha256:8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa"),
 }
 
+# Sets whose GroupLens zip ships inside the package (package data of mf.data, see pyproject.toml),
+# verified against DATASETS' checksum before use. A value is any path-like resource; from the source
+# tree and from an installed wheel alike `importlib.resources` finds it beside this module.
+BUNDLED: dict[str, Traversable | Path] = {
+    "ml-latest-small": importlib.resources.files("mf.data") / "bundled" / "ml-latest-small.zip",
+}
+
 _CHUNK = 1 << 20
 
 
@@ -72,7 +87,14 @@ def data_home(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return `<cache>/<name>/`, downloading, verifying and unpacking the zip the first time."""
+    """Return `<cache>/<name>/`, verifying and unpacking the zip the first time.
+
+    The zip is the package's own copy for a set in `BUNDLED` (no network), else downloaded from
+    `$MF_TUNE_DATA_URL` or GroupLens. Either must match the set's registered checksum: a damaged
+    bundled copy raises `DataError` rather than falling back to a download, since it means a
+    broken install that a reinstall mends. A bundled file that is absent (an install made without
+    the package data) is downloaded instead.
+    """
     if name not in DATASETS:
         raise DataError(f"{name!r}: not a known data set; expected one of {', '.join(DATASETS)}")
     info = DATASETS[name]
@@ -86,6 +108,17 @@ def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path
         raise DataError(
             f"{root}: cannot create the data cache ({e}); set {CACHE_ENV} to a writable folder"
         ) from e
+    bundled = BUNDLED.get(name)
+    if bundled is not None and bundled.is_file():
+        with importlib.resources.as_file(bundled) as archive:
+            got = _digest(archive, info.checksum)
+            if got != info.checksum:
+                raise DataError(
+                    f"{archive}: the bundled copy of {name} has checksum {got}; expected "
+                    f"{info.checksum} (the package is damaged: reinstall mf-tune)"
+                )
+            _unpack(archive, target, info.folder)
+        return target
     archive = root / f"{name}.zip"
     if not (archive.is_file() and _digest(archive, info.checksum) == info.checksum):
         archive.unlink(missing_ok=True)
