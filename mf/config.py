@@ -148,6 +148,28 @@ def _check_ranges(cfg: TrainConfig) -> None:
         )
 
 
+TUTORIAL_RUN: dict[str, Any] = {
+    "emb_dim": 32,
+    "bias": True,
+    "init": True,
+    "init_range": 0.05,
+    "sigmoid": True,
+    "sigmoid_high": 5.5,
+    "optimizer": "adamw",
+    "lr": 0.005,
+    "weight_decay": 0.01,
+    "l2": 0.0,
+    "batch_size": 8192,
+    "epochs": 10,
+}
+"""The tutorial's own run, spelt out so that it stays the tutorial's whatever the defaults become."""
+
+
+def tutorial_config(**keys: Any) -> TrainConfig:
+    """The tutorial's run (`TUTORIAL_RUN`), with `keys` (the data, the split, the device) on top."""
+    return from_dict({**TUTORIAL_RUN, **keys}, where="the tutorial's run")
+
+
 def yaml_number(value: Any) -> Any:
     """A number written the way people write them, read as one: YAML 1.1 (PyYAML) reads `1e-3`
     (no dot) and `1e+12` as strings. Other values are returned unchanged."""
@@ -217,5 +239,7 @@ __all__ = [
     "doc",
     "key",
     "parse_value",
+    "TUTORIAL_RUN",
+    "tutorial_config",
     "yaml_number",
 ]
