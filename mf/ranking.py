@@ -1,21 +1,33 @@
-"""Ranking quality of a rating model: precision@k, recall@k and NDCG@k over held-out ratings.
+"""Ranking with a rating model: scoring rules, and precision@k, recall@k and NDCG@k over held-out ratings.
 
 A model tuned on rating MSE is often used to rank, and a low MSE does not promise a good top 10.
 These metrics judge it as a recommender: for each user, every item not rated in train is a
 candidate, the user's held-out ratings >= `threshold` are the relevant items, and users with no
 relevant item are skipped. Pure numpy, scored a batch of users at a time with one matrix multiply,
 so that it runs the same on ml-latest-small and on ml-25m.
+
+Why rules other than the predicted rating: a rating model answers "how much would this user like
+the film if they watched it", and ranks films that a handful of people rated highly first; which
+held-out films a user rates is as much "which films are watched at all". Each `Ranking` rule below
+orders items by a score built from the model's prediction and how many train ratings an item has
+(`item_counts`); `mf.ranking_choice` picks one on the validation part. The predicted rating
+itself is never changed: it is what `/predict` and every recommendation's `predicted_rating` give.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mf.data import Interactions
 from mf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mf.model import MFAdvanced
 
 Scores = Callable[[np.ndarray], np.ndarray]
 """users (B,) -> scores of every item (B, n_items); higher is better."""
@@ -37,18 +49,174 @@ class FactorScorer:
     offset: float
     sigmoid_high: float | None  # None: the raw dot product, no squashing
 
+    @classmethod
+    def from_model(cls, model: MFAdvanced) -> FactorScorer:
+        """The model's weights as numpy arrays (its prediction, item for item, without torch)."""
+
+        def weights(name: str) -> np.ndarray:
+            return getattr(model, name).weight.detach().cpu().numpy()
+
+        return cls(
+            user_factors=weights("user_emb"),
+            item_factors=weights("item_emb"),
+            user_bias=weights("user_bias")[:, 0] if model.use_bias else None,
+            item_bias=weights("item_bias")[:, 0] if model.use_bias else None,
+            offset=float(model.offset.detach().cpu()) if model.use_bias else 0.0,
+            sigmoid_high=float(model.sigmoid_high) if model.use_sigmoid else None,
+        )
+
     @property
     def n_items(self) -> int:
         return int(self.item_factors.shape[0])
 
-    def __call__(self, users: np.ndarray) -> np.ndarray:
-        x = self.user_factors[users] @ self.item_factors.T  # (B, I)
-        if self.user_bias is not None and self.item_bias is not None:
-            x += self.user_bias[users][:, None] + self.item_bias[None, :] + self.offset
+    def squash(self, x: np.ndarray) -> np.ndarray:
+        """Logits to ratings: sigmoid(x) * high, or x itself for a model without the sigmoid."""
         if self.sigmoid_high is not None:
             # sigmoid via tanh: no overflow warning for large |x|
             x = self.sigmoid_high * 0.5 * (1.0 + np.tanh(0.5 * x))
         return x
+
+    def logits(self, users: np.ndarray) -> np.ndarray:
+        """p_u . q_i + b_u + b_i + offset of every item (B, I): the prediction before the sigmoid."""
+        x = self.user_factors[users] @ self.item_factors.T  # (B, I)
+        if self.user_bias is not None and self.item_bias is not None:
+            x += self.user_bias[users][:, None] + self.item_bias[None, :] + self.offset
+        return x
+
+    def __call__(self, users: np.ndarray) -> np.ndarray:
+        return self.squash(self.logits(users))
+
+    def last_batch_memo(self) -> FactorScorer:
+        """A copy that keeps its last batch's logits and ratings: many rankings scored on one batch
+        of users (as `ranking_metrics_many` does) then share one matrix multiply and one sigmoid."""
+        return _LastBatchScorer(*(getattr(self, f.name) for f in fields(self)))
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted rating of each (user, item) index pair (N,): the model's forward, in numpy."""
+        x = np.einsum("nd,nd->n", self.user_factors[users], self.item_factors[items])  # (N,)
+        if self.user_bias is not None and self.item_bias is not None:
+            x = x + self.user_bias[users] + self.item_bias[items] + self.offset
+        return self.squash(x)
+
+    def fingerprint(self) -> str:
+        """A hash of the weights: ties a ranking choice to the model it was chosen for."""
+        h = hashlib.sha256()
+        for a in (self.user_factors, self.item_factors, self.user_bias, self.item_bias):
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+        h.update(repr((self.offset, self.sigmoid_high)).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True, eq=False)
+class _LastBatchScorer(FactorScorer):
+    """FactorScorer.last_batch_memo(): results kept for the last `users` array (by identity)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_memo", {})
+
+    def _remember(self, kind: str, users: np.ndarray, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        memo = self._memo  # type: ignore[attr-defined]
+        if memo.get(kind, (None,))[0] is not users:
+            result = compute()
+            result.flags.writeable = False  # shared by every ranking of the batch: none may change it
+            memo[kind] = (users, result)
+        return memo[kind][1]
+
+    def logits(self, users: np.ndarray) -> np.ndarray:
+        return self._remember("logits", users, lambda: super(_LastBatchScorer, self).logits(users))
+
+    def __call__(self, users: np.ndarray) -> np.ndarray:
+        return self._remember("ratings", users, lambda: self.squash(self.logits(users)))
+
+
+# ---------------------------------------------------------------- ranking rules
+PREDICTED = "predicted"
+POPULAR = "popular"
+CONFIDENCE = "confidence"
+SHRUNK_BIAS = "shrunk-bias"
+BLEND = "blend"
+RULES: dict[str, str] = {
+    PREDICTED: "the predicted rating",
+    POPULAR: "the number of train ratings of the item (most popular first; not personal)",
+    CONFIDENCE: "predicted rating - {w} / sqrt(n_i + 1), n_i the item's train ratings",
+    SHRUNK_BIAS: "predicted rating with the item bias shrunk to b_i * n_i / (n_i + {w})",
+    BLEND: "the user's z-scored predicted rating + {w} * the z-scored log(1 + n_i) of the items",
+}
+"""What each rule scores; {w} is its weight."""
+WEIGHTED = (CONFIDENCE, SHRUNK_BIAS, BLEND)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How the items are ordered for a user: one of `RULES`, with its weight w where it has one."""
+
+    rule: str
+    weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"ranking: {self.rule!r} is not a rule; expected one of {', '.join(RULES)}")
+        if self.rule in WEIGHTED and not (np.isfinite(self.weight) and self.weight > 0):
+            raise ConfigError(f"ranking {self.rule}: weight {self.weight!r} must be a number > 0")
+        if self.rule not in WEIGHTED and self.weight != 0:
+            raise ConfigError(f"ranking {self.rule}: takes no weight (got {self.weight!r})")
+
+    @classmethod
+    def parse(cls, text: str) -> Ranking:
+        """'blend:1.5', 'confidence:8', 'popular', 'predicted' (what `str()` gives back)."""
+        rule, _, weight = str(text).partition(":")
+        try:
+            w = float(weight) if weight else 0.0
+        except ValueError as e:
+            raise ConfigError(f"ranking {text!r}: weight {weight!r} is not a number (e.g. blend:1.5)") from e
+        if rule in WEIGHTED and not weight:
+            raise ConfigError(f"ranking {text!r}: {rule} needs a weight, e.g. {rule}:1")
+        return cls(rule, w)
+
+    def __str__(self) -> str:
+        return f"{self.rule}:{self.weight:g}" if self.rule in WEIGHTED else self.rule
+
+    def describe(self) -> str:
+        return RULES[self.rule].format(w=f"{self.weight:g}")
+
+    def personal(self) -> bool:
+        return self.rule != POPULAR
+
+
+def item_counts(train: Interactions, n_items: int) -> np.ndarray:
+    """Ratings of each item in the training part (n_items,), as float64: what "popular" means here."""
+    return np.bincount(train.items, minlength=n_items).astype(np.float64)
+
+
+def _zscore(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    mean = x.mean(axis=axis, keepdims=axis is not None)
+    std = x.std(axis=axis, keepdims=axis is not None)
+    return (x - mean) / np.maximum(std, 1e-12)
+
+
+def ranking_scores(ranking: Ranking, scorer: FactorScorer, counts: np.ndarray) -> Scores:
+    """The scores (B, n_items) that order items under `ranking`; higher first.
+
+    `counts` are `item_counts(train)`: only train ratings count, so that the choice on a held-out
+    part never sees that part. Per-item terms are computed here once, not per call.
+    """
+    rule, w = ranking.rule, ranking.weight
+    if rule == PREDICTED:
+        return scorer
+    if rule == POPULAR:
+        return lambda users: np.broadcast_to(counts, (len(users), len(counts))).copy()
+    if rule == CONFIDENCE:
+        penalty = w / np.sqrt(counts + 1.0)  # (I,)
+        return lambda users: scorer(users) - penalty
+    if rule == SHRUNK_BIAS:
+        if scorer.item_bias is None:
+            raise ConfigError("ranking shrunk-bias: the model has no item bias (bias: false)")
+        shift = scorer.item_bias * (counts / (counts + w) - 1.0)  # (I,): b_i -> b_i * n / (n + w)
+        return lambda users: scorer.squash(scorer.logits(users) + shift)
+    # BLEND: per-user standardised so that w means the same for every user and every model.
+    log_pop = w * _zscore(np.log1p(counts))  # (I,)
+    return lambda users: _zscore(scorer(users), axis=1) + log_pop
 
 
 @dataclass(frozen=True)
@@ -82,8 +250,10 @@ def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     return np.where(np.isneginf(np.take_along_axis(scores, top, axis=1)), -1, top)
 
 
-def _rows_by_user(part: Interactions, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Items of `part` grouped by user: (items sorted by user, start offset of each user (U+1,))."""
+def rows_by_user(part: Interactions, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items of `part` grouped by user: (items sorted by user, start offset of each user (U+1,)).
+
+    User u's items are `items[starts[u]:starts[u + 1]]`: a lookup per request, no mask of the data."""
     order = np.argsort(part.users, kind="stable")
     starts = np.searchsorted(part.users[order], np.arange(n_users + 1))
     return part.items[order], starts
@@ -116,6 +286,29 @@ def ranking_metrics(
     precision = hits / k; recall = hits / |relevant|; NDCG = DCG / ideal DCG with gain 1 per hit
     at rank r discounted by log2(r + 1). Means are over users with a relevant held-out item.
     """
+    return ranking_metrics_many(
+        {"": scores},
+        train=train,
+        heldout=heldout,
+        n_users=n_users,
+        n_items=n_items,
+        k=k,
+        threshold=threshold,
+    )[""]
+
+
+def ranking_metrics_many(
+    scores: Mapping[str, Scores],
+    *,
+    train: Interactions,
+    heldout: Interactions,
+    n_users: int,
+    n_items: int,
+    k: int = 10,
+    threshold: float = 4.0,
+) -> dict[str, RankingMetrics]:
+    """`ranking_metrics` of several rankings in one pass over the users: each batch's masks are built
+    once, and rankings built on a `last_batch_memo()` scorer share its scores."""
     if k < 1:
         raise ConfigError(f"k: {k!r} must be >= 1")
     relevant = Interactions(
@@ -124,34 +317,39 @@ def ranking_metrics(
         ratings=heldout.ratings[heldout.ratings >= threshold],
     )
     evaluated = np.unique(relevant.users)
-    train_items, train_starts = _rows_by_user(train, n_users)
-    rel_items, rel_starts = _rows_by_user(relevant, n_users)
+    train_items, train_starts = rows_by_user(train, n_users)
+    rel_items, rel_starts = rows_by_user(relevant, n_users)
     kk = min(k, n_items)
     discounts = 1.0 / np.log2(np.arange(2, kk + 2))  # (k,)
     ideal = np.cumsum(discounts)  # ideal DCG for 1..k relevant items
 
-    sums = np.zeros(3)
+    sums = {name: np.zeros(3) for name in scores}
     batch = max(1, BATCH_CELLS // max(n_items, 1))
     for start in range(0, len(evaluated), batch):
         users = evaluated[start : start + batch]  # (B,)
-        top = top_k(scores(users), _mask(users, train_items, train_starts, n_items), kk)  # (B, k)
+        exclude = _mask(users, train_items, train_starts, n_items)  # (B, I)
         rel = _mask(users, rel_items, rel_starts, n_items)  # (B, I)
-        hits = (top >= 0) & np.take_along_axis(rel, np.maximum(top, 0), axis=1)  # (B, k)
         n_rel = rel.sum(axis=1)  # (B,) >= 1
-        n_hits = hits.sum(axis=1)
-        dcg = (hits * discounts).sum(axis=1)
-        sums += [
-            (n_hits / k).sum(),
-            (n_hits / n_rel).sum(),
-            (dcg / ideal[np.minimum(n_rel, kk) - 1]).sum(),
-        ]
+        for name, score in scores.items():
+            top = top_k(score(users), exclude, kk)  # (B, k)
+            hits = (top >= 0) & np.take_along_axis(rel, np.maximum(top, 0), axis=1)  # (B, k)
+            n_hits = hits.sum(axis=1)
+            dcg = (hits * discounts).sum(axis=1)
+            sums[name] += [
+                (n_hits / k).sum(),
+                (n_hits / n_rel).sum(),
+                (dcg / ideal[np.minimum(n_rel, kk) - 1]).sum(),
+            ]
     n = max(len(evaluated), 1)
-    return RankingMetrics(
-        k=k,
-        precision=float(sums[0] / n),
-        recall=float(sums[1] / n),
-        ndcg=float(sums[2] / n),
-        users=int(len(evaluated)),
-        skipped=int(n_users - len(evaluated)),
-        threshold=threshold,
-    )
+    return {
+        name: RankingMetrics(
+            k=k,
+            precision=float(total[0] / n),
+            recall=float(total[1] / n),
+            ndcg=float(total[2] / n),
+            users=int(len(evaluated)),
+            skipped=int(n_users - len(evaluated)),
+            threshold=threshold,
+        )
+        for name, total in sums.items()
+    }

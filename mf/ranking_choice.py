@@ -1,0 +1,251 @@
+"""Which ranking an export serves: chosen on its validation part, kept beside it in `ranking.json`.
+
+    choice = choose_ranking(FactorScorer.from_model(model), dataset)   # NDCG@10 on val, every rule
+    write_ranking(export_folder, choice)                                # ranking.json, atomically
+
+Every rule of `mf.ranking.RULES` is tried with each weight of `GRID`, on the validation part only
+(candidates: items the user did not rate in train; relevant: held-out ratings >= 4), and the one
+with the highest NDCG@k is served. The test part, where the split has one, is scored once for the
+chosen ranking and the two baselines as a check, and never takes part in the choice. The file
+records the model's weight fingerprint, so a choice is not reused for another model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mf.atomic import write_json
+from mf.data import Dataset, Interactions
+from mf.errors import MFError
+from mf.ranking import (
+    BLEND,
+    CONFIDENCE,
+    POPULAR,
+    PREDICTED,
+    SHRUNK_BIAS,
+    FactorScorer,
+    Ranking,
+    RankingMetrics,
+    item_counts,
+    ranking_metrics_many,
+    ranking_scores,
+)
+
+RANKING_FILE = "ranking.json"
+FORMAT = 1
+CHOICE_K = 10
+CHOICE_PART = "val"
+MAX_USERS = 20_000
+"""Users the choice scores at most (a seeded sample beyond that): ml-25m's 162k users x 59k items
+would take minutes per rule; 20,000 users keep the NDCG's standard error far below the gaps seen."""
+
+GRID: dict[str, tuple[float, ...]] = {
+    CONFIDENCE: (0.5, 1, 2, 4, 8, 16, 32, 64),
+    SHRUNK_BIAS: (1, 3, 10, 30, 100, 300, 1000),
+    BLEND: (0.125, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4),
+}
+"""The weights tried per rule: geometric, from barely changing the predicted order to nearly popularity."""
+
+
+def candidate_rankings(scorer: FactorScorer) -> list[Ranking]:
+    """Every ranking the choice compares: the two baselines first, then each rule at each weight."""
+    out = [Ranking(PREDICTED), Ranking(POPULAR)]
+    for rule, weights in GRID.items():
+        if rule == SHRUNK_BIAS and scorer.item_bias is None:
+            continue  # a model trained with bias: false has no item bias to shrink
+        out += [Ranking(rule, float(w)) for w in weights]
+    return out
+
+
+@dataclass(frozen=True)
+class RankingChoice:
+    """The ranking chosen for one model, and the figures it was chosen on."""
+
+    ranking: Ranking
+    k: int
+    threshold: float
+    users: int
+    """Users the choice was scored over (with a held-out rating >= threshold, sampled past MAX_USERS)."""
+    fingerprint: str
+    """`FactorScorer.fingerprint()` of the model it was chosen for."""
+    val: dict[str, dict[str, float]]
+    """Metrics on val of "served", "popular" and "predicted" (precision, recall, ndcg)."""
+    test: dict[str, dict[str, float]] | None
+    """The same on test, a check only, where the split holds a test part."""
+    candidates: dict[str, float]
+    """NDCG@k on val of every ranking tried, by `str(ranking)`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "ranking": str(self.ranking),
+            "description": self.ranking.describe(),
+            "chosen_by": f"ndcg@{self.k} on {CHOICE_PART} (held-out ratings >= {self.threshold:g}, {self.users} users)",
+            "k": self.k,
+            "threshold": self.threshold,
+            "users": self.users,
+            "model_fingerprint": self.fingerprint,
+            "val": self.val,
+            "test": self.test,
+            "candidates": self.candidates,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str) -> RankingChoice:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise MFError(
+                f"{where}: not a ranking choice (format {FORMAT} expected); delete it to choose again"
+            )
+        try:
+            return cls(
+                ranking=Ranking.parse(d["ranking"]),
+                k=int(d["k"]),
+                threshold=float(d["threshold"]),
+                users=int(d["users"]),
+                fingerprint=str(d["model_fingerprint"]),
+                val=d["val"],
+                test=d.get("test"),
+                candidates=dict(d.get("candidates", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MFError(
+                f"{where}: damaged ranking choice ({type(e).__name__}: {e}); delete it to choose again"
+            ) from e
+
+
+def _metrics(m: RankingMetrics) -> dict[str, float]:
+    return {"precision": m.precision, "recall": m.recall, "ndcg": m.ndcg}
+
+
+def _sample_users(heldout: Interactions, threshold: float, max_users: int, seed: int) -> Interactions:
+    """The held-out rows of at most `max_users` users with a relevant rating (seeded sample)."""
+    users = np.unique(heldout.users[heldout.ratings >= threshold])
+    if len(users) <= max_users:
+        return heldout
+    keep = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
+    rows = np.isin(heldout.users, keep)
+    return Interactions(users=heldout.users[rows], items=heldout.items[rows], ratings=heldout.ratings[rows])
+
+
+def evaluate_rankings(
+    rankings: Mapping[str, Ranking],
+    scorer: FactorScorer,
+    dataset: Dataset,
+    *,
+    part: str = "val",
+    k: int = CHOICE_K,
+    threshold: float = 4.0,
+    counts: np.ndarray | None = None,
+    heldout: Interactions | None = None,
+) -> dict[str, RankingMetrics]:
+    """precision@k, recall@k, NDCG@k of each ranking on `part` (candidates: items not rated in train),
+    in one pass that computes each batch's predictions once.
+
+    The one evaluation behind `mf.recommend --evaluate` and the choice; a tuning trial can call it
+    per epoch for its NDCG@k (`counts` and `heldout` may be passed in, to skip recomputing them).
+    """
+    if heldout is None:
+        heldout = {"val": dataset.val, "test": dataset.test}.get(part)
+        if heldout is None:
+            raise MFError(
+                f"part: no {part!r} part in this split (hold one out with test_n / test_fraction, or use val)"
+            )
+    if counts is None:
+        counts = item_counts(dataset.train, dataset.n_items)
+    shared = scorer.last_batch_memo()
+    return ranking_metrics_many(
+        {name: ranking_scores(r, shared, counts) for name, r in rankings.items()},
+        train=dataset.train,
+        heldout=heldout,
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        k=k,
+        threshold=threshold,
+    )
+
+
+def choose_ranking(
+    scorer: FactorScorer,
+    dataset: Dataset,
+    *,
+    k: int = CHOICE_K,
+    threshold: float = 4.0,
+    max_users: int = MAX_USERS,
+    seed: int = 0,
+) -> RankingChoice:
+    """The candidate ranking with the highest NDCG@k on the validation part; test only checked after.
+
+    Ties go to the earlier candidate (the baselines, then lower weights): the simpler ranking.
+    """
+    counts = item_counts(dataset.train, dataset.n_items)
+    val = _sample_users(dataset.val, threshold, max_users, seed)
+    candidates = {str(r): r for r in candidate_rankings(scorer)}
+    tried = evaluate_rankings(
+        candidates, scorer, dataset, k=k, threshold=threshold, counts=counts, heldout=val
+    )
+    best = max(tried, key=lambda name: tried[name].ndcg)  # max keeps the first of equal values
+    chosen = candidates[best]
+    named = {"served": chosen, "popular": Ranking(POPULAR), "predicted": Ranking(PREDICTED)}
+    test = None
+    if dataset.test is not None:
+        held = _sample_users(dataset.test, threshold, max_users, seed)
+        checked = evaluate_rankings(
+            named, scorer, dataset, k=k, threshold=threshold, counts=counts, heldout=held
+        )
+        test = {name: _metrics(m) for name, m in checked.items()}
+    return RankingChoice(
+        ranking=chosen,
+        k=k,
+        threshold=threshold,
+        users=tried[best].users,
+        fingerprint=scorer.fingerprint(),
+        val={name: _metrics(tried[str(r)]) for name, r in named.items()},
+        test=test,
+        candidates={name: m.ndcg for name, m in tried.items()},
+    )
+
+
+def write_ranking(folder: str | os.PathLike, choice: RankingChoice) -> Path:
+    """Write `<folder>/ranking.json` atomically (a reader sees the old file or the new one, whole)."""
+    return write_json(Path(folder) / RANKING_FILE, choice.to_dict())
+
+
+def read_ranking(folder: str | os.PathLike) -> RankingChoice | None:
+    """The choice in `<folder>/ranking.json`, or None where there is none."""
+    path = Path(folder) / RANKING_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MFError(f"{path}: not JSON ({e}); delete it to choose again") from e
+    return RankingChoice.from_dict(data, where=str(path))
+
+
+def ranking_for(
+    folder: str | os.PathLike, scorer: FactorScorer, dataset: Dataset, *, write: bool = True
+) -> RankingChoice:
+    """The export's ranking choice: read from ranking.json when it was made for this model, else chosen
+    now (and written there when `write` and the folder allows it; a read-only export still serves)."""
+    choice = read_ranking(folder)
+    if choice is not None and choice.fingerprint == scorer.fingerprint():
+        return choice
+    choice = choose_ranking(scorer, dataset)
+    if write:
+        try:
+            write_ranking(folder, choice)
+        except OSError as e:
+            print(
+                f"note: could not write {Path(folder) / RANKING_FILE} ({e}); chose in memory", file=sys.stderr
+            )
+    return choice

@@ -1,0 +1,292 @@
+"""An exported model ready to answer requests: recommend, predict, health. Knows nothing of Ray or HTTP.
+
+    rec = Recommender.from_export("runs/mf-tune/best")
+    rec.recommend(1, k=10)                       # [Recommendation(rank=1, movie_id=..., ...), ...]
+    rec.predict(parse_pairs([{"user": 1, "movie": 31}]))
+    rec.health()
+
+`python -m mf.recommend` and `python -m mf.serve` both answer through a `Recommender`, so the CLI and
+the HTTP routes give the same movies in the same order. Everything a request needs is computed at
+load (the numpy factors, each user's train items, titles by item, the ranking's per-item terms):
+a request is one user's scores (a (D,) x (D, I) product), a partition and a few lookups, with no
+torch and no pandas.
+
+"Not rated" means not rated in the training part: the model learnt from train only, and
+`mf.recommend --evaluate` judges exactly this list against the held-out part. A user's validation
+and test ratings can therefore appear among their recommendations (they are what the evaluation
+counts as hits).
+
+Bad input raises `RequestError`, an MFError with the HTTP status and the field it is about, so that
+the CLI prints it as one line and the server answers it as a 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mf.config import TrainConfig, from_dict
+from mf.data import Dataset
+from mf.errors import MFError
+from mf.ranking import POPULAR, FactorScorer, Ranking, item_counts, ranking_scores, rows_by_user, top_k
+from mf.ranking_choice import RankingChoice, ranking_for
+from mf.training import check_matches, dataset_for, load_model
+
+MODEL_FILE, METRICS_FILE = "model.pt", "metrics.json"
+MAX_PAIRS = 10_000
+"""Pairs one /predict request may hold: 10,000 pairs take about a millisecond; more is a bulk job."""
+FALLBACKS = (POPULAR,)
+
+
+class RequestError(MFError):
+    """A request that cannot be answered: `status` is its HTTP status, `field` the input it is about."""
+
+    def __init__(self, message: str, *, field: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    rank: int
+    movie_id: int
+    title: str
+    predicted_rating: float | None
+    """The model's predicted rating; None for a popularity fallback to an unknown user."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "movieId": self.movie_id,
+            "title": self.title,
+            "predicted_rating": None if self.predicted_rating is None else round(self.predicted_rating, 4),
+        }
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A trained model as numpy factors, with its config and the data it was checked against."""
+
+    scorer: FactorScorer
+    config: TrainConfig
+    dataset: Dataset
+    path: Path
+    """The model.pt file."""
+
+
+def load(model_path: str | os.PathLike, *, data: str | os.PathLike | None = None) -> LoadedModel:
+    """Load an export folder (or a model.pt) and the data of its config (or `data`), checked to match."""
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    model, state = load_model(path)
+    config = from_dict(state["config"], where=f"{path} (config)")
+    if data is not None:
+        config = config.replace(data=str(data))
+    dataset = dataset_for(config)
+    check_matches(state, dataset, source=str(path))
+    return LoadedModel(scorer=FactorScorer.from_model(model), config=config, dataset=dataset, path=path)
+
+
+def _shown(value: Any) -> str:
+    """A value as the client sent it (JSON), cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def _ids(value: Any, field: str, what: str) -> int:
+    # bool is an int in Python, but `true` is no user id
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{field}: {_shown(value)} is not an integer {what} id", field=field)
+    return value
+
+
+def parse_pairs(body: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A /predict body `[{"user": raw_id, "movie": raw_id}, ...]` as (raw users, raw movies), checked."""
+    if not isinstance(body, list):
+        kind = JSON_TYPES.get(type(body), _shown(body))
+        raise RequestError(
+            f'body: expected a JSON array of {{"user": id, "movie": id}}, got {kind}', field="body"
+        )
+    if len(body) > MAX_PAIRS:
+        raise RequestError(
+            f"body: {len(body)} pairs; at most {MAX_PAIRS} per request", field="body", status=413
+        )
+    users, movies = np.empty(len(body), dtype=np.int64), np.empty(len(body), dtype=np.int64)
+    for n, pair in enumerate(body):
+        if not isinstance(pair, dict):
+            raise RequestError(
+                f'[{n}]: expected {{"user": id, "movie": id}}, got {_shown(pair)}', field=f"[{n}]"
+            )
+        extra = set(pair) - {"user", "movie"}
+        if extra:
+            raise RequestError(
+                f"[{n}]: unknown key {sorted(extra)[0]!r}; expected user, movie", field=f"[{n}]"
+            )
+        for key in ("user", "movie"):
+            if key not in pair:
+                raise RequestError(f"[{n}].{key}: missing", field=f"[{n}].{key}")
+        users[n] = _ids(pair["user"], f"[{n}].user", "user")
+        movies[n] = _ids(pair["movie"], f"[{n}].movie", "movie")
+    return users, movies
+
+
+def _index(ids: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of raw ids in sorted `ids`, and a mask of the raw ids found."""
+    at = np.minimum(np.searchsorted(ids, raw), len(ids) - 1)
+    return at, ids[at] == raw
+
+
+class Recommender:
+    """An export loaded for serving: the ranking it serves, each user's train items, titles by item."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        choice: RankingChoice,
+        *,
+        ranking: Ranking | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Serve `ranking`, by default the one `choice` chose; `metrics` are the export's metrics.json."""
+        d = loaded.dataset
+        self.loaded, self.choice, self.metrics = loaded, choice, metrics or {}
+        self.scorer = loaded.scorer
+        self.counts = item_counts(d.train, d.n_items)
+        self.ranking: Ranking = ranking or choice.ranking
+        self._scores = ranking_scores(self.ranking, self.scorer, self.counts)
+        self._popular = ranking_scores(Ranking(POPULAR), self.scorer, self.counts)
+        self._train_items, self._train_starts = rows_by_user(d.train, d.n_users)
+        titles = d.titles or {}
+        self._titles = [titles.get(int(m), f"movie {int(m)}") for m in d.item_ids]
+        self._user_ids, self._item_ids = np.asarray(d.user_ids), np.asarray(d.item_ids)
+
+    @classmethod
+    def from_export(
+        cls,
+        path: str | os.PathLike,
+        *,
+        data: str | os.PathLike | None = None,
+        ranking: Ranking | None = None,
+        write_ranking: bool = True,
+    ) -> Recommender:
+        """Load an export; serve `ranking`, or the export's ranking.json choice (chosen now if absent)."""
+        loaded = load(path, data=data)
+        folder = loaded.path.parent
+        choice = ranking_for(folder, loaded.scorer, loaded.dataset, write=write_ranking)
+        metrics_file = folder / METRICS_FILE
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        return cls(loaded, choice, ranking=ranking, metrics=metrics)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loaded.dataset
+
+    def user_index(self, user_id: int) -> int | None:
+        at, found = _index(self._user_ids, np.array([user_id], dtype=np.int64))
+        return int(at[0]) if found[0] else None
+
+    def check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.dataset.n_items:
+            raise RequestError(
+                f"k: {k!r} must be an integer from 1 to {self.dataset.n_items} (the catalogue)", field="k"
+            )
+
+    def recommend(self, user_id: int, k: int = 10, *, fallback: str | None = None) -> list[Recommendation]:
+        """The user's top k items under the served ranking, none rated by them in train, best first.
+
+        An unknown user is a RequestError (404), or with fallback="popular" the k most popular items
+        (without a predicted rating: the model knows nothing of that user).
+        """
+        self.check_k(k)
+        if fallback is not None and fallback not in FALLBACKS:
+            raise RequestError(
+                f"fallback: {fallback!r} is not one; expected {', '.join(FALLBACKS)}", field="fallback"
+            )
+        user = self.user_index(user_id)
+        if user is None:
+            if fallback is None:
+                raise RequestError(
+                    f"user_id {user_id}: not in {self.dataset.source} ({self.dataset.n_users} users); "
+                    "add ?fallback=popular for the most popular movies",
+                    field="user_id",
+                    status=404,
+                )
+            scores = self._popular(np.zeros(1, dtype=np.int64))  # (1, I)
+            top = top_k(scores, np.zeros_like(scores, dtype=bool), k)[0]
+            return [
+                Recommendation(r + 1, int(self._item_ids[i]), self._titles[i], None)
+                for r, i in enumerate(top)
+            ]
+        scores = self._scores(np.array([user]))  # (1, I)
+        exclude = np.zeros_like(scores, dtype=bool)
+        exclude[0, self._train_items[self._train_starts[user] : self._train_starts[user + 1]]] = True
+        top = top_k(scores, exclude, k)[0]
+        top = top[top >= 0]
+        predicted = self.scorer.predict(np.full(len(top), user), top)  # the model's rating, whatever ranks
+        return [
+            Recommendation(r + 1, int(self._item_ids[i]), self._titles[i], float(p))
+            for r, (i, p) in enumerate(zip(top, predicted, strict=True))
+        ]
+
+    def indices(self, users: np.ndarray, movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (user, movie) ids as indices; RequestError naming the first unknown one."""
+        u, u_ok = _index(self._user_ids, users)
+        i, i_ok = _index(self._item_ids, movies)
+        for ok, raw, key, n in (
+            (u_ok, users, "user", self.dataset.n_users),
+            (i_ok, movies, "movie", self.dataset.n_items),
+        ):
+            if not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                raise RequestError(
+                    f"[{bad}].{key}: {int(raw[bad])} is not a {key} id of {self.dataset.source} ({n} {key}s)",
+                    field=f"[{bad}].{key}",
+                )
+        return u, i
+
+    def predict_indices(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The model's predicted rating for index pairs (N,), float32."""
+        return self.scorer.predict(users, items)
+
+    def predict(self, pairs: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
+        """`[{"user", "movie", "predicted_rating"}, ...]` for the raw pairs of `parse_pairs`, in order."""
+        users, movies = pairs
+        predicted = self.predict_indices(*self.indices(users, movies))
+        return [
+            {"user": int(u), "movie": int(m), "predicted_rating": float(p)}
+            for u, m, p in zip(users, movies, predicted, strict=True)
+        ]
+
+    def health(self) -> dict[str, Any]:
+        """What is served: the model (trial, MSE), its data, and the ranking with the figures it was chosen on."""
+        m, c, d = self.metrics, self.choice, self.dataset
+        return {
+            "status": "ok",
+            "model": str(self.loaded.path),
+            "trial_id": m.get("trial_id"),
+            "epoch": m.get("epoch", m.get("epochs")),
+            "val_mse": m.get("val_mse"),
+            "test_mse": m.get("test_mse"),
+            "data": d.source,
+            "users": d.n_users,
+            "items": d.n_items,
+            "ranking": {
+                "name": str(self.ranking),
+                "description": self.ranking.describe(),
+                "chosen": self.ranking == c.ranking,  # False: overridden (mf.serve --ranking)
+                "chosen_by": f"ndcg@{c.k} on val (held-out ratings >= {c.threshold:g}, {c.users} users)",
+                f"val_ndcg@{c.k}": c.candidates.get(str(self.ranking)),
+                f"popular_val_ndcg@{c.k}": c.val["popular"]["ndcg"],
+                f"predicted_val_ndcg@{c.k}": c.val["predicted"]["ndcg"],
+            },
+        }
