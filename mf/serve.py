@@ -1,0 +1,292 @@
+"""`python -m mf.serve`: an exported model over HTTP, with Ray Serve and a FastAPI ingress.
+
+    python -m mf.serve --model runs/mf-tune/best [--host 127.0.0.1] [--port 8000] [--replicas N]
+    curl 'http://127.0.0.1:8000/recommend/1?k=10'
+    curl -X POST http://127.0.0.1:8000/predict -d '[{"user": 1, "movie": 31}]'
+    curl http://127.0.0.1:8000/health
+
+    serve run mf.serve:build_app model=/mnt/shared/runs/mf-tune/best      # on a running Ray cluster
+
+Routes (JSON in and out, raw MovieLens ids):
+
+- `GET /recommend/{user_id}?k=10[&fallback=popular]`: the same list as `python -m mf.recommend --json`,
+  `[{"rank", "movieId", "title", "predicted_rating"}, ...]`, best first, none rated by the user in
+  train. An unknown user is 404, or with `fallback=popular` the most popular movies
+  (`predicted_rating` null).
+- `POST /predict`, body `[{"user": id, "movie": id}, ...]` (at most 10,000 pairs, 1 MiB):
+  `[{"user", "movie", "predicted_rating"}, ...]` in the same order: the model's own rating. Scoring is
+  batched across concurrent requests (`@serve.batch`).
+- `GET /health`: trial id, val and test MSE, data set, users and items, and the ranking served.
+
+Every bad request gets `{"detail": "<one line naming the field>", "field": ...}`: 400 for a body that
+is not JSON, 404 for an unknown user on /recommend, 413 for a body over the limits, 422 for a wrong
+type, an unknown id in a /predict body, a k outside 1..catalogue or an unknown fallback. Errors are
+answered inside the route; none reaches Ray, so no request takes a replica down.
+
+The model side lives in mf.serving (no Ray); this module holds only the deployment, the routes and
+the CLI, and is the one module of mf/ that imports Ray (only Ray Serve's public API).
+"""
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve import Application
+
+from mf.errors import MFError, user_errors_exit
+from mf.ranking import Ranking
+from mf.serving import Recommender, RequestError, parse_pairs
+
+APP_NAME = "mf"
+MAX_BODY_BYTES = 1 << 20
+MAX_ONGOING_REQUESTS = 64
+"""Per replica: a request takes well under a millisecond, so Serve's default of 5 would leave 32
+clients queueing in the proxy for a free slot while the replica idles."""
+BATCH_SIZE, BATCH_WAIT_S = 64, 0.001
+
+app = FastAPI(title="mf-tune recommender", docs_url=None, redoc_url=None)
+
+
+def error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message, "field": field}, status_code=status)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(request: Request, e: RequestError) -> JSONResponse:
+    return error(e.status, e.field, str(e))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    """FastAPI's list of errors, as one line naming the first field (e.g. `k: 'ten' is not an integer`)."""
+    first = e.errors()[0]
+    field = str(first.get("loc", ["?"])[-1])
+    return error(422, field, f"{field}: {first.get('input')!r}: {first.get('msg', 'invalid')}")
+
+
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, e: Exception) -> JSONResponse:
+    """A bug, not the client's fault: 500 with one line; the replica goes on serving."""
+    return error(500, "", f"internal error: {type(e).__name__}: {e}")
+
+
+def json_response(content: Any) -> Response:
+    # json.dumps of plain lists and dicts: no jsonable_encoder pass over the content
+    return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refusing a body over MAX_BODY_BYTES before reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestError(f"body: {declared} bytes; at most {MAX_BODY_BYTES}", field="body", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(f"body: over {MAX_BODY_BYTES} bytes", field="body", status=413)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"body: not valid JSON ({e})", field="body", status=400) from e
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
+@serve.ingress(app)
+class RecommenderDeployment:
+    """One replica: the export loaded once, at start; each route a thin call into the Recommender."""
+
+    def __init__(self, model: str, data: str | None = None, ranking: str | None = None) -> None:
+        self.recommender = Recommender.from_export(
+            model, data=data, ranking=Ranking.parse(ranking) if ranking else None
+        )
+
+    @app.get("/recommend/{user_id}")
+    async def recommend(self, user_id: int, k: int = 10, fallback: str | None = None) -> Response:
+        recs = self.recommender.recommend(user_id, k, fallback=fallback)
+        return json_response([r.as_dict() for r in recs])
+
+    @app.post("/predict")
+    async def predict(self, request: Request) -> Response:
+        users, movies = parse_pairs(await read_json(request))
+        if len(users) == 0:
+            return json_response([])
+        predicted = await self.predict_batch(self.recommender.indices(users, movies))
+        return json_response(
+            [
+                {"user": int(u), "movie": int(m), "predicted_rating": float(p)}
+                for u, m, p in zip(users, movies, predicted, strict=True)
+            ]
+        )
+
+    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def predict_batch(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """The pairs of every request waiting, scored in one vectorised call, split back per request."""
+        sizes = np.cumsum([len(u) for u, _ in requests])[:-1]
+        users = np.concatenate([u for u, _ in requests])
+        items = np.concatenate([i for _, i in requests])
+        return np.split(self.recommender.predict_indices(users, items), sizes)
+
+    @app.get("/health")
+    async def health(self) -> Response:
+        return json_response(self.recommender.health())
+
+
+def build_app(args: dict[str, str]) -> Application:
+    """The application for `serve run mf.serve:build_app model=PATH [data=PATH] [ranking=R] [replicas=N]
+    [num_cpus=C] [max_ongoing_requests=M]`, and for `python -m mf.serve`."""
+    known = {"model", "data", "ranking", "replicas", "num_cpus", "max_ongoing_requests"}
+    unknown = set(args) - known
+    if unknown:
+        raise MFError(f"serve args: unknown {sorted(unknown)[0]!r}; expected {', '.join(sorted(known))}")
+    if "model" not in args:
+        raise MFError("serve args: model=PATH (an export folder such as <experiment>/best) is required")
+    deployment = RecommenderDeployment.options(
+        num_replicas=int(args.get("replicas", 1)),
+        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1))},
+        max_ongoing_requests=int(args.get("max_ongoing_requests", MAX_ONGOING_REQUESTS)),
+    )
+    return deployment.bind(str(args["model"]), args.get("data"), args.get("ranking"))
+
+
+def serve_running() -> bool:
+    """Whether Serve already runs in the Ray this process uses (connecting to it, or starting one)."""
+    status = serve.status()
+    return bool(status.proxies or status.applications)
+
+
+def start(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    num_cpus: float = 1.0,
+    data: str | None = None,
+    ranking: str | None = None,
+    max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+    access_log: bool = False,
+) -> bool:
+    """Deploy the app and return once every replica has loaded the export.
+
+    The Ray used is the one `ray.init()` finds (RAY_ADDRESS, a cluster started with `ray start`),
+    else a new local one. Serve's HTTP proxy is started on host:port unless Serve already runs
+    there, whose proxy then keeps its own host and port. Returns whether this call started Serve:
+    `stop(name, started_serve=...)` then shuts all of Serve down, else only deletes this app.
+    """
+    started = not serve_running()
+    serve.start(http_options={"host": host, "port": port})
+    args = {
+        "model": model,
+        "replicas": str(replicas),
+        "num_cpus": str(num_cpus),
+        "max_ongoing_requests": str(max_ongoing_requests),
+        **({"data": data} if data else {}),
+        **({"ranking": ranking} if ranking else {}),
+    }
+    try:
+        serve.run(
+            build_app(args),
+            name=name,
+            route_prefix=route_prefix,
+            logging_config={"enable_access_log": access_log},
+        )
+    except BaseException:
+        stop(name, started_serve=started)  # a replica that cannot start leaves nothing running
+        raise
+    return started
+
+
+def stop(name: str = APP_NAME, *, started_serve: bool) -> None:
+    """Undo `start`: shut Serve down if that call started it, else delete only the app `name`."""
+    if started_serve:
+        serve.shutdown()
+    else:
+        serve.delete(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mf.serve",
+        description="Serve an exported model over HTTP with Ray Serve: /recommend, /predict, /health.",
+    )
+    parser.add_argument("--model", required=True, help="export folder (<experiment>/best) or a model.pt")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="replicas, each with the model loaded (default 1)"
+    )
+    parser.add_argument(
+        "--num-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (default 1)"
+    )
+    parser.add_argument("--data", help="ratings to use instead of the data named in the model's config")
+    parser.add_argument("--ranking", help="rank by this instead of the export's ranking.json (e.g. blend:1)")
+    parser.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=MAX_ONGOING_REQUESTS,
+        help=f"requests one replica takes at once (default {MAX_ONGOING_REQUESTS})",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    return parser
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.replicas < 1:
+        raise MFError(f"--replicas: {args.replicas} must be >= 1")
+    if args.num_cpus < 0:
+        raise MFError(f"--num-cpus: {args.num_cpus} must be >= 0")
+    if args.max_ongoing_requests < 1:
+        raise MFError(f"--max-ongoing-requests: {args.max_ongoing_requests} must be >= 1")
+    ranking = Ranking.parse(args.ranking) if args.ranking else None
+    # Load here first: a bad export is one line before Ray starts, and ranking.json is chosen once
+    # (the replicas then read it) instead of by every replica.
+    rec = Recommender.from_export(args.model, data=args.data, ranking=ranking)
+    print(
+        f"model {rec.loaded.path}: {rec.dataset.n_users} users, {rec.dataset.n_items} items; ranking {rec.ranking}",
+        flush=True,
+    )
+    # Ctrl-C or SIGTERM from here on only asks to stop: one that comes while Serve is still deploying
+    # is handled once start() returns, so that Serve is always shut down, never left half started.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    started = start(
+        args.model,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        num_cpus=args.num_cpus,
+        data=args.data,
+        ranking=args.ranking,
+        max_ongoing_requests=args.max_ongoing_requests,
+        access_log=args.access_log,
+    )
+    print(
+        f"serving http://{args.host}:{args.port}  (/recommend/{{user_id}}?k=10, /predict, /health); Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        while not stopping.wait(0.5):  # a timeout, so that the signal handler gets to run
+            pass
+    finally:
+        stop(APP_NAME, started_serve=started)
+        print("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
