@@ -123,7 +123,7 @@ def read_tune_experiment(folder: Path) -> list[list[Epoch]]:
 def check_trials_csv(folder: Path, curves: list[list[Epoch]]) -> dict[str, int]:
     """Outcome counts from tune.run's own trials.csv, and a warning if it disagrees with result.json."""
     rows = list(csv.DictReader((folder / "trials.csv").open()))
-    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("COMPLETE", "PRUNED", "FAILED")}
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("COMPLETE", "PRUNED", "FAIL")}
     with_epochs = [r for r in rows if int(r["epochs"]) >= 1]
     trained = sum(bool(c) for c in curves)
     if len(with_epochs) != trained:  # e.g. a trial that diverged in its first epoch

@@ -164,7 +164,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             state = folder / ASHA_STATE_FILE
-            rung1 = json.loads(state.read_text())["rungs"]["1"] if state.exists() else {}
+            rung1 = json.loads(state.read_text())["brackets"][0]["1"] if state.exists() else {}
             checkpointed = list(folder.glob("trial_*/checkpoint_*"))
             if (
                 len(rung1) >= 4
@@ -181,7 +181,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
         driver.kill()
         driver.wait()
     before = {d.name: read_results(d) for d in folder.glob("trial_*")}
-    rungs_before = json.loads((folder / ASHA_STATE_FILE).read_text())["rungs"]
+    rungs_before = json.loads((folder / ASHA_STATE_FILE).read_text())["brackets"][0]
 
     resumed = subprocess.run(
         [sys.executable, "-m", "tune.run", "--resume", str(folder)],
@@ -206,7 +206,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: P
     assert all(epoch > 1 for epoch in resumed_from.values()), resumed_from
     assert resumed_from or not snapshots_often
     # The rung records from before the kill are still there: ASHA judged the resumed run against them.
-    rungs_after = json.loads((folder / ASHA_STATE_FILE).read_text())["rungs"]
+    rungs_after = json.loads((folder / ASHA_STATE_FILE).read_text())["brackets"][0]
     for rung, recorded in rungs_before.items():
         assert recorded.items() <= rungs_after[rung].items()
     # The study: one trial per Tune trial, none left RUNNING, none duplicated.

@@ -1,4 +1,4 @@
-"""The Optuna searcher on its own: what Optuna is told for each way a trial can end."""
+"""The Optuna searcher on its own: what Optuna is told for each way a trial can end, and restarts."""
 
 from __future__ import annotations
 
@@ -10,23 +10,26 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces import load_space
-from tune.searcher import DIVERGED, RAY_TRIAL_ID, TruthfulOptunaSearch
+from tune.keys import DIVERGED, RAY_TRIAL_ID
+from tune.searcher import StudySearcher, settle_stopped_trials
+from tune.study_storage import open_storage
 
 
-def make_searcher(tmp_path: Path, max_epochs: int = 4, num_samples: int = -1) -> TruthfulOptunaSearch:
-    return TruthfulOptunaSearch(
+def make_searcher(tmp_path: Path, max_epochs: int = 4, num_samples: int = -1) -> StudySearcher:
+    location = str(tmp_path / "optuna.journal")
+    if not (tmp_path / "optuna.journal").exists():
+        optuna.create_study(study_name="s", storage=open_storage(location, writer=True))
+    return StudySearcher(
         space=load_space("default").to_optuna(),
-        sampler=optuna.samplers.TPESampler(seed=0),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+        study_location=location,
         study_name="s",
-        metric="val_mse",
-        mode="min",
+        seed=0,
         max_epochs=max_epochs,
         num_samples=num_samples,
     )
 
 
-def run(searcher: TruthfulOptunaSearch, trial_id: str, curve: list[float], **complete) -> None:
+def run(searcher: StudySearcher, trial_id: str, curve: list[float], **complete) -> None:
     searcher.suggest(trial_id)
     for epoch, mse in enumerate(curve[:-1], start=1):
         searcher.on_trial_result(trial_id, {"epoch": epoch, "val_mse": mse})
@@ -34,7 +37,7 @@ def run(searcher: TruthfulOptunaSearch, trial_id: str, curve: list[float], **com
     searcher.on_trial_complete(trial_id, result={"epoch": len(curve), "val_mse": curve[-1], **complete})
 
 
-def study_trial(searcher: TruthfulOptunaSearch, trial_id: str) -> optuna.trial.FrozenTrial:
+def study_trial(searcher: StudySearcher, trial_id: str) -> optuna.trial.FrozenTrial:
     return next(t for t in searcher.study.trials if t.user_attrs[RAY_TRIAL_ID] == trial_id)
 
 
@@ -52,9 +55,10 @@ def test_stopped_trial_is_pruned_with_its_curve(tmp_path: Path):
     searcher = make_searcher(tmp_path)
     run(searcher, "b", [1.3, 1.1])
     t = study_trial(searcher, "b")
-    # Stopped at epoch 2 of 4 (by ASHA): PRUNED, the stopping result included.
+    # Stopped at epoch 2 of 4 (by ASHA): PRUNED, the stopping result included, valued at it.
     assert t.state == TrialState.PRUNED
     assert t.intermediate_values == {1: 1.3, 2: 1.1}
+    assert t.value == pytest.approx(1.1)
 
 
 def test_diverged_and_crashed_trials_fail(tmp_path: Path):
@@ -80,34 +84,70 @@ def test_retried_trial_reports_each_epoch_once(tmp_path: Path):
     assert t.state == TrialState.COMPLETE
 
 
+def test_no_more_live_trials_than_the_concurrency_limit(tmp_path: Path):
+    searcher = make_searcher(tmp_path)
+    assert searcher.set_max_concurrency(2)
+    assert searcher.suggest("a") is not None and searcher.suggest("b") is not None
+    # Both slots are taken: Tune is told to wait (None), not that the search is over.
+    assert searcher.suggest("c") is None
+    searcher.on_trial_complete("a", result={"epoch": 1, "val_mse": 1.0})
+    assert searcher.suggest("c") is not None
+
+
 def test_restore_runs_a_proposal_the_dead_driver_never_saved(tmp_path: Path):
     searcher = make_searcher(tmp_path)
     searcher.suggest("saved")
-    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot before the kill
+    searcher.save(str(tmp_path / "searcher.json"))  # with Tune's last snapshot before the kill
     lost_params = searcher.suggest("lost")  # asked after it: in the study, unknown to the snapshot
     searcher.on_trial_result("lost", {"epoch": 1, "val_mse": 1.1})
 
     restored = make_searcher(tmp_path)
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    # The next trial Tune asks for runs the orphaned proposal instead of a new one...
+    restored.restore(str(tmp_path / "searcher.json"))
+    # The next trial Tune asks for runs the orphaned proposal instead of a new one, with its curve...
     assert restored.suggest("new") == lost_params
-    restored.on_trial_result("new", {"epoch": 1, "val_mse": 1.1})
+    restored.on_trial_result("new", {"epoch": 1, "val_mse": 1.1})  # the same epoch again: reported once
     restored.on_trial_complete("new", result={"epoch": 2, "val_mse": 1.0})
     restored.on_trial_complete("saved", result={"epoch": 4, "val_mse": 0.9})
     # ...so the study has one trial per Tune trial and none left RUNNING.
     states = {t.user_attrs[RAY_TRIAL_ID]: t.state for t in restored.study.trials}
     assert states == {"saved": TrialState.COMPLETE, "new": TrialState.PRUNED}
+    assert study_trial(restored, "new").intermediate_values == {1: 1.1, 2: 1.0}
 
 
 def test_restore_counts_trials_that_ended_after_the_save_against_num_samples(tmp_path: Path):
     searcher = make_searcher(tmp_path, num_samples=3)
     searcher.suggest("a")
-    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.save(str(tmp_path / "searcher.json"))
     run(searcher, "b", [1.2, 1.1])  # asked and stopped after the save, then the driver died
 
     restored = make_searcher(tmp_path, num_samples=3)
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.restore(str(tmp_path / "searcher.json"))
     # Tune's equally old snapshot knows only "a", so it asks for two more; the study has room for one.
     assert restored.suggest("c") is not None
     assert restored.suggest("d") == Searcher.FINISHED
     assert len(restored.study.trials) == 3
+
+
+def test_a_restored_searcher_does_not_propose_again_what_it_proposed(tmp_path: Path):
+    searcher = make_searcher(tmp_path)
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    searcher.save(str(tmp_path / "searcher.json"))
+    restored = make_searcher(tmp_path)
+    restored.restore(str(tmp_path / "searcher.json"))
+    # Reopened with a seed of its own, TPE's random start-up does not repeat the first proposals.
+    assert all(restored.suggest(f"u{i}") not in first for i in range(3))
+
+
+def test_trials_the_time_budget_cut_off_are_settled_from_their_last_result(tmp_path: Path):
+    searcher = make_searcher(tmp_path, max_epochs=4)
+    for trial_id in ("cut", "never-started", "resumable"):
+        searcher.suggest(trial_id)
+    searcher.on_trial_result("cut", {"epoch": 1, "val_mse": 1.2})
+    # Tune stopped "cut" after epoch 2 without telling the searcher, and "never-started" before
+    # any epoch; "resumable" is not among the ended trials (an interrupted run goes on with it).
+    ended = {"cut": {"epoch": 2, "val_mse": 1.1}, "never-started": {}}
+    assert settle_stopped_trials(searcher.study, ended, max_epochs=4) == 2
+    assert study_trial(searcher, "cut").state == TrialState.PRUNED
+    assert study_trial(searcher, "cut").intermediate_values == {1: 1.2, 2: 1.1}
+    assert study_trial(searcher, "never-started").state == TrialState.FAIL
+    assert study_trial(searcher, "resumable").state == TrialState.RUNNING

@@ -209,8 +209,8 @@ def test_diverging_trial_fails_and_experiment_goes_on(tmp_path: Path):
     trials = pd.read_csv(folder / "trials.csv")
     diverged = trials["param_lr"] > 1
     assert diverged.any() and (~diverged).any()
-    # Each diverged trial is FAILED (not retried: divergence is deterministic), the others COMPLETE.
-    assert (trials.loc[diverged, "outcome"] == "FAILED").all()
+    # Each diverged trial is FAIL (not retried: divergence is deterministic), the others COMPLETE.
+    assert (trials.loc[diverged, "outcome"] == "FAIL").all()
     assert (trials.loc[diverged, "retries"] == 0).all()
     assert trials.loc[diverged, "error"].str.contains("diverges").all()
     assert (trials.loc[~diverged, "outcome"] == "COMPLETE").all()
@@ -317,6 +317,4 @@ def test_time_budget_leaves_no_trial_running_in_the_study(tmp_path: Path):
     # Trials cut off by the budget are PRUNED (or FAIL without an epoch): none stays RUNNING.
     assert all(t.state.is_finished() for t in study.trials)
     for t in study.trials:
-        assert t.state.name == {"FAILED": "FAIL"}.get(
-            trials.loc[t.number, "outcome"], trials.loc[t.number, "outcome"]
-        )
+        assert t.state.name == trials.loc[t.number, "outcome"]

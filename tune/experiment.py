@@ -2,12 +2,11 @@
 
 The data is read once here, in the driver, and reaches the trials through Ray's object store
 (`tune.with_parameters`); worker processes are reused between trials (`reuse_actors`), so a
-trial costs its own epochs and little else.
+trial costs its own epochs and little else. docs/architecture.md draws the whole flow.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,112 +20,61 @@ from mf.atomic import write_yaml
 from mf.config import TrainConfig, from_dict
 from mf.data import Dataset
 from mf.errors import ConfigError
-from mf.metrics import EPOCH, VAL_MSE
 from mf.training import dataset_for
 from search_spaces import SearchSpace
-from tune.results import load_analysis
+from tune._ray import without_default_loggers
+from tune.keys import EPOCH, METRIC, MODE
 from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.searcher import RAY_TRIAL_ID, WARM_START_FROM, TruthfulOptunaSearch, outcome_of_curve
+from tune.searcher import StudySearcher, settle_stopped_trials
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
-from tune.study_storage import (
-    JOURNAL_FILE,
-    SQLITE_FILE,
-    exists,
-    is_url,
-    mend_journal,
-    open_storage,
-    study_location,
-)
+from tune.study_storage import mend_journal, open_storage, study_location
 from tune.trainable import CheckpointPolicy, RunAhead, train_trial
-from tune.trial_files import TrialFolderLogger, trial_dirname
-
-METRIC, MODE = VAL_MSE, "min"  # stated once, here
+from tune.trial_files import trial_dirname
+from tune.trial_logger import TrialFolderLogger
+from tune.warm_start import warm_start_trials
 
 
 def study_location_of(settings: ExperimentSettings) -> str:
     return study_location(settings.experiment_dir, settings.study_storage)
 
 
-def warm_start_trials(
-    source: str, study_name: str | None, space: SearchSpace
-) -> list[optuna.trial.FrozenTrial]:
-    """Finished trials of an earlier study (an experiment folder, a journal file or a storage URL)
-    that fit `space`."""
-    # A storage URL or a journal file as given; an experiment folder's own study.
-    location = source if is_url(source) or Path(source).is_file() else study_location(Path(source).resolve())
-    if not exists(location):
-        raise ConfigError(
-            f"--warm-start: {source!r} holds no Optuna study ({JOURNAL_FILE} or {SQLITE_FILE}); give an "
-            "experiment folder, a journal file or a storage URL"
-        )
-    storage = open_storage(location)
-    summaries = optuna.get_all_study_summaries(storage)
-    if study_name is None:
-        if len(summaries) != 1:
-            names = ", ".join(s.study_name for s in summaries) or "none"
-            raise ConfigError(f"--warm-start: {source!r} holds studies {names}; name one as URL#study")
-        study_name = summaries[0].study_name
-    old = optuna.load_study(study_name=study_name, storage=storage)
-    distributions = space.to_optuna()
-    keep = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    trials = []
-    for t in old.get_trials(deepcopy=False, states=keep):
-        if set(t.params) != set(distributions) or not all(
-            distributions[k]._contains(distributions[k].to_internal_repr(v)) for k, v in t.params.items()
-        ):
-            continue
-        trials.append(
-            optuna.trial.create_trial(
-                state=t.state,
-                value=t.value,
-                params=t.params,
-                distributions=distributions,
-                intermediate_values=t.intermediate_values,
-                user_attrs={
-                    **{k: v for k, v in t.user_attrs.items() if k != RAY_TRIAL_ID},  # not a trial of this run
-                    WARM_START_FROM: f"{source}#{study_name}:{t.number}",
-                },
-            )
-        )
-    return trials
-
-
-def make_searcher(
-    settings: ExperimentSettings, space: SearchSpace, *, seed: int, resume: bool
-) -> TruthfulOptunaSearch:
+def create_study(settings: ExperimentSettings, space: SearchSpace) -> optuna.Study:
+    """The new experiment's study (refused if one of that name exists), seeded by --warm-start."""
     storage = open_storage(study_location_of(settings), writer=True)
-    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if settings.name in existing and not resume:
+    if settings.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         raise ConfigError(
             f"--name: the study {settings.name!r} already exists in {study_location_of(settings)}; "
             "pick another --name, or --resume the experiment"
         )
-    searcher = TruthfulOptunaSearch(
+    study = optuna.create_study(study_name=settings.name, storage=storage, direction="minimize")
+    if settings.warm_start:
+        trials = warm_start_trials(settings.warm_start, space)
+        study.add_trials(trials)
+        print(f"warm start: {len(trials)} finished trials from {settings.warm_start}")
+    return study
+
+
+def make_searcher(settings: ExperimentSettings, space: SearchSpace, *, seed: int) -> StudySearcher:
+    return StudySearcher(
         space=space.to_optuna(),
-        sampler=optuna.samplers.TPESampler(seed=seed),  # the config's --seed: one seed for the run
-        storage=storage,
+        study_location=study_location_of(settings),
         study_name=settings.name,
-        metric=METRIC,  # with a space given up front, Tune does not pass TuneConfig's metric/mode on
-        mode=MODE,
+        seed=seed,  # the config's --seed: one seed for the run
         max_epochs=settings.max_epochs,
         num_samples=settings.num_samples,
     )
-    if settings.warm_start and not resume:
-        source, _, name = settings.warm_start.partition("#")
-        trials = warm_start_trials(source, name or None, space)
-        searcher.study.add_trials(trials)
-        print(f"warm start: {len(trials)} finished trials from {settings.warm_start}")
-    return searcher
 
 
-def make_scheduler(settings: ExperimentSettings) -> PersistentASHA:
+def make_scheduler(settings: ExperimentSettings, *, seed: int) -> PersistentASHA:
     return PersistentASHA(
         state_path=settings.experiment_dir / ASHA_STATE_FILE,
+        seed=seed,
         time_attr=EPOCH,  # not training_iteration, which restarts when a trial is restored
         max_t=settings.max_epochs,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
+        brackets=settings.brackets,
     )
 
 
@@ -148,12 +96,6 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
 
 
 def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunConfig:
-    # Tune's default loggers also write progress.csv and a TensorBoard file for every result; the
-    # TensorBoard writer alone took an eighth of the driver's time (py-spy). result.json is what
-    # ExperimentAnalysis, the export and the report read; TrialFolderLogger writes it straight into
-    # the experiment folder (Tune's JSON logger stages it and copies every trial's file at each
-    # snapshot of the experiment).
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return tune.RunConfig(
         callbacks=[
             TrialFolderLogger(),
@@ -187,9 +129,9 @@ def connect_ray(settings: ExperimentSettings) -> None:
 def concurrent_trials(settings: ExperimentSettings) -> int:
     """--max-concurrent, or as many trials as the cluster's CPUs and GPUs hold now.
 
-    Tune lets a custom searcher keep only this many trials pending (otherwise 1), and a pending
-    trial is what makes it start a new worker: without it, on a cluster whose workers take longer
-    to start than a trial lasts, Tune keeps reusing the first few workers and leaves the rest idle.
+    The searcher keeps no more than this many trials live, and a pending trial is what makes Tune
+    start a new worker: without one, on a cluster whose workers take longer to start than a trial
+    lasts, Tune keeps reusing the first few workers and leaves the rest idle.
     """
     if settings.max_concurrent:
         return settings.max_concurrent
@@ -204,7 +146,6 @@ def concurrent_trials(settings: ExperimentSettings) -> int:
 class RunOutcome:
     experiment_dir: Path
     seconds: float
-    results: tune.ResultGrid
 
 
 def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space: SearchSpace) -> None:
@@ -215,20 +156,16 @@ def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space
 
 
 def run_experiment(
-    settings: ExperimentSettings,
-    base: TrainConfig,
-    space: SearchSpace,
-    *,
-    verbose: int = 1,
+    settings: ExperimentSettings, base: TrainConfig, space: SearchSpace, *, verbose: int = 1
 ) -> RunOutcome:
-    """Run a new experiment to the end (trials done or budget spent) and return Tune's results."""
+    """Run a new experiment to the end (trials done or budget spent)."""
     folder = settings.experiment_dir
     if (folder / EXPERIMENT_FILE).exists():
         raise ConfigError(f"--name: {folder} already holds an experiment; pick another --name or --resume it")
     dataset = dataset_for(base)
     connect_ray(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    searcher = make_searcher(settings, space, seed=base.seed, resume=False)
+    create_study(settings, space)
     write_experiment_file(settings, base, space)
     tuner = tune.Tuner(
         make_trainable(settings, base, dataset),
@@ -236,8 +173,8 @@ def run_experiment(
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=searcher,
-            scheduler=make_scheduler(settings),
+            search_alg=make_searcher(settings, space, seed=base.seed),
+            scheduler=make_scheduler(settings, seed=base.seed),
             num_samples=settings.num_samples,
             max_concurrent_trials=concurrent_trials(settings),
             time_budget_s=settings.time_budget_s,
@@ -246,40 +183,7 @@ def run_experiment(
         ),
         run_config=make_run_config(settings, verbose=verbose),
     )
-    started = time.monotonic()
-    results = tuner.fit()
-    settle_stopped_trials(settings)
-    return RunOutcome(folder, time.monotonic() - started, results)
-
-
-def settle_stopped_trials(settings: ExperimentSettings) -> int:
-    """Tell Optuna about trials Tune stopped without telling the searcher (those still running when
-    --time-budget-s ran out): their last result joins their curve, then PRUNED, COMPLETE if they had
-    reached max_epochs, FAIL with no epoch. Trials Tune will still resume (an interrupted run) stay RUNNING."""
-    last_results = {
-        t.trial_id: t.last_result or {}
-        for t in load_analysis(settings.experiment_dir).trials
-        if t.status in ("TERMINATED", "ERROR")
-    }
-    study = optuna.load_study(study_name=settings.name, storage=open_storage(study_location_of(settings)))
-    settled = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        last = last_results.get(t.user_attrs.get(RAY_TRIAL_ID))
-        if last is None:
-            continue
-        epoch, value = last.get(EPOCH), last.get(METRIC)
-        if (
-            epoch is not None
-            and value is not None
-            and math.isfinite(value)
-            and int(epoch) not in t.intermediate_values
-        ):
-            optuna.Trial(study, t._trial_id).report(float(value), int(epoch))
-        curve = study._storage.get_trial(t._trial_id).intermediate_values
-        state, best = outcome_of_curve(curve, failed=False, max_epochs=settings.max_epochs, mode=MODE)
-        study.tell(t.number, best, state=state)
-        settled += 1
-    return settled
+    return _fit(tuner, settings)
 
 
 def resume_experiment(folder: Path, *, address: str | None = None, verbose: int = 1) -> RunOutcome:
@@ -296,14 +200,32 @@ def resume_experiment(folder: Path, *, address: str | None = None, verbose: int 
     base = from_dict(experiment["base_config"], where=f"{folder / EXPERIMENT_FILE} (base_config)")
     dataset = dataset_for(base)
     connect_ray(settings)
-    mend_journal(study_location_of(settings))
+    mend_journal(study_location_of(settings))  # before Tune unpickles the searcher, which appends
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=make_trainable(settings, base, dataset),
         resume_unfinished=True,
         resume_errored=True,
     )
+    return _fit(tuner, settings)
+
+
+def _fit(tuner: tune.Tuner, settings: ExperimentSettings) -> RunOutcome:
     started = time.monotonic()
-    results = tuner.fit()
-    settle_stopped_trials(settings)
-    return RunOutcome(folder, time.monotonic() - started, results)
+    with without_default_loggers():
+        tuner.fit()
+    settle_ended_trials(settings)
+    return RunOutcome(settings.experiment_dir, time.monotonic() - started)
+
+
+def settle_ended_trials(settings: ExperimentSettings) -> int:
+    """Tell the study about the trials Tune ended without telling the searcher (see
+    `tune.searcher.settle_stopped_trials`), as Tune's final snapshot of the experiment has them."""
+    analysis = tune.ExperimentAnalysis(str(settings.experiment_dir), default_metric=METRIC, default_mode=MODE)
+    ended = {
+        t.trial_id: dict(t.last_result or {})
+        for t in analysis.trials
+        if t.status in ("TERMINATED", "ERROR")
+    }
+    study = optuna.load_study(study_name=settings.name, storage=open_storage(study_location_of(settings)))
+    return settle_stopped_trials(study, ended, max_epochs=settings.max_epochs)

@@ -1,9 +1,11 @@
 """Export the best trial of an experiment: `<experiment>/best/` and `<experiment>/trials.csv`.
 
 `best/config.yaml` retrains it (`python -m mf.train --config best/config.yaml`), `best/model.pt`
-holds the best trial's own weights at its best epoch (with the id mapping), `best/metrics.json`
-holds its validation metrics and, where the split held out a test part, its test metrics,
-computed once here and never seen by the search.
+holds the best trial's own weights at its best epoch (with the id mapping), and `best/metrics.json`
+its metrics on the validation part and, where the split holds out a test part, on the test part,
+computed once here and never seen by the search; beside them the same metrics of the tutorial's
+configuration trained on the same split, the reference the tuning is judged against. Reads only
+files (tune.results): it works on a finished, running or interrupted experiment, without Ray.
 
     python -m tune.export runs/mf-tune
 """
@@ -18,48 +20,88 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from mf.atomic import write_json, write_yaml
-from mf.config import from_dict
+from mf.config import TrainConfig, from_dict, tutorial_config
+from mf.data import Dataset
 from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
+from mf.ranking import ranking_metrics
+from mf.recommend import scorer_from_model
 from mf.training import Trainer, dataset_for
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
-from tune.study_storage import exists, open_storage, study_location
+from tune.study_storage import load_experiment_study
 from tune.trial_files import newest_checkpoint
 
 BEST_DIR = "best"
-
-
-def open_study(folder: Path, experiment: dict[str, Any]) -> optuna.Study | None:
-    """The experiment's Optuna study, or None if it has none (yet)."""
-    settings = experiment["settings"]
-    location = study_location(folder, settings.get("study_storage"))
-    if not exists(location):
-        return None
-    try:
-        return optuna.load_study(study_name=settings["name"], storage=open_storage(location))
-    except KeyError:
-        return None
-
-
-def latest_checkpoint_state(folder: Path, record: TrialRecord) -> dict[str, Any]:
-    """The trial's newest checkpoint: it carries the weights of the trial's best epoch so far."""
-    state = newest_checkpoint(record.trial_dir) if record.trial_dir is not None else None
-    if state is None:
-        raise MFError(f"{folder}: trial {record.trial_id} has no readable checkpoint to export")
-    return state
+METRICS_FILE = "metrics.json"
+RANK_K = 10
+SPLIT_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction", "seed")
+"""The keys the tutorial's reference run shares with the experiment: the same ratings, the same split."""
 
 
 def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
     """Read every trial of the experiment and (re)write its trials.csv."""
     experiment = read_experiment(folder)
-    max_epochs = int(experiment["settings"]["max_epochs"])
-    records = collect_trials(folder, max_epochs=max_epochs, study=open_study(folder, experiment))
+    study = load_experiment_study(folder, experiment["settings"])
+    records = collect_trials(folder, max_epochs=int(experiment["settings"]["max_epochs"]), study=study)
     write_trials_csv(folder, records)
     return records
+
+
+def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
+    """Rating and ranking metrics of a trained model on each held-out part (val_mse, test_ndcg@10, ...)."""
+    scorer = scorer_from_model(trainer.model)
+    out: dict[str, float] = {}
+    for part, heldout in (("val", dataset.val), ("test", dataset.test)):
+        if heldout is None:
+            continue
+        out.update(prefixed(trainer.evaluate(part), part))
+        r = ranking_metrics(
+            scorer,
+            train=dataset.train,
+            heldout=heldout,
+            n_users=dataset.n_users,
+            n_items=dataset.n_items,
+            k=RANK_K,
+        )
+        out.update(
+            {
+                f"{part}_precision@{RANK_K}": r.precision,
+                f"{part}_recall@{RANK_K}": r.recall,
+                f"{part}_ndcg@{RANK_K}": r.ndcg,
+            }
+        )
+    return out
+
+
+def tutorial_metrics(base: dict[str, Any], dataset: Dataset) -> tuple[TrainConfig, dict[str, float]]:
+    """The tutorial's configuration trained on the experiment's data and split, and its metrics."""
+    config = tutorial_config(**{k: base[k] for k in SPLIT_KEYS if k in base}, device="cpu")
+    trainer = Trainer(config, dataset, device="cpu")
+    trainer.fit()
+    return config, model_metrics(trainer, dataset)
+
+
+def best_trainer(folder: Path, best: TrialRecord) -> Trainer:
+    """The best trial's model at its best epoch, from its newest checkpoint (which carries the best
+    epoch's weights), with a config whose `epochs` is that epoch."""
+    state = newest_checkpoint(best.trial_dir) if best.trial_dir is not None else None
+    if state is None or not state.get("best"):
+        raise MFError(f"{folder}: trial {best.trial_id} has no readable checkpoint to export")
+    best_epoch = int(state["best"]["epoch"])
+    config = from_dict(state["config"], where=f"trial {best.trial_id} checkpoint")
+    config = config.replace(epochs=best_epoch, device="auto")
+    trainer = Trainer(config, dataset_for(config), device="cpu")
+    trainer.load_state(state, source=f"trial {best.trial_id} checkpoint")
+    trainer.rewind_to_best()
+    if best_epoch != best.best_epoch:
+        # Only when the run ended (time budget) between the trial's best epoch and its next checkpoint.
+        print(
+            f"note: trial {best.trial_id} was best at epoch {best.best_epoch}, but its last checkpoint "
+            f"holds epoch {best_epoch} as its best; exporting that"
+        )
+    return trainer
 
 
 def export_best(
@@ -70,37 +112,23 @@ def export_best(
     if records is None:
         records = collect_and_write_trials(folder)
     best = best_trial(records)
-
-    # The model: the best trial's latest checkpoint, rewound to its best epoch.
-    state = latest_checkpoint_state(folder, best)
-    config = from_dict(state["config"], where=f"trial {best.trial_id} checkpoint").replace(device="auto")
-    dataset = dataset_for(config)
-    trainer = Trainer(config, dataset, device="cpu")
-    trainer.load_state(state, source=f"trial {best.trial_id} checkpoint")
-    trainer.rewind_to_best()
-    if trainer.epoch != best.best_epoch:
-        # Only when the run ended (time budget) between the trial's best epoch and its next checkpoint.
-        print(
-            f"note: trial {best.trial_id} was best at epoch {best.best_epoch}, but its last checkpoint "
-            f"holds epoch {trainer.epoch} as its best; exporting that"
-        )
-    config = config.replace(epochs=trainer.epoch)
-    trainer.config = config
+    trainer = best_trainer(folder, best)
+    experiment = read_experiment(folder)
+    tutorial, reference = tutorial_metrics(experiment["base_config"], trainer.dataset)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
         "optuna_number": best.optuna_number,
         "epoch": trainer.epoch,
-        **prefixed(trainer.evaluate("val"), "val"),
+        **model_metrics(trainer, trainer.dataset),
+        "params": best.params,
+        "tutorial": {"config": tutorial.to_dict(), "epochs": tutorial.epochs, **reference},
     }
-    if dataset.test is not None:
-        metrics.update(prefixed(trainer.evaluate("test"), "test"))
-    metrics["params"] = best.params
 
     # Write into a fresh folder, then swap it in: a crash leaves the old export whole.
     staging = Path(tempfile.mkdtemp(prefix=".best-", dir=folder))
     try:
-        write_yaml(staging / "config.yaml", config.to_dict())
-        write_json(staging / "metrics.json", metrics)
+        write_yaml(staging / "config.yaml", trainer.config.to_dict())
+        write_json(staging / METRICS_FILE, metrics)
         trainer.save_checkpoint(staging / "model.pt")
         target, old = folder / BEST_DIR, folder / ".best-old"
         shutil.rmtree(old, ignore_errors=True)
@@ -111,12 +139,19 @@ def export_best(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not quiet:
-        print(
-            f"best trial {best.trial_id} (epoch {trainer.epoch}): val_mse {metrics['val_mse']:.4f}"
-            + (f", test_mse {metrics['test_mse']:.4f}" if "test_mse" in metrics else "")
-            + f"; exported to {folder / BEST_DIR}"
-        )
+        print(format_export(metrics, folder / BEST_DIR))
     return metrics
+
+
+def format_export(metrics: dict[str, Any], where: Path) -> str:
+    """Two lines: the exported model's held-out figures, and the tutorial's on the same split."""
+    parts = [p for p in ("val", "test") if f"{p}_mse" in metrics]
+    ours = ", ".join(f"{p}_mse {metrics[f'{p}_mse']:.4f}" for p in parts)
+    ref = ", ".join(f"{p}_mse {metrics['tutorial'][f'{p}_mse']:.4f}" for p in parts)
+    return (
+        f"best trial {metrics['trial_id']} (epoch {metrics['epoch']}): {ours}; exported to {where}\n"
+        f"the tutorial's configuration on the same split: {ref}"
+    )
 
 
 @user_errors_exit

@@ -1,10 +1,11 @@
 """`python -m tune.report <experiment>`: one self-contained HTML page about a tuning experiment.
 
 People would rather look than read a table of 200 trials. The page (`<experiment>/report/report.html`,
-figures embedded as data URIs, the PNGs beside it) is read from what the experiment folder holds
+figures embedded as data URIs, the PNGs beside it) is drawn from what the experiment folder holds
 now, through `tune.results.collect_trials` and the Optuna study, so it works on a finished, running
-or interrupted experiment. It also retrains the tutorial's configuration once on the same split
-(cached in report/tutorial.json), to show what tuning bought.
+or interrupted experiment, and without Ray. The best configuration against the tutorial's comes from
+the export (`best/metrics.json`, written by tune.run or `python -m tune.export`); the report trains
+nothing.
 
     python -m tune.report runs/mf-tune
 """
@@ -25,23 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mf.atomic import atomic_write, atomic_write_text, write_json
-from mf.config import TrainConfig, from_dict
-from mf.data import Dataset
+from mf.atomic import atomic_write, atomic_write_text
 from mf.errors import MFError, user_errors_exit
-from mf.metrics import prefixed
-from mf.ranking import ranking_metrics
-from mf.recommend import scorer_from_model
-from mf.training import Trainer, dataset_for, read_checkpoint
-from tune.export import BEST_DIR, latest_checkpoint_state, open_study
+from tune.export import BEST_DIR, METRICS_FILE, RANK_K
+from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.report_figures import ReportFigure, build_figures
-from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, best_trial, collect_trials
+from tune.results import TrialRecord, best_trial, collect_trials
 from tune.settings import read_experiment
+from tune.study_storage import load_experiment_study
 
-REPORT_DIR, REPORT_FILE, TUTORIAL_CACHE = "report", "report.html", "tutorial.json"
-TOP_TRIALS, RANK_K = 10, 10
-# The split and data keys the tutorial's run shares with the experiment; every other key is the tutorial's.
-SHARED_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction", "seed")
+REPORT_DIR, REPORT_FILE = "report", "report.html"
+TOP_TRIALS = 10
 METRIC_ROWS = [
     ("mse", "MSE", False),
     ("rmse", "RMSE", False),
@@ -56,81 +51,37 @@ METRIC_ROWS = [
 
 
 # ---------------------------------------------------------------- the tutorial against the best config
-def tutorial_config(base: dict[str, Any]) -> TrainConfig:
-    """The tutorial's run (TrainConfig defaults) on the experiment's data, split and seed."""
-    return from_dict({**{k: base[k] for k in SHARED_KEYS if k in base}, "device": "cpu"}, where="tutorial")
-
-
-def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
-    """Rating metrics and ranking metrics of a trained model, per held-out part (val_mse, test_ndcg@10...)."""
-    scorer = scorer_from_model(trainer.model)
-    out: dict[str, float] = {}
-    for part, heldout in (("val", dataset.val), ("test", dataset.test)):
-        if heldout is None:
-            continue
-        out.update(prefixed(trainer.evaluate(part), part))
-        r = ranking_metrics(
-            scorer,
-            train=dataset.train,
-            heldout=heldout,
-            n_users=dataset.n_users,
-            n_items=dataset.n_items,
-            k=RANK_K,
-        )
-        out.update(
-            {
-                f"{part}_precision@{RANK_K}": r.precision,
-                f"{part}_recall@{RANK_K}": r.recall,
-                f"{part}_ndcg@{RANK_K}": r.ndcg,
-            }
-        )
-    return out
-
-
-def tutorial_metrics(config: TrainConfig, dataset: Dataset, cache: Path) -> dict[str, float]:
-    """Train the tutorial's configuration once; reuse the result while its config is unchanged."""
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("config") == config.to_dict():
-            return cached["metrics"]
-    trainer = Trainer(config, dataset, device="cpu")
-    trainer.fit()
-    metrics = model_metrics(trainer, dataset)
-    write_json(cache, {"config": config.to_dict(), "metrics": metrics})
-    return metrics
-
-
 @dataclass(frozen=True)
 class Comparison:
-    tutorial: TrainConfig
-    best: TrainConfig
+    """The exported best model's held-out metrics beside the tutorial's configuration's (same split)."""
+
+    tutorial_config: dict[str, Any]
+    best_config: dict[str, Any]
     best_epoch: int
     tutorial_metrics: dict[str, float]
     best_metrics: dict[str, float]
     source: str
 
 
-def compare_with_tutorial(folder: Path, experiment: dict[str, Any], records: list[TrialRecord]) -> Comparison:
-    best = best_trial(records)
-    tutorial = tutorial_config(experiment["base_config"])
-    dataset = dataset_for(tutorial)
-    exported = folder / BEST_DIR / "metrics.json"
-    if exported.is_file() and json.loads(exported.read_text()).get("trial_id") == best.trial_id:
-        state, source = read_checkpoint(folder / BEST_DIR / "model.pt"), f"{BEST_DIR}/model.pt"
-    else:  # not exported yet, or a better trial since: the trial's latest checkpoint, rewound to its best
-        state, source = latest_checkpoint_state(folder, best), f"trial {best.trial_id}'s latest checkpoint"
-    config = from_dict(state["config"], where=f"{source} (config)").replace(device="cpu")
-    trainer = Trainer(config, dataset, device="cpu")
-    trainer.load_state(state, source=source)
-    if trainer.best is not None:
-        trainer.rewind_to_best()
+def compare_with_tutorial(folder: Path, records: list[TrialRecord]) -> Comparison:
+    """From the export; MFError (shown on the page instead) when there is none, or an older one."""
+    exported = folder / BEST_DIR / METRICS_FILE
+    if not exported.is_file():
+        raise MFError(f"no export yet: `python -m tune.export {folder}` writes {BEST_DIR}/ and this comparison")
+    metrics = json.loads(exported.read_text())
+    if "tutorial" not in metrics:
+        raise MFError(f"{exported} is from an earlier version: run `python -m tune.export {folder}` again")
+    note = ""
+    if best_trial(records).trial_id != metrics["trial_id"]:
+        note = " (a better trial has ended since: export again to compare that one)"
+    tutorial = metrics["tutorial"]
     return Comparison(
-        tutorial=tutorial,
-        best=config,
-        best_epoch=trainer.epoch,
-        tutorial_metrics=tutorial_metrics(tutorial, dataset, folder / REPORT_DIR / TUTORIAL_CACHE),
-        best_metrics=model_metrics(trainer, dataset),
-        source=f"best trial {best.trial_id} at epoch {trainer.epoch}, from {source}",
+        tutorial_config=tutorial["config"],
+        best_config={**tutorial["config"], **metrics.get("params", {})},
+        best_epoch=int(metrics["epoch"]),
+        tutorial_metrics={k: v for k, v in tutorial.items() if isinstance(v, float)},
+        best_metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+        source=f"the export {BEST_DIR}/: trial {metrics['trial_id']} at epoch {metrics['epoch']}{note}",
     )
 
 
@@ -181,8 +132,8 @@ def epochs_table(records: list[TrialRecord], max_epochs: int) -> str:
     groups = [
         (COMPLETE, [r for r in records if r.outcome == COMPLETE]),
         (PRUNED, [r for r in records if r.outcome == PRUNED]),
-        (FAILED, [r for r in records if r.outcome == FAILED]),
-        ("unfinished", [r for r in records if r.outcome not in (COMPLETE, PRUNED, FAILED)]),
+        (FAIL, [r for r in records if r.outcome == FAIL]),
+        ("unfinished", [r for r in records if r.outcome not in (COMPLETE, PRUNED, FAIL)]),
     ]
     rows = []
     for name, group in [*[(n, g) for n, g in groups if g], ("total", records)]:
@@ -211,10 +162,14 @@ def comparison_table(c: Comparison, tuned: Sequence[str]) -> str:
             better = (b > t) if higher else (b < t)
             cells = [f"{t:.4f}", f"<b>{b:.4f}</b>" if better else f"{b:.4f}"]
             rows.append([f"{part} {label}", *cells])
-    rows.append(["epochs", str(c.tutorial.epochs), str(c.best_epoch)])
+    rows.append(["epochs", str(c.tutorial_config["epochs"]), str(c.best_epoch)])
     for key in tuned:
         rows.append(
-            [key, html.escape(_fmt(getattr(c.tutorial, key))), html.escape(_fmt(getattr(c.best, key)))]
+            [
+                key,
+                html.escape(_fmt(c.tutorial_config.get(key))),
+                html.escape(_fmt(c.best_config.get(key))),
+            ]
         )
     return _table("tutorial-vs-best", ["", "tutorial's config", "best config"], rows)
 
@@ -244,7 +199,7 @@ def render(
 ) -> str:
     s, base = experiment["settings"], experiment["base_config"]
     max_epochs, tuned = int(s["max_epochs"]), list(experiment.get("space", {}).get("params", {}))
-    counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAILED)}
+    counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
     unfinished = len(records) - sum(counts.values())
     state = (
         f"{unfinished} trials still running or pending (the run is going on, or was interrupted)"
@@ -267,7 +222,7 @@ def render(
 <style>{CSS}</style></head><body>
 <h1>Tuning report: {html.escape(s["name"])}</h1>
 <p>{html.escape(str(folder))}; written {time.strftime("%Y-%m-%d %H:%M:%S")}. {len(records)} trials:
-{counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAILED]} failed; {state}.</p>
+{counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAIL]} failed; {state}.</p>
 <p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(str(s["space"]))}
 ({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {s["grace_period"]},
 reduction factor {s["reduction_factor"]}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"] or "none"}.</p>
@@ -284,7 +239,7 @@ def write_report(folder: str | os.PathLike) -> Path:
     """Write <folder>/report/report.html and the figures' PNGs; return the HTML's path."""
     folder = Path(folder).resolve()
     experiment = read_experiment(folder)
-    study = open_study(folder, experiment)
+    study = load_experiment_study(folder, experiment["settings"])
     records = collect_trials(folder, max_epochs=int(experiment["settings"]["max_epochs"]), study=study)
     out = folder / REPORT_DIR
     figures = build_figures(records, study, experiment)
@@ -295,7 +250,7 @@ def write_report(folder: str | os.PathLike) -> Path:
         else:
             atomic_write(png, lambda file, data=f.png: file.write(data))
     try:
-        comparison: Comparison | str = compare_with_tutorial(folder, experiment, records)
+        comparison: Comparison | str = compare_with_tutorial(folder, records)
     except MFError as e:
         comparison = str(e)
     return atomic_write_text(out / REPORT_FILE, render(folder, experiment, records, figures, comparison))

@@ -25,12 +25,14 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 
 from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
-from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord
-from tune.searcher import RAY_TRIAL_ID
+from tune.keys import RAY_TRIAL_ID
+from tune.outcome import COMPLETE, FAIL, PRUNED
+from tune.results import TrialRecord
+from tune.settings import ExperimentSettings
 
-COLOURS = {COMPLETE: "#1f77b4", PRUNED: "#ff7f0e", FAILED: "#d62728"}
+COLOURS = {COMPLETE: "#1f77b4", PRUNED: "#ff7f0e", FAIL: "#d62728"}
 UNFINISHED = "#7f7f7f"  # RUNNING / PENDING / PAUSED
-LABELS = {COMPLETE: "ran to max_epochs", PRUNED: "stopped by ASHA", FAILED: "failed"}
+LABELS = {COMPLETE: "ran to max_epochs", PRUNED: "stopped by ASHA", FAIL: "failed"}
 BEST = "#2ca02c"
 
 
@@ -48,13 +50,9 @@ def png_bytes(fig: Figure) -> bytes:
     return out.getvalue()
 
 
-def asha_rungs(*, grace_period: int, reduction_factor: int, max_epochs: int) -> list[int]:
-    """ASHA's milestones grace * rf**k up to max_epochs, then max_epochs itself (a finished trial)."""
-    rungs, epoch = [], grace_period
-    while epoch <= max_epochs:
-        rungs.append(epoch)
-        epoch *= reduction_factor
-    return rungs if rungs[-1] == max_epochs else [*rungs, max_epochs]
+def asha_rungs(settings: ExperimentSettings) -> list[int]:
+    """ASHA's rungs (of every bracket) and max_epochs, where a trial that is never stopped ends."""
+    return [*settings.rung_epochs, settings.max_epochs]
 
 
 def _finite_history(record: TrialRecord) -> pd.DataFrame | None:
@@ -68,7 +66,7 @@ def _finite_history(record: TrialRecord) -> pd.DataFrame | None:
 def _outcome_handles(records: Sequence[TrialRecord]) -> list[Line2D]:
     """Legend entries for the outcomes present, with their counts."""
     handles = []
-    for outcome in (COMPLETE, PRUNED, FAILED):
+    for outcome in (COMPLETE, PRUNED, FAIL):
         n = sum(r.outcome == outcome for r in records)
         if n:
             marker = "x" if outcome == PRUNED else "o"
@@ -101,7 +99,7 @@ def curves_figure(records: Sequence[TrialRecord], *, rungs: Sequence[int], best_
         last = h.iloc[-1]
         if r.outcome == PRUNED:
             ax.plot(last[EPOCH], last[VAL_MSE], "x", color=c, ms=9, mew=2, zorder=4)
-        elif r.outcome == FAILED:
+        elif r.outcome == FAIL:
             ax.plot(last[EPOCH], last[VAL_MSE], "o", color=c, ms=6, zorder=4)
     extra = []
     best = next((r for r, _ in drawn if r.trial_id == best_id), None)
@@ -155,7 +153,7 @@ def epoch_events(records: Sequence[TrialRecord], starts: dict[str, float]) -> pd
     rows, trial_starts = [], []
     for r in records:
         h = _finite_history(r)
-        if h is None or r.outcome == FAILED:
+        if h is None or r.outcome == FAIL:
             continue
         total = h["time_total_s"].astype(float) if "time_total_s" in h else pd.Series(0.0, index=h.index)
         stamp = h["timestamp"].astype(float) if "timestamp" in h else total
@@ -336,10 +334,10 @@ def _figure(key: str, title: str, caption: str, draw: Callable[[], Any]) -> Repo
 def build_figures(
     records: list[TrialRecord], study: optuna.Study | None, experiment: dict[str, Any]
 ) -> list[ReportFigure]:
-    s = experiment["settings"]
-    max_epochs, rf, grace = int(s["max_epochs"]), int(s["reduction_factor"]), int(s["grace_period"])
-    rungs = asha_rungs(grace_period=grace, reduction_factor=rf, max_epochs=max_epochs)
-    scored = [r for r in records if r.outcome != FAILED and math.isfinite(r.best_val_mse)]
+    settings = ExperimentSettings(**experiment["settings"])
+    max_epochs, rf, grace = settings.max_epochs, settings.reduction_factor, settings.grace_period
+    rungs = asha_rungs(settings)
+    scored = [r for r in records if r.outcome != FAIL and math.isfinite(r.best_val_mse)]
     best_id = min(scored, key=lambda r: r.best_val_mse).trial_id if scored else None
     starts = {}
     if study is not None:

@@ -1,9 +1,10 @@
-"""What happened to each trial, read back from an experiment folder (finished, running or interrupted).
+"""What happened in an experiment, read from its files alone: the Optuna study and the trial folders.
 
-Tune's experiment state lists the trials, with their status and params; each trial's folder
-(tune/trial_files.py) gives its results and checkpoints, as they were when the driver last wrote
-them, which may be after Tune's last snapshot; the Optuna study gives what the searcher was told.
-`trials.csv` joins them.
+The study lists the experiment's trials (the searcher made each one) with their parameters and how
+each ended (tune.outcome); each trial's folder (tune.trial_files) holds what it did: every result,
+its failures, its checkpoints. `collect_trials` joins the two; trials.csv, the end-of-run summary,
+the export and the report all read an experiment through it. Tune's own snapshot of the experiment
+is left to Tune: it may be older than both, and reading it would need Ray.
 """
 
 from __future__ import annotations
@@ -17,27 +18,36 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from ray.tune import ExperimentAnalysis
 
 from mf.atomic import atomic_write_text
 from mf.errors import MFError
-from mf.metrics import EPOCH, VAL_MSE
-from tune.searcher import DIVERGED, RAY_TRIAL_ID
-from tune.trainable import NODE_ID
-from tune.trial_files import checkpoint_files, has_ended, read_results, trial_dirname
+from tune.keys import DIVERGED, EPOCH, ERROR, METRIC, NODE_ID, RAY_TRIAL_ID, VAL_MSE, WARM_START_FROM
+from tune.outcome import FAIL, RUNNING, outcome_of_curve
+from tune.trial_files import (
+    ERROR_EVENT,
+    EVENTS_FILE,
+    RETRY_EVENT,
+    checkpoint_files,
+    curve_of,
+    has_ended,
+    read_events,
+    read_params,
+    read_results,
+    trial_dirname,
+    trial_folders,
+    trial_id_of,
+)
 
 TRIALS_FILE = "trials.csv"
-COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
 
 
 @dataclass
 class TrialRecord:
-    """One trial's outcome: a row of trials.csv."""
+    """One trial of the experiment: a row of trials.csv."""
 
     trial_id: str
     outcome: str
-    """COMPLETE (ran to max_epochs), PRUNED (stopped early), FAILED, or RUNNING / PENDING."""
-    tune_status: str
+    """The study's state of the trial: COMPLETE, PRUNED, FAIL, or RUNNING (not ended, or interrupted)."""
     epochs: int
     best_val_mse: float
     best_epoch: int
@@ -45,12 +55,18 @@ class TrialRecord:
     node_id: str
     retries: int
     optuna_number: int | None = None
-    optuna_state: str = ""
     error: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     history: pd.DataFrame | None = field(default=None, repr=False)
     trial_dir: Path | None = field(default=None, repr=False)
     """The trial's folder: its results and checkpoints (the newest carries the best epoch's weights)."""
+
+    @property
+    def curve(self) -> dict[int, float]:
+        """Epoch -> val MSE of every epoch the trial reported."""
+        if self.history is None:
+            return {}
+        return curve_of(self.history.to_dict("records"), VAL_MSE, EPOCH)
 
     def has_checkpoint(self) -> bool:
         return self.trial_dir is not None and bool(checkpoint_files(self.trial_dir))
@@ -63,127 +79,84 @@ class TrialRecord:
 _NOT_IN_CSV = ("params", "history", "trial_dir")
 
 
-def outcome_of(status: str, last: dict[str, Any], max_epochs: int) -> str:
-    """The same rule the searcher uses to tell Optuna: finished, stopped early, or failed."""
-    if status == "ERROR" or last.get(DIVERGED):
-        return FAILED
-    if status in ("RUNNING", "PENDING", "PAUSED"):
-        return status
-    if EPOCH not in last:  # stopped before its first epoch (Tune may still have noted `done`)
-        return FAILED
-    return COMPLETE if int(last.get(EPOCH, 0)) >= max_epochs else PRUNED
-
-
-def load_analysis(folder: Path) -> ExperimentAnalysis:
-    try:
-        return ExperimentAnalysis(str(folder), default_metric=VAL_MSE, default_mode="min")
-    except Exception as e:  # Tune raises ValueError / FileNotFoundError / JSON errors here
-        raise MFError(f"{folder}: cannot read Tune's experiment state ({type(e).__name__}: {e})") from e
-
-
-def collect_trials(folder: Path, *, max_epochs: int, study: optuna.Study | None = None) -> list[TrialRecord]:
-    """Every trial of the experiment, in the order Tune created them, then any trial that only the
-    study and the folders know (one that ended after Tune's last snapshot of a driver that died)."""
-    analysis = load_analysis(folder)
-    by_ray_id = {}
-    if study is not None:
-        by_ray_id = {t.user_attrs.get(RAY_TRIAL_ID): t for t in study.get_trials(deepcopy=False)}
+def collect_trials(folder: Path, *, max_epochs: int, study: optuna.Study | None) -> list[TrialRecord]:
+    """Every trial of the experiment in the order the searcher made them (warm-start copies from an
+    earlier study are not this experiment's). The study is the index: a folder it does not name is a
+    proposal that a resumed driver ran again under a new trial id. Without a study (it was lost, or
+    lives in a database out of reach) the trials are read from their folders alone."""
+    if study is None:
+        return _from_folders(folder, max_epochs=max_epochs)
     records = []
-    for trial in analysis.trials:
-        history = analysis.trial_dataframes.get(trial.trial_id)
-        if history is not None and len(history):
-            # The folder's last result: Tune's record of it is only as new as its last snapshot.
-            last = {k: v for k, v in history.iloc[-1].items() if not _is_nan(v)}
-        else:
-            last = dict(trial.last_result or {})
-        records.append(
-            _record(
-                trial.trial_id,
-                status=trial.status,
-                last=last,
-                history=history,
-                params=dict(trial.config),
-                max_epochs=max_epochs,
-                retries=int(trial.run_metadata.num_failures),
-                error=_error_text(trial),
-                study_trial=by_ray_id.get(trial.trial_id),
-                trial_dir=folder / trial_dirname(trial.trial_id),
-            )
-        )
-    known = {r.trial_id for r in records}
-    for ray_id, ot in by_ray_id.items():
-        trial_dir = folder / trial_dirname(str(ray_id))
-        if ray_id is None or ray_id in known or not trial_dir.is_dir():
+    for t in study.get_trials(deepcopy=False):
+        if WARM_START_FROM in t.user_attrs or RAY_TRIAL_ID not in t.user_attrs:
             continue
+        ray_id = str(t.user_attrs[RAY_TRIAL_ID])
+        trial_dir = folder / trial_dirname(ray_id)
+        records.append(
+            _record(ray_id, trial_dir, outcome=t.state.name, params=dict(t.params), number=t.number)
+        )
+    return records
+
+
+def _from_folders(folder: Path, *, max_epochs: int) -> list[TrialRecord]:
+    """The trials as their folders alone tell: ended by tune.outcome's rule, else RUNNING."""
+    records = []
+    for trial_dir in trial_folders(folder):
         results = read_results(trial_dir)
-        last = results[-1] if results else {}
+        ended = bool(results) and has_ended(results[-1])
+        state = outcome_of_curve(
+            curve_of(results, METRIC, EPOCH),
+            failed=bool(results) and _failed(results[-1]),
+            max_epochs=max_epochs,
+        )[0].name
         records.append(
             _record(
-                str(ray_id),
-                status="TERMINATED" if last and has_ended(last) else "UNKNOWN",
-                last=last,
-                history=pd.DataFrame(results) if results else None,
-                params=dict(ot.params),
-                max_epochs=max_epochs,
-                retries=0,
-                error="",
-                study_trial=ot,
-                trial_dir=trial_dir,
+                trial_id_of(trial_dir),
+                trial_dir,
+                outcome=state if ended else RUNNING,
+                params=read_params(trial_dir) or {},
+                number=None,
             )
         )
     return records
 
 
+def _failed(result: dict[str, Any]) -> bool:
+    return bool(result.get(DIVERGED))
+
+
 def _record(
-    trial_id: str,
-    *,
-    status: str,
-    last: dict[str, Any],
-    history: pd.DataFrame | None,
-    params: dict[str, Any],
-    max_epochs: int,
-    retries: int,
-    error: str,
-    study_trial: optuna.trial.FrozenTrial | None,
-    trial_dir: Path,
+    trial_id: str, trial_dir: Path, *, outcome: str, params: dict[str, Any], number: int | None
 ) -> TrialRecord:
-    if history is not None and VAL_MSE in history and EPOCH in history and len(history):
-        finite = history[history[VAL_MSE].map(lambda v: math.isfinite(v))]
-        best = finite.loc[finite[VAL_MSE].idxmin()] if len(finite) else None
-        best_mse = float(best[VAL_MSE]) if best is not None else math.nan
-        best_epoch = int(best[EPOCH]) if best is not None else 0
-    else:
-        history, best_mse, best_epoch = None, math.nan, 0
+    results = read_results(trial_dir)
+    events = read_events(trial_dir)
+    last = results[-1] if results else {}
+    history = pd.DataFrame(results) if results else None
+    curve = curve_of(results, VAL_MSE, EPOCH)
+    best_epoch = min(curve, key=curve.get) if curve else 0
+    error = str(last.get(ERROR, "") or "")
+    if not error and any(e.get("event") == ERROR_EVENT for e in events):
+        error = f"see {trial_dir / 'error.txt'} ({EVENTS_FILE})"
     return TrialRecord(
         trial_id=trial_id,
-        outcome=outcome_of(status, last, max_epochs),
-        tune_status=status,
-        epochs=int(last.get(EPOCH, 0)),
-        best_val_mse=best_mse,
+        outcome=outcome,
+        epochs=int(last.get(EPOCH, 0) or 0),
+        best_val_mse=curve[best_epoch] if curve else math.nan,
         best_epoch=best_epoch,
         last_val_mse=float(last.get(VAL_MSE, math.nan)),
         node_id=str(last.get(NODE_ID, "")),
-        retries=retries,
-        optuna_number=None if study_trial is None else study_trial.number,
-        optuna_state="" if study_trial is None else study_trial.state.name,
-        error=str(last.get("error", "")) or error,
+        retries=sum(e.get("event") == RETRY_EVENT for e in events),
+        optuna_number=number,
+        error=error,
         params=params,
         history=history,
         trial_dir=trial_dir,
     )
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _error_text(trial: Any) -> str:
-    message = getattr(trial.run_metadata, "error_filename", None) or ""
-    return "see " + message if message else ""
-
-
 def best_trial(records: list[TrialRecord]) -> TrialRecord:
-    scored = [r for r in records if r.outcome != FAILED and math.isfinite(r.best_val_mse)]
+    """The trial with the lowest val MSE at any epoch (a tie goes to one that kept its checkpoint)."""
+    scored = [r for r in records if r.outcome != FAIL and math.isfinite(r.best_val_mse)]
     if not scored:
         raise MFError("no trial reported a finite val_mse yet: nothing to export")
     best = min(r.best_val_mse for r in scored)
@@ -207,7 +180,3 @@ def write_trials_csv(folder: Path, records: list[TrialRecord]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_text(folder / TRIALS_FILE, out.getvalue())
-
-
-def read_trials_csv(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(folder / TRIALS_FILE)

@@ -1,18 +1,17 @@
 """Which checkpoints stay on disk: a trial's newest one, and once trials end, only the best few.
 
-Every checkpoint is about four copies of the model (weights, Adam's two moments, the best epoch's
-weights): up to 40 MB at emb_dim 256. A 420 s run on 2 cores starts over a thousand trials, and
-keeping every checkpoint filled 24 GB. Trials write their checkpoints into their folders
-themselves, and Tune never sees them (`tune.trial_files.save_trial_checkpoint`): Tune's own
-retention (`CheckpointConfig(num_to_keep=N)`) snapshots the whole experiment whenever a trial has
-saved N checkpoints since the last snapshot, a cost that grows with the trials (measured at 420 s
-on 2 cores: 6,437 epochs trained with N=1, 9,363 with N=2). What no one needs is deleted:
+A checkpoint holds about four copies of the model (weights, Adam's two moments, the best epoch's
+weights), and a run on a small data set starts thousands of trials: keeping every checkpoint fills
+a disk. Trials write their checkpoints into their folders themselves and Tune never sees them
+(`tune.trial_files.save_trial_checkpoint`), because Tune's own retention
+(`CheckpointConfig(num_to_keep=N)`) snapshots the whole experiment whenever a trial has saved N
+checkpoints, a cost that grows with the trials. What no one needs is deleted:
 
 - a trial's older checkpoints, by the trial itself once it saved a newer one (the newest also
   carries the best epoch's weights, and a resumed trial reads the newest in its folder);
 - by this callback, in the driver, the last checkpoint of an ended trial (stopped, finished or
-  failed) that is not among the best `keep_best` ended trials: the export and the report take the
-  best trial's, and a trial that is outside the best few when it ends can only fall further.
+  failed) that is not among the best `keep_best` ended trials: the export takes the best trials',
+  and a trial that is outside the best few when it ends can only fall further.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from mf.config import from_dict
 from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
 from tune.export import collect_and_write_trials, export_best
-from tune.results import COMPLETE, FAILED, PRUNED, TrialRecord, epochs_spent
+from tune.outcome import COMPLETE, FAIL, PRUNED
+from tune.results import TrialRecord, epochs_spent
 from tune.settings import ExperimentSettings, doc, read_experiment
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
@@ -78,11 +79,11 @@ def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
 
 
 def format_summary(records: list[TrialRecord], *, max_epochs: int, seconds: float, top: int = 5) -> str:
-    counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAILED)}
+    counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
     spent, fifo = epochs_spent(records), len(records) * max_epochs
     lines = [
         f"{len(records)} trials in {seconds:.0f} s: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned by ASHA, "
-        f"{counts[FAILED]} failed",
+        f"{counts[FAIL]} failed",
         f"epochs spent: {spent} (ASHA) against {fifo} had every trial run to {max_epochs} "
         f"({spent / fifo:.0%})"
         if fifo

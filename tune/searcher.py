@@ -1,129 +1,210 @@
-"""Ray Tune's Optuna searcher, made to tell Optuna what really happened to each trial.
+"""Ray Tune's searcher interface over an Optuna study: TPE proposes each trial, the study hears the truth.
 
-Stock `OptunaSearch` steps intermediate values by `training_iteration` (which restarts on a
-restore), never reports the result that ASHA stopped a trial on, and tells a stopped trial
-COMPLETE with its last low-budget value, so TPE compares 1-epoch and 20-epoch values as equals.
-Here each epoch is reported at step `epoch`; a trial that reached `max_epochs` is COMPLETE with
-its best value; a trial stopped before (by ASHA or the time budget) is PRUNED with its curve; a
-diverged or crashed trial is FAIL.
+Ray's own `OptunaSearch` steps intermediate values by `training_iteration` (which restarts on a
+restore), never reports the result ASHA stopped a trial on, and tells a stopped trial COMPLETE with
+its last low-budget value, so TPE compares 2-epoch and 30-epoch values as equals. This searcher is
+written on Tune's public `Searcher` interface and Optuna's ask-and-tell: every epoch is reported at
+step `epoch`, and each trial is told as `tune.outcome` says (PRUNED, COMPLETE with its best value,
+FAIL). The study lives in durable storage (tune.study_storage) and is the searcher's whole state: a
+resumed driver reopens it, and what the searcher saves with Tune's snapshots is only the Tune trials
+it had proposed for, so that it can tell which RUNNING trials the snapshot never knew.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
-from ray.tune.utils.util import unflatten_dict
 
-from mf.metrics import EPOCH
-
-DIVERGED = "diverged"
-"""Result key set to 1 by the trainable on the report that ends a diverged trial."""
-
-
-RAY_TRIAL_ID = "ray_trial_id"
-WARM_START_FROM = "warm_start_from"
-"""User attribute of a trial copied from an earlier study by --warm-start (not a trial of this run)."""
+from mf.atomic import write_json
+from tune._optuna import live_trial
+from tune.keys import DIVERGED, EPOCH, METRIC, MODE, RAY_TRIAL_ID, WARM_START_FROM
+from tune.outcome import outcome_of_curve
+from tune.study_storage import open_storage
 
 
-def outcome_of_curve(
-    curve: dict[int, float], *, failed: bool, max_epochs: int, mode: str = "min"
-) -> tuple[TrialState, float | None]:
-    """How a trial ended, from its intermediate values (epoch -> val MSE): COMPLETE with its best
-    value if it reached `max_epochs`, PRUNED if stopped before, FAIL if it failed or has none."""
-    if failed or not curve:
-        return TrialState.FAIL, None
-    if max(curve) >= max_epochs:
-        return TrialState.COMPLETE, (min if mode == "min" else max)(curve.values())
-    return TrialState.PRUNED, None  # Optuna takes the last intermediate value for a PRUNED trial
+def make_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:
+    """The TPE sampler of every study: seeded, with `n_startup_trials` random proposals first."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
 
 
-class TruthfulOptunaSearch(OptunaSearch):
-    """OptunaSearch with per-epoch intermediate values and PRUNED / COMPLETE / FAIL told truthfully."""
+class StudySearcher(Searcher):
+    """Proposes trials with Optuna's TPE from the study `study_name` at `study_location`.
 
-    def __init__(self, *, max_epochs: int, num_samples: int = -1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._max_epochs = max_epochs
-        self._num_samples = num_samples
-        self._last_step: dict[str, int] = {}
+    The study must exist (tune.experiment creates it). A trial is told PRUNED, COMPLETE or FAIL by
+    `tune.outcome.outcome_of_curve`; with `num_samples` > 0, no more than that many trials of this
+    experiment are ever proposed, however often the driver restarts.
+    """
+
+    def __init__(
+        self,
+        *,
+        space: dict[str, optuna.distributions.BaseDistribution],
+        study_location: str,
+        study_name: str,
+        seed: int,
+        max_epochs: int,
+        num_samples: int = -1,
+        n_startup_trials: int = 10,
+        metric: str = METRIC,
+        mode: str = MODE,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._space = dict(space)
+        self._location, self._name = study_location, study_name
+        self._seed, self._n_startup_trials = seed, n_startup_trials
+        self._max_epochs, self._num_samples = max_epochs, num_samples
+        self._max_concurrent = 0
+        self._suggested: set[str] = set()  # every Tune trial this searcher proposed for
+        self._forget_study()
+
+    # ------------------------------------------------------------ the study
+    def _forget_study(self) -> None:
+        self._study: optuna.Study | None = None
+        self._live: dict[str, optuna.Trial] = {}  # Tune trial id -> its running Optuna trial
+        self._curves: dict[str, dict[int, float]] = {}  # what was reported for each live trial
         self._orphans: list[optuna.trial.FrozenTrial] = []
         self._asks_left: int | None = None
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        if self._study is None:
+            self._open(known=None)
+        return self._study
+
+    def _open(self, *, known: set[str] | None) -> None:
+        """Open the study and pick up its RUNNING trials: those of Tune trials in `known` (None: any)
+        go on as live trials; the others are proposals a killed driver made after Tune's last
+        snapshot, which the next trials Tune asks for will run (so none stays RUNNING)."""
+        study = optuna.load_study(
+            study_name=self._name, storage=open_storage(self._location, writer=True), sampler=None
+        )
+        trials = study.get_trials(deepcopy=False)
+        own = [t for t in trials if WARM_START_FROM not in t.user_attrs]
+        # A new seed on each reopening: the same one would propose again what it proposed before.
+        study.sampler = make_sampler(self._seed + len(own), n_startup_trials=self._n_startup_trials)
+        self._study = study
+        for t in own:
+            ray_id = t.user_attrs.get(RAY_TRIAL_ID)
+            if t.state != TrialState.RUNNING:
+                continue
+            if ray_id is not None and (known is None or ray_id in known):
+                self._live[ray_id] = live_trial(study, t)
+                self._curves[ray_id] = dict(t.intermediate_values)
+            else:
+                self._orphans.append(t)
+        if self._num_samples > 0:
+            self._asks_left = self._num_samples - len(own)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the searcher with the experiment; the study is reopened from its storage.
+        state = self.__dict__.copy()
+        for key in ("_study", "_live", "_curves", "_orphans", "_asks_left"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._forget_study()
+
+    # ------------------------------------------------------------ Tune's Searcher interface
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """The space is given up front; accept TuneConfig's metric and mode only if they are ours."""
+        return metric in (None, self.metric) and mode in (None, self.mode) and not config
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self._max_concurrent = max_concurrent
+        return True  # handled here, counting the live trials a resumed driver picked up too
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self._orphans and trial_id not in self._ot_trials:
-            # A proposal the killed driver made but never saved: run it now instead of asking anew,
-            # so the study holds no RUNNING trial that nobody will finish.
-            orphan = self._orphans.pop(0)
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
-            self._last_step[trial_id] = max(orphan.intermediate_values, default=0)
-            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
-            return unflatten_dict(orphan.params)
-        if self._asks_left is not None:
-            if self._asks_left <= 0:
-                return Searcher.FINISHED
-            self._asks_left -= 1
-        params = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            # Lets trials.csv and the report join Tune's trial with Optuna's.
-            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
+        study = self.study
+        if self._max_concurrent and len(self._live) >= self._max_concurrent:
+            return None
+        if self._orphans:
+            frozen = self._orphans.pop(0)
+            trial, params = live_trial(study, frozen), dict(frozen.params)
+            self._curves[trial_id] = dict(frozen.intermediate_values)
+        else:
+            if self._asks_left is not None:
+                if self._asks_left <= 0:
+                    return Searcher.FINISHED
+                self._asks_left -= 1
+            trial = study.ask(self._space)
+            params = dict(trial.params)
+            self._curves[trial_id] = {}
+        trial.set_user_attr(RAY_TRIAL_ID, trial_id)  # joins the study with the trial's folder
+        self._live[trial_id] = trial
+        self._suggested.add(trial_id)
         return params
 
-    def restore(self, checkpoint_path: str) -> None:
-        """After a driver restart, from a searcher saved some time before the driver died: find the
-        study's RUNNING trials that it never knew (to run them instead of asking anew), and with a
-        fixed --num-samples, count the trials it never knew that finished, which Tune's (equally old)
-        snapshot does not count: the study ends up with --num-samples trials of this run, no more."""
-        super().restore(checkpoint_path)
-        known = {t._trial_id for t in self._ot_trials.values()}
-        trials = self._ot_study.get_trials(deepcopy=False)
-        self._orphans = [t for t in trials if t.state == TrialState.RUNNING and t._trial_id not in known]
-        if any(t._trial_id not in known and WARM_START_FROM not in t.user_attrs for t in trials):
-            # The sampler's random state was saved with the searcher: left as it is, it would
-            # propose again what it proposed after the save.
-            self._ot_study.sampler.reseed_rng()
-        if self._num_samples > 0:
-            this_run = [t for t in trials if WARM_START_FROM not in t.user_attrs]
-            self._asks_left = self._num_samples - len(this_run)
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._live:
+            self._record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._live:
             return
-        self._record(trial_id, result)
+        if result:
+            self._record(trial_id, result)  # the result ASHA stopped a trial on reaches only this hook
+        failed = error or bool(result and result.get(DIVERGED))
+        state, value = outcome_of_curve(
+            self._curves[trial_id], failed=failed, max_epochs=self._max_epochs, mode=self.mode
+        )
+        # skip_if_finished: a driver that died before Tune's snapshot may have told it already.
+        self.study.tell(self._live.pop(trial_id), value, state=state, skip_if_finished=True)
+        self._curves.pop(trial_id)
 
     def _record(self, trial_id: str, result: dict) -> None:
         value, step = result.get(self.metric), result.get(EPOCH)
         if value is None or step is None or not math.isfinite(value):
             return
-        step = int(step)
-        if step > self._last_step.get(trial_id, 0):
-            # A trial retried from a checkpoint repeats epochs; a step already reported is skipped.
-            try:
-                self._ot_trials[trial_id].report(float(value), step)
-            except UpdateFinishedTrialError:
-                return  # told already by a driver that died before it could save that
-            self._last_step[trial_id] = step
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        step, curve = int(step), self._curves[trial_id]
+        if step in curve:  # a trial retried from a checkpoint repeats epochs
             return
-        if result:
-            # The result ASHA stopped a trial on never reaches on_trial_result.
-            self._record(trial_id, result)
-        ot_trial = self._ot_trials[trial_id]
-        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
-        if not stored.state.is_finished():  # else told by a driver that died before it could save that
-            failed = error or bool(result and result.get(DIVERGED))
-            state, value = outcome_of_curve(
-                stored.intermediate_values, failed=failed, max_epochs=self._max_epochs, mode=self.mode
-            )
-            self._ot_study.tell(ot_trial, value, state=state)
-        self._completed_trials.add(trial_id)
+        try:
+            self._live[trial_id].report(float(value), step)
+        except UpdateFinishedTrialError:
+            return  # told already by a driver that died before Tune's snapshot
+        curve[step] = float(value)
+
+    def save(self, checkpoint_path: str) -> None:
+        write_json(checkpoint_path, {"format": 1, "suggested": sorted(self._suggested)})
+
+    def restore(self, checkpoint_path: str) -> None:
+        """After a driver restart: the Tune trials proposed for by the time of Tune's snapshot."""
+        saved = json.loads(Path(checkpoint_path).read_text())
+        self._suggested = set(saved["suggested"])
+        self._forget_study()
+        self._open(known=self._suggested)
+
+
+def settle_stopped_trials(
+    study: optuna.Study, last_results: dict[str, dict[str, Any]], *, max_epochs: int
+) -> int:
+    """Tell the study about trials Tune ended without telling the searcher (those running when
+    --time-budget-s ran out, and any that never started): `last_results` maps each ended Tune trial
+    to its last result. Their last result joins their curve, then they are told as tune.outcome
+    says. Trials Tune will still resume (an interrupted run) are not in `last_results` and stay
+    RUNNING. Returns how many were told."""
+    settled = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = last_results.get(t.user_attrs.get(RAY_TRIAL_ID))
+        if last is None:
+            continue
+        curve = dict(t.intermediate_values)
+        epoch, value = last.get(EPOCH), last.get(METRIC)
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        if epoch is not None and finite and int(epoch) not in curve:
+            live_trial(study, t).report(float(value), int(epoch))
+            curve[int(epoch)] = float(value)
+        failed = bool(last.get(DIVERGED))
+        state, best = outcome_of_curve(curve, failed=failed, max_epochs=max_epochs)
+        study.tell(t.number, best, state=state, skip_if_finished=True)
+        settled += 1
+    return settled

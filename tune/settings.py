@@ -39,6 +39,11 @@ class ExperimentSettings:
     max_epochs: int = setting(30, "Epochs of a trial that is never stopped (ASHA's max_t).")
     grace_period: int = setting(2, "Epochs every trial gets before ASHA may stop it (first rung).")
     reduction_factor: int = setting(3, "ASHA keeps the top 1/reduction_factor of trials at each rung.")
+    brackets: int = setting(
+        1,
+        "ASHA brackets (Hyperband-style): bracket s has its first rung at grace_period * "
+        "reduction_factor**s; each trial is put in one at random.",
+    )
     cpus_per_trial: float = setting(1.0, "CPUs each trial holds (torch threads follow it).")
     gpus_per_trial: float = setting(0.0, "GPUs each trial holds; fractions share a GPU (0.25: four a GPU).")
     max_concurrent: int = setting(
@@ -100,6 +105,12 @@ class ExperimentSettings:
         for name, ok, rule in rules:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} must be {rule}")
+        most = len(self.bracket_rungs(0)) + 1  # the last bracket has no rung below max_epochs: plain FIFO
+        if not 1 <= self.brackets <= most:
+            raise ConfigError(
+                f"--brackets: {self.brackets!r} must be in [1, {most}] with these rungs "
+                f"({', '.join(map(str, self.bracket_rungs(0))) or 'none'} below --max-epochs {self.max_epochs})"
+            )
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"--time-budget-s: {self.time_budget_s!r} must be > 0")
         if self.num_samples == -1 and self.time_budget_s is None:
@@ -107,14 +118,19 @@ class ExperimentSettings:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"--name: {self.name!r} must be a plain folder name (no '/', not hidden)")
 
-    @property
-    def rung_epochs(self) -> tuple[int, ...]:
-        """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_epochs."""
-        rungs, t = [], self.grace_period
+    def bracket_rungs(self, bracket: int) -> tuple[int, ...]:
+        """The epochs below max_epochs at which ASHA compares the trials of `bracket`:
+        grace_period * reduction_factor**(bracket + k), k = 0, 1, ... (ASHAScheduler's own rule)."""
+        rungs, t = [], self.grace_period * self.reduction_factor**bracket
         while t < self.max_epochs:
             rungs.append(t)
             t *= self.reduction_factor
         return tuple(rungs)
+
+    @property
+    def rung_epochs(self) -> tuple[int, ...]:
+        """Every epoch below max_epochs at which ASHA compares some trials (the rungs of all brackets)."""
+        return tuple(sorted({t for b in range(self.brackets) for t in self.bracket_rungs(b)}))
 
     @property
     def decision_epochs(self) -> frozenset[int]:

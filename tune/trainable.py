@@ -22,37 +22,23 @@ from ray import tune
 
 from mf.config import TrainConfig
 from mf.data import Dataset
-from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
 from mf.training import Trainer, TrainingDiverged
-from tune.searcher import DIVERGED
-from tune.trial_files import (
+from tune.keys import (
     ALREADY_LOGGED,
-    has_ended,
-    newest_checkpoint,
-    read_results,
-    save_trial_checkpoint,
-    trial_dirname,
+    DEVICE,
+    DIVERGED,
+    EPOCH,
+    EPOCH_SECONDS,
+    ERROR,
+    GPU_IDS,
+    NODE_ID,
+    OWN_RESULT_KEYS,
+    RAN_AHEAD,
+    TRAIN_LOSS,
+    VAL_MSE,
+    WALL_TIME,
 )
-
-NODE_ID = "node_id"
-RAN_AHEAD = "ran_ahead"
-"""Result key: 1 if the epoch was trained while the driver handled the previous epoch's report."""
-OWN_RESULT_KEYS = frozenset(
-    (
-        EPOCH,
-        TRAIN_LOSS,
-        VAL_MSE,
-        VAL_RMSE,
-        VAL_MAE,
-        NODE_ID,
-        "device",
-        "gpu_ids",
-        DIVERGED,
-        "error",
-        RAN_AHEAD,
-    )
-)
-"""What this trainable puts in a result, besides its timing (Tune adds its own keys)."""
+from tune.trial_files import has_ended, newest_checkpoint, read_results, save_trial_checkpoint, trial_dirname
 
 
 def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
@@ -87,8 +73,8 @@ class RunAhead:
     """When a trial trains its next epoch while the driver handles the last epoch's report.
 
     `tune.report` blocks the trial until the driver has handled the result (loggers, ASHA, the
-    Optuna study) and asks for the next one: with epochs of tens of milliseconds, a quarter of a
-    worker's time went into that wait (py-spy). ASHA lets a trial go on after any epoch that is
+    Optuna study) and asks for the next one: with epochs of tens of milliseconds, that wait is a
+    large share of a worker's time. ASHA lets a trial go on after any epoch that is
     not one of its `decision_epochs`, so the next epoch is trained in the meantime; it is the
     same epoch, with the same result, that the trial would train after the wait. After a
     decision epoch the trial waits, so a trial that ASHA stops trains nothing more. Only epochs
@@ -134,8 +120,8 @@ def train_trial(
     # Where the trial ran: its node, device and GPU share (trials.csv and the tests read these).
     placement = {
         NODE_ID: ray.get_runtime_context().get_node_id(),
-        "device": str(trainer.device),
-        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        DEVICE: str(trainer.device),
+        GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids()),
     }
     last_saved = time.monotonic()
     last_reported = max((int(r.get(EPOCH, 0)) for r in reported), default=0)
@@ -143,7 +129,7 @@ def train_trial(
         # The checkpoint is newer than any result the driver logged (it died in between): report
         # that epoch again, so that ASHA and the searcher see it before any further epoch.
         replay = {k: v for k, v in trainer.history[-1].items() if k != EPOCH_SECONDS}
-        tune.report({**replay, **placement, "wall_time": time.time(), DIVERGED: 0})
+        tune.report({**replay, **placement, WALL_TIME: time.time(), DIVERGED: 0})
 
     # Epochs run on this one thread, so that the next can start while tune.report waits.
     with ThreadPoolExecutor(1, "epoch", initializer=torch.set_num_threads, initargs=(threads,)) as pool:
@@ -155,11 +141,12 @@ def train_trial(
             except TrainingDiverged as e:
                 # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
                 failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
-                tune.report({**failed, "error": str(e), **placement, "wall_time": time.time()})
+                tune.report({**failed, ERROR: str(e), **placement, WALL_TIME: time.time()})
                 return
             ahead = None
             epoch = trainer.epoch
-            metrics.update(placement, wall_time=time.time())
+            metrics.update(placement)
+            metrics[WALL_TIME] = time.time()
             metrics[DIVERGED] = 0
             metrics[RAN_AHEAD] = int(ran_ahead)
             if checkpoints.due(epoch, time.monotonic() - last_saved) or epoch >= config.epochs:

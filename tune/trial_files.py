@@ -1,37 +1,36 @@
-"""A trial's folder: its results, written as they arrive, and its checkpoints; read back from disk.
+"""A trial's folder: the one record of what the trial did, written as it happens, read back from disk.
 
-Tune snapshots the experiment (which trials exist, their last result and checkpoint) every ten
-seconds or so, not after every result: snapshotting after every checkpoint, as Tune does when a
-trial keeps one checkpoint, made the driver the bottleneck of a long run (the snapshot grows with
-the trials). So the truth about a trial is its folder, and its folder is always current:
+Tune snapshots the experiment (which trials exist, their status) every ten seconds or so, not after
+every result: the snapshot grows with the trials, and snapshotting often made the driver the
+bottleneck. So the truth about what a trial did is its folder, which is always current:
 
-- `result.json`: one JSON line per result, appended by `TrialFolderLogger` in the driver as the
-  result arrives (Tune's own JSON logger writes to a staging folder and copies it over at each
-  snapshot, so a killed driver's folders were as old as its last snapshot);
-- `checkpoint_*/state.pt`: each written by the trial's worker (`save_trial_checkpoint`).
+- `result.json`: one JSON line per result, appended by the driver as the result arrives
+  (`tune.trial_logger.TrialFolderLogger`);
+- `params.json`: the trial's sampled parameters;
+- `events.json`: one JSON line per failure the driver saw (retried or final);
+- `checkpoint_epoch_NNNNNN/state.pt`: written by the trial's worker (`save_trial_checkpoint`).
 
-A resumed trial, trials.csv and the export read these instead of Tune's (maybe older) snapshot.
+Resume and retry (the trainable), trials.csv, the export and the report read these through this
+module; nothing here imports Ray, so reading works where Ray is not installed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-import ray.cloudpickle as cloudpickle
-from ray.air.constants import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_RESULT_FILE
-from ray.tune.logger import JsonLoggerCallback
-from ray.tune.utils.util import SafeFallbackEncoder
-
 from mf.errors import MFError
 from mf.training import Trainer, read_checkpoint
-from tune.searcher import DIVERGED
+from tune.keys import DIVERGED, DONE
 
+RESULT_FILE = "result.json"  # the names Tune's own JSON logger uses, so Tune's tools read them too
+PARAMS_FILE = "params.json"
+EVENTS_FILE = "events.json"
 CHECKPOINT_FILE = "state.pt"
-RESULT_FILE = EXPR_RESULT_FILE
-ALREADY_LOGGED = "already_logged"
-"""Result key set by a trial that sends its last result again after a driver restart."""
+RETRY_EVENT, ERROR_EVENT = "retry", "error"
+"""The events the driver records: a failure Tune retries from the last checkpoint, and a final one."""
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -39,26 +38,48 @@ def trial_dirname(trial_id: str) -> str:
     return f"trial_{trial_id}"
 
 
-def read_results(trial_dir: Path) -> list[dict[str, Any]]:
-    """The trial's results in the order they arrived; a last line cut short by a kill is left out."""
-    path = trial_dir / RESULT_FILE
+def trial_id_of(folder: Path) -> str:
+    return folder.name.removeprefix("trial_")
+
+
+def trial_folders(experiment_dir: Path) -> list[Path]:
+    return sorted(p for p in experiment_dir.glob("trial_*") if p.is_dir())
+
+
+# ---------------------------------------------------------------- JSON lines
+def json_line(values: dict[str, Any]) -> str:
+    """One result as a JSON line; numpy scalars become numbers, NaN and infinities stay JSON's
+    non-standard NaN / Infinity (which Python's json reads back), anything else its str()."""
+    return json.dumps(values, default=_plain) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The lines of a JSON-lines file in order; a last line cut short by a kill is left out."""
     if not path.is_file():
         return []
-    results = []
+    rows = []
     lines = path.read_text().splitlines()
     for number, line in enumerate(lines, start=1):
         try:
-            results.append(json.loads(line))
+            rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             if number == len(lines):
                 break  # the driver died while writing it
             raise MFError(f"{path}, line {number}: not a JSON result ({e})") from e
-    return results
+    return rows
 
 
 def drop_cut_last_line(path: Path) -> None:
-    """Cut off a last line a killed driver left unfinished, so that the next result starts a line
-    of its own instead of gluing onto it (which would damage both)."""
+    """Cut off a last line a killed writer left unfinished, so that the next line starts a line of
+    its own instead of gluing onto it (which would damage both)."""
     if not path.is_file():
         return
     data = path.read_bytes()
@@ -67,12 +88,46 @@ def drop_cut_last_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def append_json_line(path: Path, values: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drop_cut_last_line(path)
+    with path.open("a") as f:
+        f.write(json_line(values))
+
+
+# ---------------------------------------------------------------- results, params, events
+def read_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """The trial's results in the order they arrived."""
+    return read_json_lines(trial_dir / RESULT_FILE)
+
+
+def read_params(trial_dir: Path) -> dict[str, Any] | None:
+    path = trial_dir / PARAMS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_events(trial_dir: Path) -> list[dict[str, Any]]:
+    return read_json_lines(trial_dir / EVENTS_FILE)
+
+
 def has_ended(result: dict[str, Any]) -> bool:
     """Whether this result was a trial's last: Tune marks `done` on the one ASHA stopped it on
     (at max_epochs too), and a diverged trial ends on its own."""
-    return bool(result.get("done")) or bool(result.get(DIVERGED))
+    return bool(result.get(DONE)) or bool(result.get(DIVERGED))
 
 
+def curve_of(results: list[dict[str, Any]], metric: str, time_attr: str) -> dict[int, float]:
+    """Epoch -> metric of the finite values, the last report of an epoch winning (a retried trial
+    repeats epochs, with the same values)."""
+    curve: dict[int, float] = {}
+    for r in results:
+        value, step = r.get(metric), r.get(time_attr)
+        if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
+            curve[int(step)] = float(value)
+    return curve
+
+
+# ---------------------------------------------------------------- checkpoints
 def checkpoint_files(trial_dir: Path) -> list[Path]:
     """The state files of the trial's checkpoints that are still on disk (`empty_checkpoints`
     deletes the files no one needs and keeps the folders)."""
@@ -97,11 +152,11 @@ def save_trial_checkpoint(trainer: Trainer, trial_dir: Path) -> Path:
     """Write the trial's checkpoint at its current epoch into its folder, then delete its older ones
     (the newest carries the best epoch's weights too).
 
-    The worker writes it where everything reads it (a shared file system on a cluster), instead
-    of handing it to `tune.report`: Tune would copy it from a temp folder and hold the trial's
-    next step for a `save` round trip with the driver, at the rungs where most trials end. Not
-    fsynced (it is written at every rung): if the machine holding the file crashes before the OS
-    writes it out, it is left empty and a retry of the trial starts from its first epoch.
+    The worker writes it where everything reads it (a shared file system on a cluster) instead of
+    handing it to `tune.report`, which would copy it from a temp folder and hold the trial for a
+    round trip with the driver at the rungs where most trials end. Not fsynced (it is written at
+    every rung): if the machine crashes before the OS writes it out, it is left empty, and a retry
+    of the trial starts from its first epoch.
     """
     path = trial_dir / f"checkpoint_epoch_{trainer.epoch:06d}" / CHECKPOINT_FILE
     trainer.save_checkpoint(path, fsync=False)
@@ -112,9 +167,9 @@ def save_trial_checkpoint(trainer: Trainer, trial_dir: Path) -> Path:
 def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
     """The state of the trial's checkpoint with the most epochs, or None.
 
-    Chosen by the epoch inside, not the folder's number: a resumed trial numbers its checkpoints
-    from Tune's snapshot, which may be older than the folders on disk. A checkpoint that cannot be
-    read (its copy was cut short by a kill) is passed over.
+    Chosen by the epoch inside, not the folder's name: in an experiment from before trials wrote
+    their own checkpoints, a resumed trial numbered them from Tune's snapshot, which may be older
+    than the folders on disk. A checkpoint that cannot be read (cut short by a kill) is passed over.
     """
     newest = None
     for path in checkpoint_files(trial_dir):
@@ -125,29 +180,3 @@ def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
         if newest is None or state["epoch"] > newest["epoch"]:
             newest = state
     return newest
-
-
-class TrialFolderLogger(JsonLoggerCallback):
-    """Tune's JSON logger, writing each trial's result.json and params straight into the trial's
-    folder in the experiment (a local or shared file system path, never a cloud URI here)."""
-
-    def log_trial_start(self, trial: Any) -> None:
-        if trial in self._trial_files:
-            self._trial_files[trial].close()
-        folder = Path(trial.path)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.update_config(trial, trial.config)
-        path = folder / RESULT_FILE
-        drop_cut_last_line(path)
-        self._trial_files[trial] = path.open("a")
-
-    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        if not result.get(ALREADY_LOGGED):
-            super().log_trial_result(iteration, trial, result)
-
-    def update_config(self, trial: Any, config: dict) -> None:
-        self._trial_configs[trial] = config
-        folder = Path(trial.path)
-        text = json.dumps(config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
-        (folder / EXPR_PARAM_FILE).write_text(text)
-        (folder / EXPR_PARAM_PICKLE_FILE).write_bytes(cloudpickle.dumps(config))
