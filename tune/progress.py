@@ -164,6 +164,17 @@ class LiveProgress(Callback):
         self._seeded = False
         self._closed = False
 
+    # Tune pickles the RunConfig, callbacks included, into the experiment (tuner.pkl), and
+    # `Tuner.restore` runs that copy: only the settings travel (the stream back to stdout).
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("max_epochs", "time_budget_s", "interval_s", "refresh_s")} | {
+            "_tty": self._tty
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        tty = state.pop("_tty")
+        self.__init__(**state, tty=tty)  # type: ignore[misc]
+
     # --------------------------------------------------------------- Tune's hooks
     def setup(self, **info: Any) -> None:
         self.state.started = time.monotonic()
