@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from mf.metrics import (
     regression_metrics,
 )
 from mf.model import MFAdvanced
+from mf.optim import LazyAdamW
 
 EVAL_BATCH = 1 << 18
 CHECKPOINT_FORMAT = 1
@@ -60,7 +62,7 @@ class BestModel:
 
 @dataclass(frozen=True)
 class TensorPart:
-    """One split part on the training device."""
+    """One split part on the training device: int32 ids and float32 ratings, as the Dataset holds them."""
 
     users: torch.Tensor
     items: torch.Tensor
@@ -68,15 +70,26 @@ class TensorPart:
 
     @classmethod
     def from_interactions(cls, part: Interactions, device: torch.device) -> TensorPart:
-        # torch.tensor copies, so read-only arrays from Ray's object store are fine.
+        """On CPU the Dataset's arrays themselves (no copy); on a GPU one copy, made once per trial."""
         return cls(
-            users=torch.tensor(part.users, dtype=torch.int64, device=device),
-            items=torch.tensor(part.items, dtype=torch.int64, device=device),
-            ratings=torch.tensor(part.ratings, dtype=torch.float32, device=device),
+            users=_as_tensor(part.users, torch.int32, device),
+            items=_as_tensor(part.items, torch.int32, device),
+            ratings=_as_tensor(part.ratings, torch.float32, device),
         )
 
     def __len__(self) -> int:
         return int(self.ratings.shape[0])
+
+
+def _as_tensor(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`array` as a tensor of `dtype`, sharing its memory where the dtype already fits.
+
+    Arrays from Ray's object store are read-only; torch warns that writing to such a tensor is
+    undefined, but these are never written (the trainer only gathers from them)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.asarray(array))
+    return tensor.to(device=device, dtype=dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,15 +128,27 @@ def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:
     )
 
 
-def build_optimizers(config: TrainConfig, model: MFAdvanced) -> list[torch.optim.Optimizer]:
-    """AdamW over everything (the tutorial), or SparseAdam for the sparse tables + Adam for the offset."""
+def build_optimizers(config: TrainConfig, model: MFAdvanced) -> list[Any]:
+    """The optimiser(s) of `config.optimizer`, over `model`'s parameters.
+
+    `lazy_adamw`: LazyAdamW over the user rows and item rows (factors and bias side by side) and the
+    offset (the model's tables then live in the optimiser's table, see mf.optim); `adamw`: dense
+    AdamW over everything (the tutorial); `sparse_adam`: SparseAdam for the tables + Adam for the offset.
+    """
+    if config.optimizer == "lazy_adamw":
+        users, items = model.row_tables()
+        return [
+            LazyAdamW(
+                [users, items], model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay
+            )
+        ]
     if config.optimizer == "adamw":
         return [
             torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         ]
     sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     dense = [p for n, p in model.named_parameters() if n == "offset"]
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=config.lr)]
+    optimizers: list[Any] = [torch.optim.SparseAdam(sparse, lr=config.lr)]
     if dense:
         optimizers.append(torch.optim.Adam(dense, lr=config.lr))
     return optimizers
@@ -143,7 +168,8 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = build_model(config, dataset.n_users, dataset.n_items).to(self.device)
         self.optimizers = build_optimizers(config, self.model)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+        # The batch order is drawn on the training device, so a GPU never waits for the CPU's shuffle.
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.train_part = TensorPart.from_interactions(dataset.train, self.device)
         self.val_part = TensorPart.from_interactions(dataset.val, self.device)
         self.test_part = (
@@ -153,34 +179,30 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best: BestModel | None = None
 
+    @property
+    def lazy(self) -> LazyAdamW | None:
+        """The row-sparse optimiser when the config uses one (its step is written out, not autograd)."""
+        first = self.optimizers[0]
+        return first if isinstance(first, LazyAdamW) else None
+
     # ---------------------------------------------------------------- training
     def run_epoch(self) -> dict[str, float]:
         """Train one pass over the training ratings; return the epoch's loss and validation metrics."""
-        cfg, model, part = self.config, self.model, self.train_part
+        cfg, part = self.config, self.train_part
         started = time.perf_counter()
-        model.train()
-        # Shuffle once per epoch with one gather per column; batches are then contiguous slices.
-        order = torch.randperm(len(part), generator=self.generator).to(self.device)
-        all_users, all_items, all_ratings = part.users[order], part.items[order], part.ratings[order]
+        self.model.train()
+        # Batches are gathered through one permutation per epoch: no shuffled copy of the columns.
+        order = torch.randperm(len(part), generator=self.generator, device=self.device, dtype=torch.int32)
+        step = self._lazy_step if self.lazy is not None else self._autograd_step
         loss_sum = torch.zeros((), device=self.device)
         for start in range(0, len(part), cfg.batch_size):
-            end = start + cfg.batch_size
-            users, items, ratings = all_users[start:end], all_items[start:end], all_ratings[start:end]
-            # forward: predictions (B,), factors (B, D) for the L2 term
-            pred, p, q = model.predict_with_factors(users, items)
-            loss = F.mse_loss(pred, ratings)
-            objective = loss
-            if cfg.l2 > 0:
-                objective = loss + cfg.l2 * (p.pow(2).sum(1) + q.pow(2).sum(1)).mean()
-            # backward and step
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
-            objective.backward()
-            for opt in self.optimizers:
-                opt.step()
-            loss_sum += loss.detach() * len(ratings)
+            batch = order[start : start + cfg.batch_size]
+            users = part.users.index_select(0, batch)
+            items = part.items.index_select(0, batch)
+            loss_sum += step(users, items, part.ratings.index_select(0, batch))
         train_loss = float(loss_sum) / len(part)
         self.epoch += 1
+        self.settle()
         val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
         if not (math.isfinite(train_loss) and math.isfinite(val["mse"])):
             raise TrainingDiverged(
@@ -198,9 +220,50 @@ class Trainer:
         self.history.append(metrics)
         if self.best is None or val["mse"] < self.best.val_mse:
             # A copy of the weights at the best epoch, so that no checkpoint is needed at every epoch.
-            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=weights)
+            self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=self._weights())
         return metrics
+
+    def _autograd_step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """One step of the dense (adamw) or sparse (sparse_adam) path; returns the batch's squared-error sum."""
+        # forward: predictions (B,), factors (B, D) for the L2 term
+        pred, p, q = self.model.predict_with_factors(users.long(), items.long())
+        loss = F.mse_loss(pred, ratings)
+        objective = loss
+        if self.config.l2 > 0:
+            objective = loss + self.config.l2 * (p.pow(2).sum(1) + q.pow(2).sum(1)).mean()
+        # backward and step
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        objective.backward()
+        for opt in self.optimizers:
+            opt.step()
+        return loss.detach() * len(ratings)
+
+    def _lazy_step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """One LazyAdamW step: the batch's distinct rows, the objective's gradient by hand, the update."""
+        opt, n = self.lazy, len(ratings)
+        assert opt is not None
+        # Row numbers in the optimiser's table: users first, then items (row_offsets).
+        ids = torch.cat((users, items + self.dataset.n_users)).long()
+        rows = opt.gather(ids)
+        batch_rows = rows.weights.index_select(0, rows.inverse)  # (2B, width): user rows, then item rows
+        sq_err, grads, dense_grads = self.model.row_grads(
+            batch_rows[:n], batch_rows[n:], ratings, l2=self.config.l2
+        )
+        opt.step(rows, grads, dense_grads)
+        return sq_err
+
+    def settle(self) -> None:
+        """Bring lazily owed weight decay into every row, so the model's weights are current."""
+        if self.lazy is not None:
+            self.lazy.settle()
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """A contiguous copy of the model's weights (with LazyAdamW they are views of its table)."""
+        return {
+            k: v.detach().clone(memory_format=torch.contiguous_format)
+            for k, v in self.model.state_dict().items()
+        }
 
     def fit(
         self, *, epochs: int | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None
@@ -235,10 +298,11 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly: config, model, optimisers, epoch, RNG, id mapping."""
+        self.settle()
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
+            "model": self._weights(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "epoch": self.epoch,
             "history": self.history,

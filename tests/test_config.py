@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mf.config import KEYS, TrainConfig, from_dict, load_config, parse_value, read_values
+from mf.config import KEYS, TrainConfig, from_dict, load_config, parse_value, read_values, tutorial_config
 from mf.errors import ConfigError, MFError
 
 
@@ -19,16 +19,24 @@ def _yaml(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
 
 def test_train_config_defaults_are_the_tutorials() -> None:
     cfg = TrainConfig()
-    # Model and optimiser: the tutorial's MFAdvanced run.
+    # Model and schedule: the tutorial's MFAdvanced run.
     assert (cfg.emb_dim, cfg.batch_size, cfg.lr, cfg.epochs) == (32, 8192, 0.005, 10)
     assert cfg.init and cfg.bias and cfg.sigmoid
     assert cfg.init_range == 0.05
     assert cfg.sigmoid_high == 5.5
-    assert cfg.optimizer == "adamw"
     assert cfg.weight_decay == 0.01  # AdamW's default, which the tutorial kept
     assert cfg.l2 == 0.0
     # Split: each user's last 5 ratings are the validation set, no test part.
     assert (cfg.split, cfg.val_n, cfg.test_n) == ("last-n", 5, 0)
+
+
+def test_train_config_default_optimizer_is_lazy_adamw_and_the_tutorial_keeps_dense_adamw() -> None:
+    # The default steps only the rows a batch touches; the tutorial's run stays dense AdamW.
+    assert TrainConfig().optimizer == "lazy_adamw"
+    tutorial = tutorial_config(data="ratings.csv")
+    assert tutorial.optimizer == "adamw"
+    # Apart from the optimiser (and the data it was given), the tutorial's run is the defaults.
+    assert tutorial.replace(optimizer="lazy_adamw") == TrainConfig(data="ratings.csv")
 
 
 def test_train_config_keys_are_the_dataclass_fields_in_order() -> None:
@@ -55,7 +63,7 @@ def test_load_config_reads_given_keys_and_keeps_defaults_for_the_rest(tmp_path: 
     # The keys in the file are taken ...
     assert (cfg.emb_dim, cfg.sigmoid, cfg.optimizer, cfg.weight_decay) == (64, False, "sparse_adam", 0.0)
     # ... and everything else keeps its default.
-    assert cfg.replace(emb_dim=32, sigmoid=True, optimizer="adamw", weight_decay=0.01) == TrainConfig()
+    assert cfg.replace(emb_dim=32, sigmoid=True, optimizer="lazy_adamw", weight_decay=0.01) == TrainConfig()
 
 
 def test_load_config_reads_exponent_without_dot_as_number(tmp_path: Path) -> None:
@@ -158,7 +166,7 @@ def test_train_config_sparse_adam_refuses_weight_decay() -> None:
         ("bias", "yes", "expected true or false"),
         ("data", 5, "expected a string"),
         ("split", "daily", "is not one of 'last-n', 'random'"),
-        ("optimizer", "sgd", "is not one of 'adamw', 'sparse_adam'"),
+        ("optimizer", "sgd", "is not one of 'adamw', 'sparse_adam', 'lazy_adamw'"),
         ("device", "tpu", "is not one of 'auto', 'cpu', 'cuda'"),
     ],
 )

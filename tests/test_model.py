@@ -139,3 +139,45 @@ def test_score_all_items_scores_every_item_for_one_user() -> None:
     assert scores.shape == (9,)
     assert torch.equal(scores, model(torch.full((9,), 3), torch.arange(9)).detach())
     assert not scores.requires_grad
+
+
+@pytest.mark.parametrize(("bias", "sigmoid"), [(True, True), (False, True), (True, False), (False, False)])
+def test_row_grads_are_autograds_gradients_of_the_training_objective(bias: bool, sigmoid: bool) -> None:
+    torch.manual_seed(0)
+    model = MFAdvanced(6, 5, emb_dim=3, bias=bias, sigmoid=sigmoid)
+    with torch.no_grad():
+        model.user_emb.weight.uniform_(-1, 1)
+        if bias:
+            model.item_bias.weight.uniform_(-1, 1)
+            model.offset.fill_(0.3)
+    users, items = torch.tensor([0, 1, 1, 5, 2]), torch.tensor([4, 4, 0, 2, 2])
+    ratings, l2 = torch.tensor([4.0, 3.5, 1.0, 5.0, 2.5]), 0.2
+    # Autograd on the rows of the batch (one leaf per rating, so repeated rows stay apart).
+    p = model.user_emb.weight[users].detach().requires_grad_()
+    q = model.item_emb.weight[items].detach().requires_grad_()
+    x = (p * q).sum(1)
+    if bias:
+        b_u = model.user_bias.weight[users, 0].detach().requires_grad_()
+        b_i = model.item_bias.weight[items, 0].detach().requires_grad_()
+        offset = model.offset.detach().clone().requires_grad_()
+        x = x + b_u + b_i + offset
+    pred = sigmoid_range(x, 0.0, 5.5) if sigmoid else x
+    mse = torch.nn.functional.mse_loss(pred, ratings)
+    (mse + l2 * (p.pow(2).sum(1) + q.pow(2).sum(1)).mean()).backward()
+
+    def rows(emb: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+        return torch.cat((emb[index], b[index]), 1) if b is not None else emb[index]
+
+    user_rows = rows(model.user_emb.weight, model.user_bias.weight if bias else None, users).detach()
+    item_rows = rows(model.item_emb.weight, model.item_bias.weight if bias else None, items).detach()
+    sq_err, grads, dense = model.row_grads(user_rows, item_rows, ratings, l2=l2)
+    # The sum of squared errors is the MSE times the batch size ...
+    torch.testing.assert_close(sq_err, mse.detach() * len(ratings))
+    # ... and each rating's user row and item row get autograd's gradients (factors, then bias).
+    want_user = torch.cat((p.grad, b_u.grad[:, None]), 1) if bias else p.grad
+    want_item = torch.cat((q.grad, b_i.grad[:, None]), 1) if bias else q.grad
+    torch.testing.assert_close(grads, torch.cat((want_user, want_item)))
+    # The offset is the one dense parameter, with a bias; none without.
+    assert len(dense) == int(bias) and model.row_width == 3 + int(bias)
+    if bias:
+        torch.testing.assert_close(dense[0], offset.grad)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from mf.config import TrainConfig
+from mf.config import TrainConfig, tutorial_config
 from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
 from mf.train import main
 from mf.training import load_model
@@ -43,15 +43,19 @@ def _train(out: Path, *flags: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+TUTORIAL = ["--optimizer", "adamw"]
+"""The tutorial's run: the defaults (10 epochs, dim 32, lr 0.005) with the tutorial's dense AdamW."""
+
+
 @pytest.fixture(scope="module")
 def tutorial_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run with the defaults, which are the tutorial's config (10 epochs, dim 32, lr 0.005).
+    """One run of the tutorial's config.
 
     `--threads 1` changes only the speed; the fixture scope outlives the autouse fixture, so it
     restores the thread count itself."""
     out = tmp_path_factory.mktemp("tutorial")
     before = torch.get_num_threads()
-    _train(out)
+    _train(out, *TUTORIAL)
     torch.set_num_threads(before)
     return out
 
@@ -90,8 +94,9 @@ def test_train_writes_config_metrics_history_and_model(tutorial_run: Path) -> No
 
 def test_train_config_yaml_is_the_effective_config(tutorial_run: Path) -> None:
     saved = yaml.safe_load((tutorial_run / "config.yaml").read_text())
-    # The defaults plus what the command line set: loading it gives the same run again.
-    assert saved == TrainConfig(data=str(DATA), device="cpu", threads=1).to_dict()
+    # The tutorial's run plus what the command line set: loading it gives the same run again.
+    assert saved == tutorial_config(data=str(DATA), device="cpu", threads=1).to_dict()
+    assert saved == TrainConfig(data=str(DATA), device="cpu", threads=1, optimizer="adamw").to_dict()
 
 
 def test_train_history_csv_has_one_row_per_epoch(tutorial_run: Path) -> None:

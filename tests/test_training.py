@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mf.config import TrainConfig
+from mf.data import Interactions
 from mf.errors import MFError
 from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
 from mf.training import Trainer, TrainingDiverged, load_model, read_checkpoint
@@ -238,3 +241,67 @@ def test_l2_penalty_shrinks_the_factors() -> None:
 
     # Same seed and data; only the L2 term differs, and it pulls the factors toward zero.
     assert norm(penalised) < norm(plain)
+
+
+def test_trainer_default_optimizer_is_lazy_adamw() -> None:
+    trainer = Trainer(_config(), _tiny_dataset())
+    # The default steps only the rows of each batch, through its own table.
+    assert [type(o).__name__ for o in trainer.optimizers] == ["LazyAdamW"]
+    assert trainer.lazy is trainer.optimizers[0]
+
+
+@pytest.mark.parametrize(("bias", "sigmoid"), [(True, True), (False, True), (True, False)])
+def test_lazy_adamw_trains_like_dense_adamw_when_every_batch_touches_every_row(
+    bias: bool, sigmoid: bool
+) -> None:
+    data = _tiny_dataset()
+    # One batch of all 260 training ratings: every user and every item at every step.
+    cfg = _config(batch_size=4096, epochs=25, weight_decay=0.2, l2=0.05, bias=bias, sigmoid=sigmoid)
+    lazy = Trainer(cfg.replace(optimizer="lazy_adamw"), data)
+    dense = Trainer(cfg.replace(optimizer="adamw"), data)
+    lazy_history, dense_history = lazy.fit(), dense.fit()
+    # Gradients by hand and the row-sparse step give dense AdamW's weights, to float rounding ...
+    got, want = lazy.model.state_dict(), dense.model.state_dict()
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=2e-6)
+    # ... and the same losses epoch by epoch.
+    for a, b in zip(_without_time(lazy_history), _without_time(dense_history), strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_lazy_adamw_checkpoint_resumes_exactly_and_saves_plain_weights(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    cfg = _config(optimizer="lazy_adamw", weight_decay=0.3, l2=0.05)
+    straight = Trainer(cfg, data).fit(epochs=5)
+    first = Trainer(cfg, data)
+    first.fit(epochs=2)
+    path = first.save_checkpoint(tmp_path / "model.pt")
+    resumed = Trainer.from_checkpoint(path, data)
+    resumed.fit(epochs=5)
+    # Moments, owed decay and step count come back: the same epochs, bit for bit.
+    assert _without_time(resumed.history) == _without_time(straight)
+    # The saved model is the tutorial's layout, with contiguous tables of their own size (no
+    # optimiser table behind them), so load_model and mf.recommend read it as any other.
+    weights = read_checkpoint(path)["model"]
+    assert weights["user_emb.weight"].shape == (N_USERS, 4) and weights["user_emb.weight"].is_contiguous()
+    assert weights["user_bias.weight"].untyped_storage().nbytes() == N_USERS * 4
+
+
+def test_trainer_uses_read_only_arrays_without_a_copy_or_a_warning(recwarn: pytest.WarningsRecorder) -> None:
+    def read_only(part: Interactions) -> Interactions:
+        # The Dataset's dtypes (int32 ids, float32 ratings), read-only as Ray's object store gives them.
+        arrays = [np.array(part.users, np.int32), np.array(part.items, np.int32), np.array(part.ratings)]
+        for array in arrays:
+            array.setflags(write=False)
+        return Interactions(*arrays)
+
+    tiny = _tiny_dataset()
+    data = dataclasses.replace(tiny, train=read_only(tiny.train), val=read_only(tiny.val))
+    trainer = Trainer(_config(), data)
+    trainer.run_epoch()
+    # On CPU the training tensors are the Dataset's own arrays (int32 ids, float32 ratings) ...
+    assert trainer.train_part.users.data_ptr() == data.train.users.ctypes.data
+    assert trainer.train_part.ratings.data_ptr() == data.train.ratings.ctypes.data
+    # ... and torch's warning about non-writable arrays is not raised (they are never written).
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

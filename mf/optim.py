@@ -1,0 +1,270 @@
+"""LazyAdamW: AdamW whose step costs what the batch touches, for tables of per-user and per-item rows.
+
+Dense AdamW updates every parameter at every step: on MovieLens-sized tables (millions of rows) that
+is most of an epoch, although a batch of 8192 ratings touches a few thousand rows. This optimiser
+keeps, for each row of the tables it is given, the weights, both Adam moments and the step at which
+the row was last brought up to date, side by side in one table row, and at each step reads and
+writes only the rows of the batch (one gather, one scatter, with dense index ops). The caller gives
+it the gradient of each occurrence of a row in the batch (`TouchedRows.inverse` says which row);
+the sum per row is taken here, so a row seen twice gets the sum of its two gradients, as autograd
+would give it.
+
+Semantics, against `torch.optim.AdamW` on the same parameters (same lr, betas, eps, weight decay):
+
+- A row the batch touches gets exactly AdamW's update (the fused kernel, with the global step count
+  for the bias corrections, as torch's SparseAdam and TensorFlow's LazyAdam do).
+- Weight decay is exact but lazy (`decay="exact"`, the default): dense AdamW multiplies every row
+  by (1 - lr * weight_decay) at every step, touched or not. Here a row keeps the step at which it
+  was last brought up to date; when a batch touches it, or on `settle()`, it is first multiplied by
+  (1 - lr * weight_decay) ** (steps since), then updated. `settle()` brings every row up to date
+  (one pass over the table); the trainer calls it before each evaluation and checkpoint, so the
+  weights anyone reads are those dense AdamW's decay alone would give.
+- The moments of a row the batch does not touch are not advanced: dense AdamW decays them (by beta1
+  and beta2 per step) and keeps moving the row by its stale momentum, a lazy Adam does neither.
+  With every row touched at every step the two are the same optimiser.
+- `decay="touched"` decays a row only at the steps that touch it (the cheaper rule many sparse
+  optimisers use): rarely seen users and items are then barely regularised at all.
+
+lr and weight decay are fixed for the optimiser's life (the decay owed by a row is counted in steps).
+Dense parameters (the model's global offset) get plain AdamW in the same fused call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.nn import functional as F
+from torch.optim.adamw import adamw
+
+from mf.errors import MFError
+
+DecayRule = Literal["exact", "touched"]
+DECAY_RULES: tuple[str, ...] = ("exact", "touched")
+
+# Rows are padded to a multiple of 16 bytes and written back as complex128 words: torch's CPU
+# scatter (index_put_) costs per element, so a 400-byte row moves as 25 elements instead of 100.
+_WORD = torch.complex128
+_FLOATS_PER_WORD = 4
+_RADIX_FROM = 1 << 15  # at::internal::GRAIN_SIZE: where torch's CPU sort switches to radix sort
+
+
+@dataclass(frozen=True, eq=False)
+class TouchedRows:
+    """The distinct rows a batch touches, read from the table and brought up to date.
+
+    `inverse[k]` is the position in `unique` of the k-th id given to `gather`; `order` and `offsets`
+    group the ids by row (for the per-row gradient sums). `weights`, `exp_avg` and `exp_avg_sq` are
+    (K, width) contiguous copies, which `step` updates and writes back.
+    """
+
+    unique: torch.Tensor  # (K,) int64 row numbers, ascending
+    inverse: torch.Tensor  # (N,) int64 in [0, K)
+    order: torch.Tensor  # (N,) int64: positions of the ids, grouped by row
+    offsets: torch.Tensor  # (K,) int64: where each row's group starts in `order`
+    blocks: torch.Tensor  # (3, K, width): weights, exp_avg, exp_avg_sq
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.blocks[0]
+
+
+class LazyAdamW:
+    """Row-sparse AdamW over `sides`: lists of 2-D parameters whose rows belong together.
+
+    Each side is one kind of row (users, items); its parameters are laid side by side in one row
+    (the factors and the bias of a user), so every side must have the same total width. Rows are
+    numbered across sides in order: side 0's rows first, then side 1's (see `row_offsets`). The
+    parameters' storage moves into the optimiser's table (`param.data` becomes a view of it), so
+    the model reads what the optimiser writes, with no copy; `dense` parameters stay where they are.
+    """
+
+    def __init__(
+        self,
+        sides: Sequence[Sequence[torch.Tensor]],
+        dense: Sequence[torch.Tensor] = (),
+        *,
+        lr: float,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        decay: DecayRule = "exact",
+    ) -> None:
+        _check_args(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, decay=decay)
+        if not sides or not all(sides):
+            raise MFError("LazyAdamW: sides must be a non-empty list of non-empty lists of 2-D parameters")
+        first = sides[0][0]
+        widths, counts = [], []
+        for side in sides:
+            for p in side:
+                if p.dim() != 2 or p.dtype != first.dtype or p.device != first.device:
+                    raise MFError(
+                        f"LazyAdamW: every table parameter must be 2-D, {first.dtype}, on {first.device}; "
+                        f"got {tuple(p.shape)} {p.dtype} on {p.device}"
+                    )
+                if p.shape[0] != side[0].shape[0]:
+                    raise MFError("LazyAdamW: the parameters of one side must have the same number of rows")
+            widths.append(sum(int(p.shape[1]) for p in side))
+            counts.append(int(side[0].shape[0]))
+        if len(set(widths)) != 1:
+            raise MFError(f"LazyAdamW: every side must be as wide (columns per row); got widths {widths}")
+        self.lr, self.weight_decay, self.betas, self.eps, self.decay = lr, weight_decay, betas, eps, decay
+        self.width = width = widths[0]
+        self.row_offsets = [sum(counts[:k]) for k in range(len(counts))]
+        self.n_rows = sum(counts)
+        # Row layout: weights | exp_avg | exp_avg_sq | last step (a float: exact below 2**24 steps) | pad.
+        self._last_col = 3 * width
+        row = -(-(3 * width + 1) // _FLOATS_PER_WORD) * _FLOATS_PER_WORD
+        self.table = torch.zeros(self.n_rows, row, dtype=first.dtype, device=first.device)
+        for side, start in zip(sides, self.row_offsets, strict=True):
+            col = 0
+            for p in side:
+                rows, cols = p.shape
+                view = self.table[start : start + rows, col : col + cols]
+                view.copy_(p.detach())
+                p.data = view  # the model now reads the table
+                col += cols
+        self.dense = list(dense)
+        self._dense_moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.dense]
+        self.steps = 0
+        # One step tensor per parameter of the fused call; the functional AdamW increments them.
+        self._step_tensors = [torch.zeros((), device=first.device) for _ in range(1 + len(self.dense))]
+
+    # ---------------------------------------------------------------- one step
+    def gather(self, ids: torch.Tensor) -> TouchedRows:
+        """The distinct rows among `ids` (int64 row numbers), with weights as of the last step."""
+        unique, inverse, order, offsets = group_ids(ids, self.n_rows)
+        rows = self.table.index_select(0, unique)  # (K, row)
+        k, w = len(unique), self.width
+        blocks = rows[:, : 3 * w].view(k, 3, w).transpose(0, 1).contiguous()  # (3, K, width)
+        if self.decay == "exact" and self.steps > 0:
+            owed = self.steps - rows[:, self._last_col]  # decay steps these rows have not had yet
+            blocks[0].mul_(torch.pow(self._decay_factor, owed).unsqueeze(1))
+        return TouchedRows(unique=unique, inverse=inverse, order=order, offsets=offsets, blocks=blocks)
+
+    def step(self, rows: TouchedRows, grads: torch.Tensor, dense_grads: Sequence[torch.Tensor] = ()) -> None:
+        """One AdamW step: `grads` (N, width) is the gradient of each id given to `gather`, in order."""
+        if len(dense_grads) != len(self.dense):
+            raise MFError(
+                f"LazyAdamW.step: {len(self.dense)} dense gradients expected, got {len(dense_grads)}"
+            )
+        # Sum the gradients of each row's occurrences: (K, width).
+        row_grads = F.embedding_bag(rows.order, grads, rows.offsets, mode="sum")
+        weights, exp_avg, exp_avg_sq = rows.blocks
+        self.steps += 1
+        adamw(
+            [weights, *self.dense],
+            [row_grads, *dense_grads],
+            [exp_avg, *(m for m, _ in self._dense_moments)],
+            [exp_avg_sq, *(v for _, v in self._dense_moments)],
+            [],
+            self._step_tensors,
+            fused=True,
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+        )
+        k, w = len(rows.unique), self.width
+        out = torch.empty(k, self.table.shape[1], dtype=self.table.dtype, device=self.table.device)
+        out[:, : 3 * w].view(k, 3, w).copy_(rows.blocks.transpose(0, 1))
+        out[:, self._last_col :].fill_(self.steps)  # the step, then any padding
+        self.table.view(_WORD)[rows.unique] = out.view(_WORD)
+
+    def settle(self) -> None:
+        """Bring every row's weight decay up to date (one pass over the table); exact decay only."""
+        if self.decay != "exact" or self.steps == 0:
+            return
+        last = self.table[:, self._last_col]
+        owed = self.steps - last
+        self.table[:, : self.width].mul_(torch.pow(self._decay_factor, owed).unsqueeze(1))
+        last.fill_(self.steps)
+
+    @property
+    def _decay_factor(self) -> float:
+        return 1.0 - self.lr * self.weight_decay
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Moments, the step counts and the settings (the weights are the model's to save)."""
+        w = self.width
+        return {
+            "kind": "lazy_adamw",
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "decay": self.decay,
+            "steps": self.steps,
+            "exp_avg": self.table[:, w : 2 * w].contiguous(),
+            "exp_avg_sq": self.table[:, 2 * w : 3 * w].contiguous(),
+            "last_step": self.table[:, self._last_col].contiguous(),
+            "dense": [{"exp_avg": m.clone(), "exp_avg_sq": v.clone()} for m, v in self._dense_moments],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        w = self.width
+        expected = (self.n_rows, w)
+        if state.get("kind") != "lazy_adamw" or tuple(state["exp_avg"].shape) != expected:
+            raise MFError(
+                f"LazyAdamW.load_state_dict: not the state of a LazyAdamW over {self.n_rows} rows of width {w}"
+            )
+        if len(state["dense"]) != len(self.dense):
+            raise MFError("LazyAdamW.load_state_dict: the number of dense parameters differs")
+        self.steps = int(state["steps"])
+        self.table[:, w : 2 * w].copy_(state["exp_avg"])
+        self.table[:, 2 * w : 3 * w].copy_(state["exp_avg_sq"])
+        self.table[:, self._last_col].copy_(state["last_step"])
+        for (m, v), saved in zip(self._dense_moments, state["dense"], strict=True):
+            m.copy_(saved["exp_avg"])
+            v.copy_(saved["exp_avg_sq"])
+        for t in self._step_tensors:
+            t.fill_(self.steps)
+
+
+def group_ids(
+    ids: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort ids (N,) < n_rows into (unique, inverse, order, offsets), as `TouchedRows` holds them.
+
+    One stable sort does it all. On CPU, torch sorts integers with a radix sort only from
+    32768 elements on (below, a comparison sort that costs several times more), so a shorter
+    batch is padded to that with `n_rows`, past every id, and the padding sorted to the end.
+    """
+    n = ids.shape[0]
+    if ids.device.type == "cpu" and n < _RADIX_FROM:
+        ids = torch.cat((ids, ids.new_full((_RADIX_FROM - n,), n_rows)))
+    sorted_ids, order = torch.sort(ids, stable=True)
+    sorted_ids, order = sorted_ids[:n], order[:n]
+    first = torch.empty(n, dtype=torch.bool, device=ids.device)
+    first[:1] = True
+    torch.ne(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
+    offsets = first.nonzero().squeeze(1)
+    unique = sorted_ids.index_select(0, offsets)
+    inverse = torch.empty(n, dtype=torch.int64, device=ids.device)
+    inverse[order] = torch.cumsum(first, 0).sub_(1)
+    return unique, inverse, order, offsets
+
+
+def _check_args(
+    *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float, decay: str
+) -> None:
+    rules = [
+        ("lr", lr, math.isfinite(lr) and lr > 0, "> 0"),
+        ("weight_decay", weight_decay, math.isfinite(weight_decay) and weight_decay >= 0, ">= 0"),
+        ("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two numbers in [0, 1)"),
+        ("eps", eps, math.isfinite(eps) and eps >= 0, ">= 0"),
+        ("decay", decay, decay in DECAY_RULES, f"one of {', '.join(DECAY_RULES)}"),
+    ]
+    for name, value, ok, rule in rules:
+        if not ok:
+            raise MFError(f"LazyAdamW: {name} {value!r} breaks the rule {name} {rule}")
+
+
+__all__ = ["DECAY_RULES", "LazyAdamW", "TouchedRows", "group_ids"]
