@@ -51,7 +51,53 @@ def test_label_encode_matches_sklearn_label_encoder() -> None:
     # Index = rank of the sorted unique raw id, exactly like LabelEncoder fit on all rows.
     assert enc.codes.tolist() == LabelEncoder().fit_transform(raw).tolist()
     assert enc.ids.tolist() == [-2, 3, 7, 50, 1000]
-    assert enc.codes.dtype == np.int64
+    assert enc.codes.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        np.array([50, 7, 7, 1000, 3, 50, 0]),  # small non-negative ids: the one-pass table
+        np.array([5, 2**40, 5, 3]),  # one huge id: the sort
+        np.array([-4, 9, 9]),  # a negative id: the sort
+    ],
+)
+def test_label_encode_gives_np_uniques_encoding_on_either_path(raw: np.ndarray) -> None:
+    ids, inverse = np.unique(raw, return_inverse=True)
+    enc = label_encode(raw)
+    # The table and the sort give the same ids and codes (int32 codes, int64 ids).
+    assert enc.ids.tolist() == ids.tolist() and enc.codes.tolist() == inverse.tolist()
+    assert (enc.ids.dtype, enc.codes.dtype) == (np.int64, np.int32)
+
+
+def test_sort_by_user_time_on_a_combined_key_matches_two_stable_sorts() -> None:
+    rng = np.random.default_rng(3)
+    users, times = rng.integers(0, 50, 5000), rng.integers(10**9, 10**9 + 40, 5000)  # many ties
+    order = np.argsort(times, kind="stable")
+    expected = order[np.argsort(users[order], kind="stable")]
+    # One sort of (user << 32 | time) is the same stable order as the two sorts it replaces.
+    assert np.array_equal(sort_by_user_time(users, times), expected)
+    # A time span past 32 bits falls back to the two sorts.
+    wide = times.copy()
+    wide[0] = 0
+    order = np.argsort(wide, kind="stable")
+    assert np.array_equal(sort_by_user_time(users, wide), order[np.argsort(users[order], kind="stable")])
+
+
+def test_split_random_on_user_grouped_rows_is_the_split_np_unique_gave() -> None:
+    rng = np.random.default_rng(5)
+    users = np.sort(rng.integers(0, 300, 4000))  # grouped by user, as prepare_dataset has them
+    got = split_random(users, val_fraction=0.2, test_fraction=0.1, seed=9)
+    # The rule as it was first written (np.unique over the shuffled users), for the same seed.
+    perm = np.random.default_rng(9).permutation(len(users))
+    _, first = np.unique(users[perm], return_index=True)
+    kept = np.zeros(len(users), dtype=bool)
+    kept[perm[first]] = True
+    pool = perm[~kept[perm]]
+    n_val, n_test = round(0.2 * len(users)), round(0.1 * len(users))
+    # The one-pass rule for grouped rows picks the same rows: the split is unchanged.
+    assert np.array_equal(got.val, np.sort(pool[:n_val]))
+    assert np.array_equal(got.test, np.sort(pool[n_val : n_val + n_test]))
 
 
 def test_sort_by_user_time_keeps_file_order_for_ties() -> None:
@@ -171,7 +217,7 @@ def test_dataset_pickles_and_has_typed_arrays() -> None:
     clone = pickle.loads(pickle.dumps(data))
     # It survives a trip through pickle (as through Ray's object store) with its dtypes.
     assert np.array_equal(clone.train.users, data.train.users)
-    assert clone.train.users.dtype == np.int64 and clone.train.items.dtype == np.int64
+    assert clone.train.users.dtype == np.int32 and clone.train.items.dtype == np.int32
     assert clone.train.ratings.dtype == np.float32
     assert clone.titles == data.titles
     # Indices are contiguous and within range.

@@ -21,8 +21,8 @@ from mf.errors import DataError
 class Interactions:
     """One part of a split: parallel arrays of user index, item index and rating."""
 
-    users: np.ndarray  # int64 in [0, n_users)
-    items: np.ndarray  # int64 in [0, n_items)
+    users: np.ndarray  # int32 in [0, n_users) (int64 past 2**31 users)
+    items: np.ndarray  # int32 in [0, n_items)
     ratings: np.ndarray  # float32
 
     def __len__(self) -> int:
@@ -89,12 +89,18 @@ def prepare_dataset(
         split, val_n=val_n, test_n=test_n, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
     ratings = load_movielens(source, cache_dir=cache_dir)
-    frame = ratings.frame
+    frame, titles, label = ratings.frame, ratings.titles, ratings.source
+    del ratings  # from here on each column is dropped once it is used: bounded memory on big sets
     users, items = label_encode(frame["user"].to_numpy()), label_encode(frame["item"].to_numpy())
-    rating = frame["rating"].to_numpy()
+    rating, timestamp = frame["rating"].to_numpy(), frame["timestamp"].to_numpy()
+    del frame
+    scale = (float(rating.min()), float(rating.max()))
 
-    order = sort_by_user_time(users.codes, frame["timestamp"].to_numpy())
+    order = sort_by_user_time(users.codes, timestamp)
+    del timestamp
     u, i, r = users.codes[order], items.codes[order], rating[order]
+    user_ids, item_ids = users.ids, items.ids
+    del order, rating, users, items
     if split == "last-n":
         parts = split_last_n(u, val_n=val_n, test_n=test_n)
     else:
@@ -107,9 +113,9 @@ def prepare_dataset(
         train=part(parts.train),
         val=part(parts.val),
         test=part(parts.test) if parts.test is not None else None,
-        user_ids=users.ids,
-        item_ids=items.ids,
-        titles=ratings.titles,
-        rating_scale=(float(rating.min()), float(rating.max())),
-        source=ratings.source,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        titles=titles,
+        rating_scale=scale,
+        source=label,
     )

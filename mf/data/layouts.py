@@ -62,10 +62,11 @@ class FileRef:
 
     label: str
     open: Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
+    path: Path | None = None  # a plain file on disk, which a reader may open itself (pyarrow does)
 
 
 def folder_file(path: Path) -> FileRef:
-    return FileRef(str(path), lambda: path.open("rb"))
+    return FileRef(str(path), lambda: path.open("rb"), path)
 
 
 def zip_member(archive: Path, member: str) -> FileRef:

@@ -48,7 +48,17 @@ def check_split_args(
 
 
 def sort_by_user_time(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-    """Order of rows by user, then timestamp; stable, so equal timestamps keep file order."""
+    """Order of rows by user, then timestamp; stable, so equal timestamps keep file order.
+
+    One stable sort of a combined key (user code in the high 32 bits, time since the first rating
+    in the low 32) where both fit, which is every MovieLens set: half the time of two sorts.
+    """
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.int64)
+    start = int(timestamps.min())
+    if int(users.min()) >= 0 and int(users.max()) < 2**31 and int(timestamps.max()) - start < 2**32:
+        key = (users.astype(np.int64) << 32) | (timestamps.astype(np.int64) - start)
+        return np.argsort(key, kind="stable")
     order = np.argsort(timestamps, kind="stable")
     return order[np.argsort(users[order], kind="stable")]
 
@@ -80,6 +90,21 @@ def split_last_n(users: np.ndarray, *, val_n: int, test_n: int) -> SplitIndex:
     )
 
 
+def _first_rows(users: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """The row of each user that comes first in the order `perm`.
+
+    On user-grouped rows (as prepare_dataset has them) that is the row of least rank in `perm`
+    within each run of a user, found in one pass; otherwise by np.unique, which sorts.
+    """
+    if len(users) and bool(np.all(users[1:] >= users[:-1])):
+        rank = np.empty(len(perm), dtype=np.int64)
+        rank[perm] = np.arange(len(perm))
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        return perm[np.minimum.reduceat(rank, starts)]
+    _, first = np.unique(users[perm], return_index=True)
+    return perm[first]
+
+
 def split_random(users: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int) -> SplitIndex:
     """A seeded random share of rows to val and test, the same for the same seed and data.
 
@@ -90,9 +115,8 @@ def split_random(users: np.ndarray, *, val_fraction: float, test_fraction: float
     n = len(users)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
-    _, first = np.unique(users[perm], return_index=True)  # each user's first row in random order
     kept = np.zeros(n, dtype=bool)
-    kept[perm[first]] = True
+    kept[_first_rows(users, perm)] = True  # each user's first row in random order
     pool = perm[~kept[perm]]
     n_val = min(round(val_fraction * n), len(pool))
     n_test = min(round(test_fraction * n), len(pool) - n_val)
