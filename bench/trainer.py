@@ -1,21 +1,26 @@
 """`python -m bench.trainer`: the trainer benchmark. Speed and memory targets live here, not in tests.
 
 1. Reference vs ours, in one process, on the same data and config: the tutorial's own loop (a
-   per-row `Dataset`, a `DataLoader`, its `MFAdvanced`, AdamW, MSELoss) against `Trainer.run_epoch()`.
-   An epoch is timed the same way on both sides: one pass over the training ratings plus the
-   validation MSE. The target is ours >= 20x faster.
-2. Scale: a synthetic MovieLens-shaped set (10M ratings by default) trained with `adamw` and with
-   `sparse_adam`, each variant in its own process so that each gets its own peak RSS.
+   per-row `Dataset`, a `DataLoader`, its `MFAdvanced`, AdamW, MSELoss) against `Trainer.run_epoch()`
+   on the tutorial's config (`ours`: dense AdamW, as the tutorial) and on the default (`ours-lazy`:
+   lazy_adamw). An epoch is timed the same way on every side: one pass over the training ratings
+   plus the validation MSE. The target is ours >= 20x faster than the reference.
+2. Scale: synthetic MovieLens-shaped sets (1M, 10M and 25M ratings by default, dim 32, batch 8192),
+   each optimiser path (`adamw`, `sparse_adam`, `lazy_adamw`) trained on the same data in one
+   process per size, epochs interleaved (adamw 1, sparse_adam 1, lazy_adamw 1, adamw 2, ...), so a
+   busy neighbour slows every path alike. Printed: ratings/s per path and size, each path's cost per
+   rating relative to its cost at the smallest size, and the targets: lazy_adamw >= 5M ratings/s
+   and >= 3x adamw at 10M, its cost per rating at 25M within 1.3x of that at 1M.
 
-    python -m bench.trainer                       # both parts, about 1.5 minutes on 2 idle cores
-    python -m bench.trainer --ratings 1_000_000   # a smaller scale part
+    python -m bench.trainer                                  # both parts, about 10 minutes on 2 idle cores
+    python -m bench.trainer --sizes 1M,10M --epochs 1        # a shorter scale part
     python -m bench.trainer --skip-scale --json bench.json
+    python -m bench.trainer --skip-compare --paths lazy_adamw --sizes 1M,25M
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -37,7 +42,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from bench.synthetic import synthetic_movielens
 from mf.atomic import write_json
-from mf.config import TrainConfig
+from mf.config import TrainConfig, tutorial_config
 from mf.data import Dataset, Interactions, prepare_dataset
 from mf.errors import MFError
 from mf.metrics import VAL_MSE, regression_metrics
@@ -46,10 +51,15 @@ from mf.training import Trainer
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 TARGET_SPEEDUP = 20.0
-SCALE_VARIANTS: dict[str, dict[str, Any]] = {
-    "adamw": {},  # the tutorial's optimiser and weight decay
+SCALE_PATHS: dict[str, dict[str, Any]] = {
+    "adamw": {"optimizer": "adamw"},  # the tutorial's optimiser and weight decay
     "sparse_adam": {"optimizer": "sparse_adam", "weight_decay": 0.0, "l2": 0.05},
+    "lazy_adamw": {"optimizer": "lazy_adamw"},  # the default
 }
+DEFAULT_PATH = "lazy_adamw"
+TARGET_RATE_10M = 5e6  # ratings/s of the default path at 10M
+TARGET_VS_DENSE = 3.0  # the default path against adamw at 10M, same run
+TARGET_COST_GROWTH = 1.3  # the default path's cost per rating at 25M against 1M
 
 
 # ------------------------------------------------------------------ the tutorial, written out as it is
@@ -165,8 +175,9 @@ class ReferenceRun:
 class OursRun:
     """`Trainer.run_epoch()`, which trains one pass and computes the validation metrics itself."""
 
-    def __init__(self, dataset: Dataset, device: torch.device, *, data: str) -> None:
-        self.trainer = Trainer(TrainConfig(data=data), dataset, device=device.type)
+    def __init__(self, dataset: Dataset, device: torch.device, *, data: str, lazy: bool = False) -> None:
+        config = TrainConfig(data=data) if lazy else tutorial_config(data=data)
+        self.trainer = Trainer(config, dataset, device=device.type)
 
     def epoch(self) -> float:
         return self.trainer.run_epoch()[VAL_MSE]
@@ -211,6 +222,7 @@ def compare(data: Path, *, epochs: int, device: torch.device) -> dict[str, Any]:
         "reference": ReferenceRun(dataset, device),
         "ref-tensors": ReferenceRun(dataset, device, rows=TensorRowsDataset),
         "ours": OursRun(dataset, device, data=str(data)),
+        "ours-lazy": OursRun(dataset, device, data=str(data), lazy=True),
     }
     logs: dict[str, dict[str, list[float]]] = {
         n: {"epoch_s": [], "epoch_cpu_s": [], "val_s": [], "val_mse": []} for n in runs
@@ -231,17 +243,24 @@ def compare(data: Path, *, epochs: int, device: torch.device) -> dict[str, Any]:
             f" {s['val_median_s']:8.4f} {s['final_val_mse']:14.4f}"
         )
     ratio = {
-        f"{ref}/ours {k}": rows[ref][k] / rows["ours"][k]
+        f"{ref}/{ours} {k}": rows[ref][k] / rows[ours][k]
         for ref in ("reference", "ref-tensors")
+        for ours in ("ours", "ours-lazy")
         for k in ("median_s", "mean_s", "cpu_median_s")
     }
     met = "met" if ratio["reference/ours median_s"] >= TARGET_SPEEDUP else "NOT met"
     for ref in ("reference", "ref-tensors"):
-        print(
-            f"   {ref}/ours: {ratio[f'{ref}/ours median_s']:.1f}x on the median, {ratio[f'{ref}/ours mean_s']:.1f}x"
-            f" on the mean, {ratio[f'{ref}/ours cpu_median_s']:.1f}x on CPU time"
-            + (f" (target >= {TARGET_SPEEDUP:.0f}x on the median: {met})" if ref == "reference" else "")
-        )
+        for ours in ("ours", "ours-lazy"):
+            key = f"{ref}/{ours}"
+            print(
+                f"   {key}: {ratio[f'{key} median_s']:.1f}x on the median, {ratio[f'{key} mean_s']:.1f}x"
+                f" on the mean, {ratio[f'{key} cpu_median_s']:.1f}x on CPU time"
+                + (
+                    f" (target >= {TARGET_SPEEDUP:.0f}x on the median: {met})"
+                    if key == "reference/ours"
+                    else ""
+                )
+            )
     for name, log in logs.items():
         print(f"   per-epoch s, {name + ':':12} {' '.join(f'{t:.3f}' for t in log['epoch_s'])}")
     print(f"   load average at the end {os.getloadavg()[0]:.2f}")
@@ -267,98 +286,118 @@ def _memory_mb() -> dict[str, float]:
     return {"rss": int(fields["VmRSS"]) / 1024, "peak": int(fields["VmHWM"]) / 1024}
 
 
-def _reset_peak() -> None:
-    """Restart the kernel's peak-RSS count, so each phase's peak is its own (Linux >= 4.0)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def run_scale_variant(variant: str, *, n_ratings: int, epochs: int) -> dict[str, Any]:
-    """One variant from data generation to its last epoch, with memory measured around each phase."""
+def run_scale_size(n_ratings: int, *, paths: list[str], epochs: int) -> dict[str, Any]:
+    """One size: the data generated once, a trainer per path, their epochs interleaved."""
     started = time.perf_counter()
     dataset = synthetic_movielens(n_ratings)
     generate_s = time.perf_counter() - started
     gc.collect()
-    after_data = _memory_mb()
-    _reset_peak()
-    started = time.perf_counter()
-    config = TrainConfig(data=dataset.source, epochs=epochs, **SCALE_VARIANTS[variant])
-    trainer = Trainer(config, dataset)
-    init_s = time.perf_counter() - started
-    after_init = _memory_mb()
-    _reset_peak()
-    epoch_rows = []
+    before = _memory_mb()
+    trainers: dict[str, Trainer] = {}
+    init: dict[str, dict[str, float]] = {}
+    for path in paths:
+        rss = _memory_mb().get("rss", float("nan"))
+        started = time.perf_counter()
+        trainers[path] = Trainer(TrainConfig(data=dataset.source, **SCALE_PATHS[path]), dataset)
+        init[path] = {
+            "seconds": time.perf_counter() - started,
+            "mb": _memory_mb().get("rss", float("nan")) - rss,
+        }
+    rows: dict[str, list[dict[str, float]]] = {path: [] for path in paths}
     for _ in range(epochs):
-        seconds, cpu_s, mse = timed(lambda: trainer.run_epoch()[VAL_MSE])
-        epoch_rows.append(
-            {
-                "seconds": seconds,
-                "cpu_s": cpu_s,
-                "ratings_per_s": len(dataset.train) / seconds,
-                "val_mse": mse,
-            }
-        )
-    after_train = _memory_mb()
-    memory: dict[str, float] = {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if after_data and after_init and after_train:
-        memory.update(
-            data_rss_mb=after_data["rss"],  # the process with the generated parts, before the trainer
-            init_delta_mb=after_init["peak"] - after_data["rss"],  # Trainer(): tensors, model, optimiser
-            train_delta_mb=after_train["peak"] - after_init["rss"],  # the epochs' peak above that
-        )
+        for path, trainer in trainers.items():
+            seconds, cpu_s, mse = timed(lambda t=trainer: t.run_epoch()[VAL_MSE])
+            rows[path].append(
+                {
+                    "seconds": seconds,
+                    "cpu_s": cpu_s,
+                    "ratings_per_s": len(dataset.train) / seconds,
+                    "val_mse": mse,
+                }
+            )
     return {
-        "variant": variant,
         "ratings": n_ratings,
         "train": len(dataset.train),
-        "val": len(dataset.val),
         "users": dataset.n_users,
         "items": dataset.n_items,
         "generate_s": generate_s,
-        "init_s": init_s,
-        "epochs": epoch_rows,
-        "memory": memory,
-        "device": str(trainer.device),
+        "data_rss_mb": before.get("rss", float("nan")),
+        "init": init,
+        "epochs": rows,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "device": str(next(iter(trainers.values())).device),
+        "load_average": os.getloadavg()[0],
     }
 
 
-def scale(*, n_ratings: int, epochs: int) -> dict[str, Any]:
-    """Each variant in a fresh `python -m bench.trainer --only VARIANT`, so that its peak RSS is its own."""
-    load_before = os.getloadavg()[0]
-    results = {}
-    for variant in SCALE_VARIANTS:
-        cmd = [sys.executable, "-m", "bench.trainer", "--only", variant]
-        cmd += ["--ratings", str(n_ratings), "--epochs", str(epochs)]
+def _rate(size: dict[str, Any], path: str) -> float:
+    """A path's ratings/s at one size: its fastest epoch (the first pays page faults and warm-up)."""
+    return max(e["ratings_per_s"] for e in size["epochs"][path])
+
+
+def scale(*, sizes: list[int], paths: list[str], epochs: int) -> dict[str, Any]:
+    """Each size in a fresh `python -m bench.trainer --only-size N`, so its memory is its own."""
+    results: list[dict[str, Any]] = []
+    for n in sizes:
+        cmd = [sys.executable, "-m", "bench.trainer", "--only-size", str(n), "--paths", ",".join(paths)]
+        cmd += ["--epochs", str(epochs)]
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise MFError(
-                f"scale variant {variant}: `{' '.join(cmd)}` failed:\n{done.stderr.strip()[-2000:]}"
-            )
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-    first = next(iter(results.values()))
+            raise MFError(f"scale size {n:,}: `{' '.join(cmd)}` failed:\n{done.stderr.strip()[-2000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
-        f"\n== scale: synthetic MovieLens-shaped, {first['ratings']:,} ratings (train {first['train']:,} /"
-        f" val {first['val']:,}), {first['users']:,} users, {first['items']:,} items, device {first['device']}"
+        f"\n== scale: synthetic MovieLens-shaped (bench/synthetic.py), dim 32, batch 8192, {epochs} epoch(s)"
+        f" per path, epochs interleaved, device {results[0]['device']}, {results[0]['threads']} threads"
     )
     print(
-        f"   generated in {first['generate_s']:.1f} s (vectorised numpy); each variant in its own process;"
-        f" epoch = run_epoch() (train + val MSE); load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+        f"   {'size':>6} {'users':>8} {'items':>8} {'path':12} {'ratings/s':>11} {'epoch s':>8} {'cpu s':>8}"
+        f" {'val MSE':>8} {'init s':>7} {'+MB':>6} {'cost/rating vs smallest':>24}"
     )
-    print(f"   {'variant':12} {'epoch':>5} {'seconds':>8} {'cpu s':>8} {'ratings/s':>11} {'val MSE':>8}")
-    for variant, r in results.items():
-        for n, e in enumerate(r["epochs"], 1):
+    first = results[0]
+    for size in results:
+        for path in paths:
+            best = max(size["epochs"][path], key=lambda e: e["ratings_per_s"])
+            growth = _rate(first, path) / _rate(size, path)
             print(
-                f"   {variant:12} {n:5d} {e['seconds']:8.2f} {e['cpu_s']:8.2f} {e['ratings_per_s']:11,.0f}"
-                f" {e['val_mse']:8.4f}"
+                f"   {_short(size['ratings']):>6} {size['users']:8,} {size['items']:8,} {path:12}"
+                f" {best['ratings_per_s']:11,.0f} {best['seconds']:8.2f} {best['cpu_s']:8.2f}"
+                f" {size['epochs'][path][-1]['val_mse']:8.4f} {size['init'][path]['seconds']:7.2f}"
+                f" {size['init'][path]['mb']:6.0f} {growth:23.2f}x"
             )
-    print(f"   {'variant':12} {'init s':>7} {'data RSS':>9} {'+init':>7} {'+train':>7} {'peak RSS':>9}  (MB)")
-    for variant, r in results.items():
-        m = r["memory"]
-        print(
-            f"   {variant:12} {r['init_s']:7.2f} {m.get('data_rss_mb', float('nan')):9.0f}"
-            f" {m.get('init_delta_mb', float('nan')):7.0f} {m.get('train_delta_mb', float('nan')):7.0f}"
-            f" {m['ru_maxrss_mb']:9.0f}"
+        print(f"   {'':>6} peak RSS {size['peak_rss_mb']:,.0f} MB, load average {size['load_average']:.2f}")
+    _check_targets(results, paths)
+    return {"sizes": results}
+
+
+def _check_targets(results: list[dict[str, Any]], paths: list[str]) -> None:
+    by_size = {size["ratings"]: size for size in results}
+    lines = []
+    at_10m = by_size.get(10_000_000)
+    if at_10m is not None and DEFAULT_PATH in paths:
+        rate = _rate(at_10m, DEFAULT_PATH)
+        lines.append(
+            f"{DEFAULT_PATH} at 10M: {rate:,.0f} ratings/s (target >= {TARGET_RATE_10M:,.0f}: "
+            f"{'met' if rate >= TARGET_RATE_10M else 'NOT met'})"
         )
-    return results
+        if "adamw" in paths:
+            ratio = rate / _rate(at_10m, "adamw")
+            lines.append(
+                f"{DEFAULT_PATH} / adamw at 10M: {ratio:.2f}x (target >= {TARGET_VS_DENSE:.0f}x: "
+                f"{'met' if ratio >= TARGET_VS_DENSE else 'NOT met'})"
+            )
+    if {1_000_000, 25_000_000} <= set(by_size) and DEFAULT_PATH in paths:
+        growth = _rate(by_size[1_000_000], DEFAULT_PATH) / _rate(by_size[25_000_000], DEFAULT_PATH)
+        lines.append(
+            f"{DEFAULT_PATH} cost per rating at 25M / at 1M: {growth:.2f}x (target <= "
+            f"{TARGET_COST_GROWTH}x: {'met' if growth <= TARGET_COST_GROWTH else 'NOT met'})"
+        )
+    for line in lines:
+        print(f"   {line}")
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 # ------------------------------------------------------------------ command line
@@ -375,37 +414,65 @@ def _at_least(minimum: int):
     return parse
 
 
+def _sizes(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().lower().replace("_", "")
+        scale_ = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
+        try:
+            value = int(float(part[:-1] if scale_ > 1 else part) * scale_)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a size such as 1M, 250k or 10000000") from None
+        if value < 10_000:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum 10,000 ratings")
+        sizes.append(value)
+    return sizes
+
+
+def _paths(text: str) -> list[str]:
+    paths = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in SCALE_PATHS]
+    if unknown or not paths:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected some of {', '.join(SCALE_PATHS)}")
+    return paths
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="ml-latest-small (default: %(default)s)"
     )
     parser.add_argument("--epochs-ref", type=_at_least(1), default=10, help="epochs of part 1 (default: 10)")
-    parser.add_argument("--ratings", type=_at_least(10_000), default=10_000_000, help="synthetic ratings")
     parser.add_argument(
-        "--epochs", type=_at_least(1), default=2, help="epochs of the scale part (default: 2)"
+        "--sizes",
+        type=_sizes,
+        default=[1_000_000, 10_000_000, 25_000_000],
+        help="synthetic sizes (1M,10M,25M)",
+    )
+    parser.add_argument("--paths", type=_paths, default=list(SCALE_PATHS), help="optimiser paths (all three)")
+    parser.add_argument(
+        "--epochs", type=_at_least(1), default=2, help="epochs per path and size (default: 2)"
     )
     parser.add_argument("--skip-scale", action="store_true", help="run part 1 only")
+    parser.add_argument("--skip-compare", action="store_true", help="run part 2 only")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--only", choices=list(SCALE_VARIANTS), help="internal: one scale variant, as JSON")
+    parser.add_argument("--only-size", type=_at_least(10_000), help="internal: one scale size, as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.only:
-            print(json.dumps(run_scale_variant(args.only, n_ratings=args.ratings, epochs=args.epochs)))
+        if args.only_size:
+            print(json.dumps(run_scale_size(args.only_size, paths=args.paths, epochs=args.epochs)))
             return 0
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         print(f"bench.trainer on {platform.machine()} with {torch.get_num_threads()} torch threads")
-        results: dict[str, Any] = {
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "compare": compare(args.data, epochs=args.epochs_ref, device=device),
-        }
+        results: dict[str, Any] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+        if not args.skip_compare:
+            results["compare"] = compare(args.data, epochs=args.epochs_ref, device=device)
         if not args.skip_scale:
-            results["scale"] = scale(n_ratings=args.ratings, epochs=args.epochs)
+            results["scale"] = scale(sizes=args.sizes, paths=args.paths, epochs=args.epochs)
         if args.json:
             write_json(args.json, results)
     except MFError as e:
