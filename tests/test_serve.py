@@ -251,11 +251,13 @@ def _raw(pairs: list[dict[str, int]]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p["user"] for p in pairs]), np.array([p["movie"] for p in pairs])
 
 
-def test_cli_serves_what_mf_recommend_prints_and_stops_cleanly_on_sigint(export: Path, capsys):
+def test_cli_with_the_python_proxy_serves_what_mf_recommend_prints_and_stops_on_sigint(export: Path, capsys):
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, never another one on this machine
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mf.serve", "--model", str(export), "--port", str(port), "--num-cpus", "0"],
+        # Serve's Python proxy here: the module's server above runs the default, HAProxy
+        [sys.executable, "-m", "mf.serve", "--model", str(export), "--port", str(port), "--num-cpus", "0"]
+        + ["--ingress", "proxy"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
