@@ -185,58 +185,22 @@ def run_stock_ray(args: argparse.Namespace, work: Path) -> tuple[Figures, dict[s
 
 # ------------------------------------------------------------------ children: b and c themselves
 def optuna_alone(args: argparse.Namespace) -> None:
-    """Run b: what a user of Optuna alone writes, with ask/tell so the space stays `space.to_optuna()`.
-
-    The budget is checked between trials, as `study.optimize(timeout=...)` does. torch keeps its own
-    thread count (one per core: the whole machine here), which is what a user gets by default; the
-    trials run one at a time, so nothing competes for those threads.
-    """
-    import optuna
-    import torch
-
+    """Run b: bench.optuna_alone, TPE (seed 0) + HyperbandPruner, as an Optuna user writes it."""
+    from bench.optuna_alone import optuna_alone as run_optuna_alone
     from mf.config import TrainConfig
-    from mf.metrics import EPOCH, EPOCH_SECONDS, VAL_MSE
-    from mf.training import Trainer, TrainingDiverged, dataset_for
-    from search_spaces import load_space
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    base = TrainConfig(data=str(args.data))
-    dataset = dataset_for(base)
-    distributions = load_space(args.space).to_optuna()
-    study = optuna.create_study(
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=0),
-        pruner=optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=args.max_epochs, reduction_factor=3
-        ),
+    run = run_optuna_alone(
+        TrainConfig(data=str(args.data)),
+        space=args.space,
+        max_epochs=args.max_epochs,
+        budget_s=args.budget_s,
+        seed=0,
     )
-    curves: list[list[dict[str, float]]] = []
-    deadline = time.monotonic() + args.budget_s
-    while time.monotonic() < deadline:
-        trial = study.ask(distributions)
-        trainer = Trainer(base.replace(**trial.params, epochs=args.max_epochs), dataset)
-        curve: list[dict[str, float]] = []
-        curves.append(curve)
-        state = optuna.trial.TrialState.COMPLETE
-        try:
-            for _ in range(args.max_epochs):
-                m = trainer.run_epoch()
-                curve.append(asdict(Epoch(time.time(), m[VAL_MSE], m[EPOCH_SECONDS])))
-                trial.report(m[VAL_MSE], m[EPOCH])
-                if trial.should_prune():
-                    state = optuna.trial.TrialState.PRUNED
-                    break
-        except TrainingDiverged:
-            state = optuna.trial.TrialState.FAIL
-        # COMPLETE: the best epoch's value, as tune.run tells Optuna; PRUNED: Optuna takes the last one.
-        value = min(e["val_mse"] for e in curve) if state == optuna.trial.TrialState.COMPLETE else None
-        study.tell(trial, value, state=state)
-    states = [t.state.name for t in study.trials]
     record = {
-        "curves": curves,
-        "states": {s: states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
-        "params": [t.params for t in study.trials],  # for a look at where the best configs lie
-        "torch_threads": torch.get_num_threads(),
+        "curves": run.curves,
+        "states": run.states,
+        "params": run.params,
+        "torch_threads": run.torch_threads,
     }
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / CURVES_FILE).write_text(json.dumps(record))

@@ -66,6 +66,7 @@ def test_trials_spread_over_worker_nodes(cluster: Cluster, tmp_path: Path):
         cluster, tmp_path, "spread",
         # Trials long enough (~5 s) that the second node's worker is up before the first node is free.
         "--num-samples", "4", "--max-epochs", "30", "--grace-period", "30", "--emb-dim", "256", "--space", "ablation",
+        "--confirm-top", "0",
     )  # fmt: skip
     # Every trial ran on a worker (the head has no CPU), and both workers ran trials.
     assert set(trials["node_id"]) == workers
@@ -98,7 +99,7 @@ def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster: Cluster, tmp
         cluster, tmp_path, "lost",
         "--num-samples", "4", "--max-epochs", "30", "--grace-period", "30",
         "--checkpoint-every", "1", "--emb-dim", "256", "--max-failures", "3",
-        "--space", "ablation",
+        "--space", "ablation", "--confirm-top", "0",
     )  # fmt: skip
     killer.join()
     assert removed.is_set(), "the doomed node never ran a checkpointed trial"
@@ -130,6 +131,7 @@ def test_four_trials_share_one_gpu(cluster: Cluster, tmp_path: Path):
         cluster, tmp_path, "gpu",
         "--num-samples", "8", "--max-epochs", "20", "--grace-period", "20",
         "--gpus-per-trial", "0.25", "--emb-dim", "256", "--space", "ablation",
+        "--confirm-top", "2", "--confirm-seeds", "1",  # the confirmation's tasks hold GPU shares too
     )  # fmt: skip
     assert set(trials["node_id"]) == {gpu_node.node_id}
     actors: dict[int, tuple[float, float]] = {}  # worker pid -> (first start, last end) of its trials

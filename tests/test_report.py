@@ -98,6 +98,8 @@ def experiment(tmp_path_factory) -> Path:
                 "--reduction-factor", "2",
                 "--max-concurrent", "1",
                 "--seed", "3",
+                "--confirm-top", "2",
+                "--confirm-seeds", "2",
             ]
         )  # fmt: skip
     finally:
@@ -264,3 +266,14 @@ def test_export_and_report_run_where_importing_ray_fails(experiment: Path, tmp_p
         assert done.returncode == 0, done.stderr[-2000:]
     assert (copy / "best" / "model.pt").is_file() and (copy / "trials.csv").is_file()
     assert (copy / "report" / "report.html").is_file()
+
+
+def test_report_shows_the_confirmation_and_the_exported_winner(experiment: Path, page: Page):
+    rows = as_records(page.tables["confirmation"])
+    best = json.loads((experiment / "best" / "metrics.json").read_text())
+    # The two confirmed configurations, the exported one first, each with its mean over two seeds.
+    assert len(rows) == 2
+    assert rows[0]["trial"] == best["trial_id"]
+    assert float(rows[0]["mean val MSE"]) == pytest.approx(best["confirmation"]["val_mse_mean"], abs=5e-5)
+    assert all(r["seeds"] == "2" for r in rows)
+    assert float(rows[0]["mean val MSE"]) <= float(rows[1]["mean val MSE"])

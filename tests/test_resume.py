@@ -111,6 +111,7 @@ def start_run(storage: Path, *extra: str, env: dict[str, str] | None = None) -> 
         "--emb-dim", "256",  # slower epochs, so the kill lands mid-run
         "--space", str(storage.parent / "space.yaml"),
         "--seed", "5",
+        "--confirm-top", "0",
         *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}

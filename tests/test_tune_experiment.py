@@ -40,7 +40,8 @@ def load_study(folder: Path) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
-    """Eight trials of the default space, at most 4 epochs, ASHA from epoch 1 halving each rung."""
+    """Eight trials of the default space, at most 4 epochs, ASHA from epoch 1 halving each rung; the
+    best two configurations confirmed with two fresh seeds each."""
     storage = tmp_path_factory.mktemp("runs")
     code = tune_run.main(
         [
@@ -53,6 +54,8 @@ def experiment(tmp_path_factory) -> Path:
             "--reduction-factor", "2",
             "--seed", "3",
             "--keep-checkpoints", "2",
+            "--confirm-top", "2",
+            "--confirm-seeds", "2",
         ]
     )  # fmt: skip
     assert code == 0
@@ -73,30 +76,32 @@ def test_only_the_best_ended_trials_keep_a_checkpoint(experiment: Path):
         assert folders[-1] == f"checkpoint_epoch_{epochs:06d}"
 
 
-def test_run_exports_best_config_metrics_and_model(experiment: Path):
+def test_run_exports_the_confirmed_config_with_metrics_and_model(experiment: Path):
     best = experiment / "best"
     # The export holds everything needed to retrain and to serve.
     assert {p.name for p in best.iterdir()} == {"config.yaml", "metrics.json", "model.pt"}
     metrics = json.loads((best / "metrics.json").read_text())
     config = yaml.safe_load((best / "config.yaml").read_text())
-    for key in (
-        "val_mse",
-        "val_rmse",
-        "val_mae",
-        "val_f1",
-        "val_precision",
-        "val_recall",
-        "trial_id",
-        "epoch",
-    ):
+    for key in ("val_mse", "val_rmse", "val_mae", "val_f1", "val_precision", "val_recall", "trial_id", "epoch"):
         assert key in metrics
-    # The exported epoch count is the best epoch, and the config names the data by absolute path.
-    assert config["epochs"] == metrics["epoch"]
+    # The default split holds out a test part, which only the export ever evaluates.
+    assert config["test_n"] == 5 and math.isfinite(metrics["test_mse"])
+    # The exported epoch count is the confirmed epoch, and the config names the data by absolute path.
+    confirmation = metrics["confirmation"]
+    assert config["epochs"] == metrics["epoch"] == confirmation["epoch"]
     assert Path(config["data"]).is_absolute()
-    # The export is the best trial of trials.csv.
-    trials = pd.read_csv(experiment / "trials.csv")
-    assert metrics["val_mse"] == pytest.approx(trials["best_val_mse"].min(), abs=1e-6)
-    assert trials.loc[trials["best_val_mse"].idxmin(), "trial_id"] == metrics["trial_id"]
+    # It is the configuration with the best mean over two fresh seeds, among the top two of the search.
+    trials = pd.read_csv(experiment / "trials.csv").set_index("trial_id")
+    confirmed = trials[trials["confirm_val_mse"].notna()]
+    assert len(confirmed) == 2
+    assert set(confirmed.index) <= set(trials["best_val_mse"].nsmallest(4).index)
+    assert confirmed["confirm_val_mse"].idxmin() == metrics["trial_id"]
+    assert confirmation["val_mse_mean"] == pytest.approx(confirmed["confirm_val_mse"].min())
+    assert len(confirmation["seeds"]) == 2 and config["seed"] in confirmation["seeds"]
+    # The search's own best figure stays on record beside it.
+    assert metrics["search_best_val_mse"] == pytest.approx(trials.loc[metrics["trial_id"], "best_val_mse"])
+    # The tutorial's configuration was trained on the same split, for comparison.
+    assert math.isfinite(metrics["tutorial"]["test_mse"]) and metrics["tutorial"]["epochs"] == 10
 
 
 def test_run_trials_csv_has_every_trial_with_outcome_and_node(experiment: Path):
@@ -257,6 +262,7 @@ def test_warm_start_seeds_the_new_study_with_earlier_trials(experiment: Path, tm
             "--data", str(DATA),
             "--storage-path", str(tmp_path),
             "--name", "warm",
+            "--confirm-top", "0",
             "--warm-start", str(experiment),
             "--num-samples", "2",
             "--max-epochs", "4",
@@ -278,24 +284,26 @@ def test_warm_start_seeds_the_new_study_with_earlier_trials(experiment: Path, tm
     assert len(pd.read_csv(tmp_path / "warm" / "trials.csv")) == 2
 
 
-def test_split_with_a_test_part_exports_test_metrics(tmp_path: Path):
+def test_test_n_0_runs_on_the_tutorials_split_with_no_test_part(tmp_path: Path):
     code = tune_run.main(
         [
             "--data", str(DATA),
             "--storage-path", str(tmp_path),
-            "--name", "held-out",
-            "--test-n", "5",
+            "--name", "tutorial-split",
+            "--test-n", "0",
             "--num-samples", "2",
             "--max-epochs", "2",
             "--grace-period", "2",
+            "--confirm-top", "0",
         ]
     )  # fmt: skip
     assert code == 0
-    metrics = json.loads((tmp_path / "held-out" / "best" / "metrics.json").read_text())
-    # The best config's test metrics are computed once, after tuning, next to its val metrics.
-    for key in ("test_mse", "test_rmse", "test_mae", "test_f1", "test_precision", "test_recall"):
-        assert math.isfinite(metrics[key])
-    assert metrics["test_mse"] != metrics["val_mse"]
+    metrics = json.loads((tmp_path / "tutorial-split" / "best" / "metrics.json").read_text())
+    # Validation is each user's last 5 ratings, as in the tutorial, and nothing is held out beyond it.
+    assert "test_mse" not in metrics and math.isfinite(metrics["val_mse"])
+    # Without confirmation, the export is the search's best trial at its best epoch.
+    assert "confirmation" not in metrics
+    assert metrics["val_mse"] == pytest.approx(metrics["search_best_val_mse"], abs=1e-6)
 
 
 def test_time_budget_leaves_no_trial_running_in_the_study(tmp_path: Path):
@@ -305,10 +313,11 @@ def test_time_budget_leaves_no_trial_running_in_the_study(tmp_path: Path):
             "--storage-path", str(tmp_path),
             "--name", "budget",
             "--num-samples", "-1",
-            "--time-budget-s", "12",
+            "--time-budget-s", "15",
             "--max-epochs", "30",
             "--emb-dim", "256",
             "--space", "ablation",
+            "--confirm-top", "0",
         ]
     )  # fmt: skip
     assert code == 0

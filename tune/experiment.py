@@ -7,6 +7,7 @@ trial costs its own epochs and little else. docs/architecture.md draws the whole
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,13 +24,25 @@ from mf.errors import ConfigError
 from mf.training import dataset_for
 from search_spaces import SearchSpace
 from tune._ray import without_default_loggers
+from tune.confirmation import (
+    Candidate,
+    Confirmed,
+    candidates,
+    confirm,
+    confirmation_seeds,
+    read_run,
+    run_config,
+    save_run,
+    write_summary,
+)
 from tune.keys import EPOCH, METRIC, MODE
+from tune.results import collect_trials
 from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import StudySearcher, settle_stopped_trials
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
-from tune.study_storage import mend_journal, open_storage, study_location
-from tune.trainable import CheckpointPolicy, RunAhead, train_trial
+from tune.study_storage import load_experiment_study, mend_journal, open_storage, study_location
+from tune.trainable import CheckpointPolicy, RunAhead, confirmation_curve, train_trial
 from tune.trial_files import trial_dirname
 from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
@@ -177,13 +190,13 @@ def run_experiment(
             scheduler=make_scheduler(settings, seed=base.seed),
             num_samples=settings.num_samples,
             max_concurrent_trials=concurrent_trials(settings),
-            time_budget_s=settings.time_budget_s,
+            time_budget_s=settings.search_budget_s,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),
         run_config=make_run_config(settings, verbose=verbose),
     )
-    return _fit(tuner, settings)
+    return _fit(tuner, settings, base, dataset)
 
 
 def resume_experiment(folder: Path, *, address: str | None = None, verbose: int = 1) -> RunOutcome:
@@ -207,14 +220,19 @@ def resume_experiment(folder: Path, *, address: str | None = None, verbose: int 
         resume_unfinished=True,
         resume_errored=True,
     )
-    return _fit(tuner, settings)
+    return _fit(tuner, settings, base, dataset)
 
 
-def _fit(tuner: tune.Tuner, settings: ExperimentSettings) -> RunOutcome:
+def _fit(tuner: tune.Tuner, settings: ExperimentSettings, base: TrainConfig, dataset: Dataset) -> RunOutcome:
     started = time.monotonic()
+    deadline = None if settings.time_budget_s is None else time.time() + settings.time_budget_s
+    # At the end Tune reads the experiment back and warns about every trial that has no results
+    # (one the budget stopped before its first epoch), which is no news here.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     with without_default_loggers():
         tuner.fit()
     settle_ended_trials(settings)
+    run_confirmation(settings, base, dataset, deadline=deadline)
     return RunOutcome(settings.experiment_dir, time.monotonic() - started)
 
 
@@ -223,9 +241,58 @@ def settle_ended_trials(settings: ExperimentSettings) -> int:
     `tune.searcher.settle_stopped_trials`), as Tune's final snapshot of the experiment has them."""
     analysis = tune.ExperimentAnalysis(str(settings.experiment_dir), default_metric=METRIC, default_mode=MODE)
     ended = {
-        t.trial_id: dict(t.last_result or {})
-        for t in analysis.trials
-        if t.status in ("TERMINATED", "ERROR")
+        t.trial_id: dict(t.last_result or {}) for t in analysis.trials if t.status in ("TERMINATED", "ERROR")
     }
     study = optuna.load_study(study_name=settings.name, storage=open_storage(study_location_of(settings)))
     return settle_stopped_trials(study, ended, max_epochs=settings.max_epochs)
+
+
+def run_confirmation(
+    settings: ExperimentSettings, base: TrainConfig, dataset: Dataset, *, deadline: float | None
+) -> list[Confirmed]:
+    """Train the best `confirm_top` configurations again with fresh seeds, as Ray tasks on the
+    cluster's trial slots, until done or `deadline` (epoch seconds); runs a resumed experiment
+    finished before are not run again. Writes `confirm/summary.json` (tune.confirmation)."""
+    folder = settings.experiment_dir
+    if settings.confirm_top == 0:
+        return []
+    study = load_experiment_study(folder, settings.to_dict())
+    chosen = candidates(
+        collect_trials(folder, max_epochs=settings.max_epochs, study=study), settings.confirm_top
+    )
+    seeds = confirmation_seeds(base.seed, settings.confirm_seeds)
+    started = time.monotonic()
+    curves: dict[str, dict[int, dict[int, float]]] = {c.trial_id: {} for c in chosen}
+    task = ray.remote(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)(confirmation_curve)
+    data = ray.put(dataset)
+    pending: dict[ray.ObjectRef, tuple[Candidate, int]] = {}
+    for c in chosen:
+        for seed in seeds:
+            done = read_run(folder, c.trial_id, seed)
+            if done is not None:
+                curves[c.trial_id][seed] = done
+                continue
+            config = run_config(base, c, seed=seed, max_epochs=settings.max_epochs)
+            pending[task.remote(config, data, max(1, int(settings.cpus_per_trial)))] = (c, seed)
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+        if not ready:
+            break  # out of time: the candidates with every seed run are judged, the others dropped
+        c, seed = pending.pop(ready[0])
+        curves[c.trial_id][seed] = ray.get(ready[0])
+        save_run(folder, c, seed, curves[c.trial_id][seed])
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    results = [
+        r
+        for c in chosen
+        if len(curves[c.trial_id]) == len(seeds) and (r := confirm(c, curves[c.trial_id])) is not None
+    ]
+    if pending:
+        print(
+            f"confirmation: {len(pending)} of {len(chosen) * len(seeds)} runs did not finish within the budget; "
+            f"{len(results)} of {len(chosen)} configurations confirmed"
+        )
+    write_summary(folder, results, planned=len(chosen) * len(seeds), seconds=time.monotonic() - started)
+    return results

@@ -1,11 +1,14 @@
 """Export the best trial of an experiment: `<experiment>/best/` and `<experiment>/trials.csv`.
 
+The exported configuration is the confirmation's winner (tune.confirmation: the best mean val MSE
+over fresh seeds), trained here once more with the first of those seeds for the winning number of
+epochs; without a confirmation, the search's best trial at its best epoch, from its checkpoint.
 `best/config.yaml` retrains it (`python -m mf.train --config best/config.yaml`), `best/model.pt`
-holds the best trial's own weights at its best epoch (with the id mapping), and `best/metrics.json`
-its metrics on the validation part and, where the split holds out a test part, on the test part,
-computed once here and never seen by the search; beside them the same metrics of the tutorial's
-configuration trained on the same split, the reference the tuning is judged against. Reads only
-files (tune.results): it works on a finished, running or interrupted experiment, without Ray.
+holds its weights (with the id mapping), and `best/metrics.json` its metrics on the validation part
+and, where the split holds out a test part, on the test part, computed once here and never seen by
+the search; beside them the same metrics of the tutorial's configuration trained on the same split,
+the reference the tuning is judged against. Reads only files: it works on a finished, running or
+interrupted experiment, without Ray.
 
     python -m tune.export runs/mf-tune
 """
@@ -28,6 +31,7 @@ from mf.metrics import prefixed
 from mf.ranking import ranking_metrics
 from mf.recommend import scorer_from_model
 from mf.training import Trainer, dataset_for
+from tune.confirmation import Candidate, Confirmed, read_summary, run_config
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
 from tune.study_storage import load_experiment_study
@@ -41,10 +45,16 @@ SPLIT_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction
 
 
 def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
-    """Read every trial of the experiment and (re)write its trials.csv."""
+    """Read every trial of the experiment, with its confirmation where it had one, and (re)write
+    its trials.csv."""
     experiment = read_experiment(folder)
     study = load_experiment_study(folder, experiment["settings"])
     records = collect_trials(folder, max_epochs=int(experiment["settings"]["max_epochs"]), study=study)
+    confirmed = {c.trial_id: c for c in read_summary(folder)}
+    for r in records:
+        if r.trial_id in confirmed:
+            c = confirmed[r.trial_id]
+            r.confirm_val_mse, r.confirm_val_mse_sd, r.confirm_epoch = c.mean, c.sd, c.epoch
     write_trials_csv(folder, records)
     return records
 
@@ -104,6 +114,15 @@ def best_trainer(folder: Path, best: TrialRecord) -> Trainer:
     return trainer
 
 
+def confirmed_trainer(base: TrainConfig, winner: Confirmed) -> Trainer:
+    """The confirmation's winner trained once more, with its first fresh seed, for its epochs."""
+    candidate = Candidate(winner.trial_id, winner.params, winner.search_best)
+    config = run_config(base, candidate, seed=winner.seeds[0], max_epochs=winner.epoch).replace(device="auto")
+    trainer = Trainer(config, dataset_for(base), device="cpu")
+    trainer.fit()
+    return trainer
+
+
 def export_best(
     folder: str | os.PathLike, *, records: list[TrialRecord] | None = None, quiet: bool = False
 ) -> dict[str, Any]:
@@ -111,9 +130,16 @@ def export_best(
     folder = Path(folder).resolve()
     if records is None:
         records = collect_and_write_trials(folder)
-    best = best_trial(records)
-    trainer = best_trainer(folder, best)
     experiment = read_experiment(folder)
+    base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
+    confirmed = read_summary(folder)
+    if confirmed:
+        winner = confirmed[0]
+        best = next(r for r in records if r.trial_id == winner.trial_id)
+        trainer = confirmed_trainer(base, winner)
+    else:
+        best = best_trial(records)
+        trainer = best_trainer(folder, best)
     tutorial, reference = tutorial_metrics(experiment["base_config"], trainer.dataset)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
@@ -121,8 +147,17 @@ def export_best(
         "epoch": trainer.epoch,
         **model_metrics(trainer, trainer.dataset),
         "params": best.params,
+        "search_best_val_mse": best.best_val_mse,
         "tutorial": {"config": tutorial.to_dict(), "epochs": tutorial.epochs, **reference},
     }
+    if confirmed:
+        metrics["confirmation"] = {
+            "seeds": list(winner.seeds),
+            "epoch": winner.epoch,
+            "val_mse_mean": winner.mean,
+            "val_mse_sd": winner.sd,
+            "candidates": len(confirmed),
+        }
 
     # Write into a fresh folder, then swap it in: a crash leaves the old export whole.
     staging = Path(tempfile.mkdtemp(prefix=".best-", dir=folder))
@@ -148,9 +183,17 @@ def format_export(metrics: dict[str, Any], where: Path) -> str:
     parts = [p for p in ("val", "test") if f"{p}_mse" in metrics]
     ours = ", ".join(f"{p}_mse {metrics[f'{p}_mse']:.4f}" for p in parts)
     ref = ", ".join(f"{p}_mse {metrics['tutorial'][f'{p}_mse']:.4f}" for p in parts)
+    confirmation = metrics.get("confirmation")
+    how = (
+        f"confirmed over {len(confirmation['seeds'])} fresh seeds: val_mse {confirmation['val_mse_mean']:.4f} "
+        f"± {confirmation['val_mse_sd']:.4f}"
+        if confirmation
+        else f"the search's best trial, val_mse {metrics['search_best_val_mse']:.4f}"
+    )
     return (
-        f"best trial {metrics['trial_id']} (epoch {metrics['epoch']}): {ours}; exported to {where}\n"
-        f"the tutorial's configuration on the same split: {ref}"
+        f"exported {where}: trial {metrics['trial_id']}'s configuration, {metrics['epoch']} epochs ({how})\n"
+        f"  the exported model: {ours}\n"
+        f"  the tutorial's configuration on the same split: {ref}"
     )
 
 

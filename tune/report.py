@@ -28,11 +28,13 @@ from typing import Any
 
 from mf.atomic import atomic_write, atomic_write_text
 from mf.errors import MFError, user_errors_exit
+from tune.confirmation import Confirmed, read_summary
 from tune.export import BEST_DIR, METRICS_FILE, RANK_K
+from tune.fidelity import PruningFidelity, pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.report_figures import ReportFigure, build_figures
 from tune.results import TrialRecord, best_trial, collect_trials
-from tune.settings import read_experiment
+from tune.settings import ExperimentSettings, read_experiment
 from tune.study_storage import load_experiment_study
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
@@ -67,7 +69,9 @@ def compare_with_tutorial(folder: Path, records: list[TrialRecord]) -> Compariso
     """From the export; MFError (shown on the page instead) when there is none, or an older one."""
     exported = folder / BEST_DIR / METRICS_FILE
     if not exported.is_file():
-        raise MFError(f"no export yet: `python -m tune.export {folder}` writes {BEST_DIR}/ and this comparison")
+        raise MFError(
+            f"no export yet: `python -m tune.export {folder}` writes {BEST_DIR}/ and this comparison"
+        )
     metrics = json.loads(exported.read_text())
     if "tutorial" not in metrics:
         raise MFError(f"{exported} is from an earlier version: run `python -m tune.export {folder}` again")
@@ -174,6 +178,46 @@ def comparison_table(c: Comparison, tuned: Sequence[str]) -> str:
     return _table("tutorial-vs-best", ["", "tutorial's config", "best config"], rows)
 
 
+def fidelity_html(f: PruningFidelity, settings: ExperimentSettings) -> str:
+    if f.finished < 3 or not f.rungs:
+        return f'<p class="note">{html.escape(" ".join(f.lines()))}</p>'
+    rows = [[str(r.epoch), str(r.trials), f"{r.spearman:.2f}"] for r in f.rungs]
+    table = _table(
+        "pruning-fidelity", ["rung (epoch)", "trials that reached max_epochs", "Spearman's rho"], rows
+    )
+    warning = f.warning(settings)
+    note = (
+        f'<p class="note">Rank correlation between each trial\'s val MSE at the rung and its final best, over '
+        f"the trials that ran to max_epochs. Of the final top {f.top}, the first rung (epoch {f.first_rung}) "
+        f"would have stopped {f.top_stopped_at_first_rung} (outside the best 1/{settings.reduction_factor} "
+        "of all values recorded there).</p>"
+    )
+    return table + note + (f'<p class="missing">{html.escape(warning)}</p>' if warning else "")
+
+
+def confirmation_html(confirmed: list[Confirmed]) -> str:
+    if not confirmed:
+        return '<p class="note">No confirmation (--confirm-top 0, or the run has not reached it).</p>'
+    rows = [
+        [
+            c.trial_id,
+            f"<b>{c.mean:.4f}</b>" if i == 0 else f"{c.mean:.4f}",
+            f"{c.sd:.4f}",
+            str(c.epoch),
+            str(len(c.seeds)),
+            f"{c.search_best:.4f}",
+        ]
+        for i, c in enumerate(confirmed)
+    ]
+    header = ["trial", "mean val MSE", "sd", "epoch", "seeds", "search's best val MSE"]
+    note = (
+        '<p class="note">The best configurations of the search, each trained again with fresh seeds; the '
+        "lowest mean (bold) was exported, with that number of epochs. The search's own best is a minimum over "
+        "many noisy values, and so lower than what the configuration gives on average.</p>"
+    )
+    return note + _table("confirmation", header, rows)
+
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}
@@ -208,6 +252,9 @@ def render(
     )
     split = f"split {base.get('split')} (val_n {base.get('val_n')}, test_n {base.get('test_n')})"
     figs = {f.key: _figure_html(f) for f in figures}
+    settings = ExperimentSettings(**s)
+    fidelity = fidelity_html(pruning_fidelity(records, settings), settings)
+    confirmation = confirmation_html(read_summary(folder))
     if isinstance(comparison, Comparison):
         compare = (
             f'<p class="note">{html.escape(comparison.source)}. The search selected on the validation '
@@ -230,6 +277,8 @@ reduction factor {s["reduction_factor"]}; num_samples {s["num_samples"]}, time b
 <h2>Trials</h2>{figs["val-mse-per-epoch"]}{figs["best-so-far"]}
 <h3>Top trials</h3>{top_trials_table(records, tuned)}
 <h2>Hyperparameters</h2>{figs["param-importance"]}{figs["val-mse-vs-params"]}
+<h2>Does pruning keep the good trials?</h2>{fidelity}
+<h2>Confirmation</h2>{confirmation}
 <h2>What ASHA saved</h2>{figs["asha-rungs"]}<h3>Epochs spent</h3>{epochs_table(records, max_epochs)}
 </body></html>
 """

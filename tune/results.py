@@ -56,6 +56,10 @@ class TrialRecord:
     retries: int
     optuna_number: int | None = None
     error: str = ""
+    confirm_val_mse: float = math.nan
+    """The mean val MSE over the confirmation's fresh seeds (tune.confirmation); NaN: not confirmed."""
+    confirm_val_mse_sd: float = math.nan
+    confirm_epoch: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     history: pd.DataFrame | None = field(default=None, repr=False)
     trial_dir: Path | None = field(default=None, repr=False)

@@ -20,13 +20,18 @@ from mf.cli_args import add_config_flags, explicit_keys
 from mf.config import from_dict
 from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
-from tune.export import collect_and_write_trials, export_best
+from tune.confirmation import format_confirmation, read_summary
+from tune.export import collect_and_write_trials, export_best, format_export
+from tune.fidelity import pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
 from tune.settings import ExperimentSettings, doc, read_experiment
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
-SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1}
+SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "confirm_top": 2, "confirm_seeds": 1}
+HELD_OUT_TEST = {"last-n": ("test_n", 5), "random": ("test_fraction", 0.1)}
+"""The test part tune.run holds out unless told otherwise (--test-n 0 / --test-fraction 0: none, the
+tutorial's split): the search selects on validation, so only a part it never saw tells the truth."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,13 +83,23 @@ def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
         raise MFError(f"experiment settings: {e}") from e
 
 
-def format_summary(records: list[TrialRecord], *, max_epochs: int, seconds: float, top: int = 5) -> str:
+def format_summary(
+    records: list[TrialRecord],
+    settings: ExperimentSettings,
+    *,
+    seconds: float,
+    exported: dict[str, Any] | None,
+    folder: Path,
+    top: int = 5,
+) -> str:
+    """The end-of-run summary: trials and epochs, the top trials, how well ASHA's rungs ranked
+    them, the confirmation, and what was exported against the tutorial's configuration."""
     counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
-    spent, fifo = epochs_spent(records), len(records) * max_epochs
+    spent, fifo = epochs_spent(records), len(records) * settings.max_epochs
     lines = [
         f"{len(records)} trials in {seconds:.0f} s: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned by ASHA, "
         f"{counts[FAIL]} failed",
-        f"epochs spent: {spent} (ASHA) against {fifo} had every trial run to {max_epochs} "
+        f"epochs spent: {spent} (ASHA) against {fifo} had every trial run to {settings.max_epochs} "
         f"({spent / fifo:.0%})"
         if fifo
         else "epochs spent: 0",
@@ -96,6 +111,14 @@ def format_summary(records: list[TrialRecord], *, max_epochs: int, seconds: floa
         lines.append(
             f"  {r.trial_id}  val_mse {r.best_val_mse:.4f} @ epoch {r.best_epoch:<3d} {r.outcome:<8s} {params}"
         )
+    fidelity = pruning_fidelity(records, settings)
+    lines += fidelity.lines()
+    warning = fidelity.warning(settings)
+    if warning:
+        lines.append(warning)
+    lines += format_confirmation(read_summary(folder))
+    if exported is not None:
+        lines.append(format_export(exported, folder / "best"))
     return "\n".join(lines)
 
 
@@ -125,18 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         if "data" in fixed and Path(fixed["data"]).exists():
             # Trials, the export and a later retrain may run elsewhere: keep no relative path.
             fixed["data"] = str(Path(fixed["data"]).resolve())
+        if fixed.get("split", "last-n") in HELD_OUT_TEST:  # an unknown split is refused just below
+            key, value = HELD_OUT_TEST[fixed.get("split", "last-n")]
+            fixed.setdefault(key, value)
         base = from_dict(fixed, where="command line")
         from tune.experiment import run_experiment  # imports Ray: only once the input is checked
 
         outcome = run_experiment(settings, base, space)
-    records = collect_and_write_trials(outcome.experiment_dir)
-    print(format_summary(records, max_epochs=settings.max_epochs, seconds=outcome.seconds))
-    if not args.no_export:
-        export_best(outcome.experiment_dir, records=records)
+    folder = outcome.experiment_dir
+    records = collect_and_write_trials(folder)
+    exported = None if args.no_export else export_best(folder, records=records, quiet=True)
     if args.report:
         from tune.report import write_report
 
-        print(f"report: {write_report(outcome.experiment_dir)}")
+        print(f"report: {write_report(folder)}")
+    # The summary comes last, so that it is what a terminal or a job's log ends with.
+    print(format_summary(records, settings, seconds=outcome.seconds, exported=exported, folder=folder))
     return 0
 
 

@@ -70,6 +70,15 @@ class ExperimentSettings:
         20.0, "With --checkpoint-every 0: the most training time a retry can lose."
     )
     max_failures: int = setting(2, "Retries of a trial that crashed (node lost) from its last checkpoint.")
+    confirm_top: int = setting(
+        5,
+        "Before export, train the best N distinct configurations again with fresh seeds and export the "
+        "one with the best mean val MSE (0: export the search's best trial as it is).",
+    )
+    confirm_seeds: int = setting(3, "Fresh seeds per configuration in the confirmation.")
+    confirm_share: float = setting(
+        0.1, "With --time-budget-s: the share of the budget kept for the confirmation (the search gets the rest)."
+    )
     keep_checkpoints: int = setting(
         3,
         "Ended trials that keep their last checkpoint: the best N by val MSE (the export uses the "
@@ -96,6 +105,9 @@ class ExperimentSettings:
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
             ("checkpoint_interval_s", self.checkpoint_interval_s > 0, "> 0"),
             ("max_failures", self.max_failures >= -1, ">= 0 (or -1: retry forever)"),
+            ("confirm_top", self.confirm_top >= 0, ">= 0"),
+            ("confirm_seeds", self.confirm_seeds >= 1, ">= 1"),
+            ("confirm_share", 0 <= self.confirm_share < 1, "in [0, 1)"),
             (
                 "keep_checkpoints",
                 self.keep_checkpoints == -1 or self.keep_checkpoints >= 1,
@@ -137,6 +149,14 @@ class ExperimentSettings:
         """The epochs after which ASHA may stop a trial: its rungs and max_epochs. After any other
         epoch it lets the trial go on, which is what lets a trial train its next epoch early."""
         return frozenset((*self.rung_epochs, self.max_epochs))
+
+    @property
+    def search_budget_s(self) -> float | None:
+        """The time the search may take: the budget less the confirmation's share of it."""
+        if self.time_budget_s is None:
+            return None
+        share = self.confirm_share if self.confirm_top > 0 else 0.0
+        return self.time_budget_s * (1.0 - share)
 
     @property
     def is_remote_storage(self) -> bool:

@@ -157,3 +157,18 @@ def train_trial(
                 ahead = pool.submit(trainer.run_epoch)
             # If Tune stops the trial here, leaving the `with` waits for the epoch in flight.
             tune.report(metrics)
+
+
+def confirmation_curve(config: TrainConfig, data: Dataset, threads: int) -> dict[int, float]:
+    """One confirmation run (a Ray task, see tune.confirmation): train `config.epochs` epochs and
+    return epoch -> val MSE; a run that diverges returns the epochs before it."""
+    torch.set_num_threads(max(1, threads))
+    trainer = Trainer(config, data)
+    curve: dict[int, float] = {}
+    try:
+        while trainer.epoch < config.epochs:
+            metrics = trainer.run_epoch()
+            curve[int(metrics[EPOCH])] = float(metrics[VAL_MSE])
+    except TrainingDiverged:
+        pass
+    return curve

@@ -1,0 +1,113 @@
+"""Optuna alone: the reference a tuner is measured against, as an Optuna user writes it.
+
+TPE (seeded) with Optuna's HyperbandPruner, one trial at a time in one process, each trial driving
+the same `Trainer` one epoch at a time and reporting every epoch; the budget is checked between
+trials, as `study.optimize(timeout=...)` does. torch keeps its own thread count (one per core), which
+is what a user gets by default; the trials run one at a time, so nothing competes for them. At the
+end the best trial's model at its best epoch is evaluated on the test part, where the split has one:
+what the user of Optuna alone would take away.
+
+    python -m bench.optuna_alone --data ../shared/data/ml-latest-small --budget-s 60 --seed 0 --out b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from mf.config import TrainConfig, from_dict, read_values
+from mf.metrics import EPOCH, EPOCH_SECONDS, VAL_MSE, prefixed
+from mf.training import Trainer, TrainingDiverged, dataset_for
+from search_spaces import load_space
+
+
+@dataclass
+class OptunaAloneRun:
+    curves: list[list[dict[str, float]]] = field(default_factory=list)
+    """Per trial, per epoch: wall_time (epoch seconds), val_mse, epoch_seconds."""
+    states: dict[str, int] = field(default_factory=dict)
+    params: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    """The best trial: params, epoch, val_mse and, with a test part, the test metrics of its model."""
+    torch_threads: int = 0
+
+
+def optuna_alone(
+    base: TrainConfig, *, space: str, max_epochs: int, budget_s: float, seed: int
+) -> OptunaAloneRun:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dataset = dataset_for(base)
+    distributions = load_space(space).to_optuna()
+    study = optuna.create_study(
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3),
+    )
+    run = OptunaAloneRun(torch_threads=torch.get_num_threads())
+    best_value, best_weights = math.inf, None
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        trial = study.ask(distributions)
+        trainer = Trainer(base.replace(**trial.params, epochs=max_epochs), dataset)
+        curve: list[dict[str, float]] = []
+        run.curves.append(curve)
+        state = optuna.trial.TrialState.COMPLETE
+        try:
+            for _ in range(max_epochs):
+                m = trainer.run_epoch()
+                curve.append({"wall_time": time.time(), VAL_MSE: m[VAL_MSE], EPOCH_SECONDS: m[EPOCH_SECONDS]})
+                trial.report(m[VAL_MSE], m[EPOCH])
+                if trial.should_prune():
+                    state = optuna.trial.TrialState.PRUNED
+                    break
+        except TrainingDiverged:
+            state = optuna.trial.TrialState.FAIL
+        # COMPLETE: the best epoch's value, as tune.run tells Optuna; PRUNED: Optuna takes the last one.
+        value = min(e[VAL_MSE] for e in curve) if state == optuna.trial.TrialState.COMPLETE else None
+        study.tell(trial, value, state=state)
+        if trainer.best is not None and trainer.best.val_mse < best_value:
+            best_value = trainer.best.val_mse
+            best_weights = (dict(trial.params), trainer.best.epoch, trainer.best.weights)
+    states = [t.state.name for t in study.trials]
+    run.states = {s: states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    run.params = [t.params for t in study.trials]
+    if best_weights is not None:
+        params, epoch, weights = best_weights
+        trainer = Trainer(base.replace(**params, epochs=epoch), dataset)
+        trainer.model.load_state_dict(weights)
+        run.best = {"params": params, "epoch": epoch, "val_mse": best_value}
+        if dataset.test is not None:
+            run.best.update(prefixed(trainer.evaluate("test"), "test"))
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.optuna_alone", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--config", type=Path, help="YAML of fixed training keys (split, test_n, ...)")
+    parser.add_argument("--space", default="default")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--budget-s", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    fixed = read_values(args.config) if args.config else {}
+    base = from_dict({**fixed, "data": args.data, "seed": args.seed}, where="bench.optuna_alone")
+    run = optuna_alone(
+        base, space=args.space, max_epochs=args.max_epochs, budget_s=args.budget_s, seed=args.seed
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(run.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

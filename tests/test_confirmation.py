@@ -1,0 +1,91 @@
+"""Confirming the winner: the candidates, the epoch and the mean over fresh seeds, from files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tune.confirmation import (
+    Candidate,
+    candidates,
+    confirm,
+    confirmation_seeds,
+    read_run,
+    read_summary,
+    save_run,
+    write_summary,
+)
+from tune.results import TrialRecord
+
+
+def record(trial_id: str, best: float, outcome: str = "COMPLETE", **params) -> TrialRecord:
+    return TrialRecord(
+        trial_id=trial_id,
+        outcome=outcome,
+        epochs=4,
+        best_val_mse=best,
+        best_epoch=3,
+        last_val_mse=best,
+        node_id="n",
+        retries=0,
+        params=params or {"lr": best},
+        history=pd.DataFrame(),
+    )
+
+
+def test_candidates_are_the_best_distinct_configurations():
+    records = [
+        record("a", 0.90, lr=0.01),
+        record("b", 0.85, lr=0.02),
+        record("c", 0.86, lr=0.02),  # the same configuration as b: one candidate is enough
+        record("d", 0.80, outcome="FAIL", lr=0.03),  # failed trials are never candidates
+        record("e", math.nan, lr=0.04),
+        record("f", 0.88, lr=0.05),
+    ]
+    # Best first, one per configuration, no failed or unscored trial.
+    assert [c.trial_id for c in candidates(records, 3)] == ["b", "f", "a"]
+    assert [c.trial_id for c in candidates(records, 10)] == ["b", "f", "a"]
+
+
+def test_confirmation_seeds_are_not_the_searchs():
+    assert confirmation_seeds(0, 3) == [1, 2, 3]
+    assert 7 not in confirmation_seeds(7, 5)
+
+
+def test_the_confirmed_epoch_is_where_the_mean_over_seeds_is_lowest():
+    candidate = Candidate("a", {"lr": 0.01}, search_best=0.80)
+    curves = {
+        1: {1: 1.0, 2: 0.90, 3: 0.86, 4: 0.87},
+        2: {1: 1.1, 2: 0.88, 3: 0.88, 4: 0.85},  # this seed alone is best at epoch 4...
+        3: {1: 1.0, 2: 0.89, 3: 0.84, 4: 0.89},
+    }
+    c = confirm(candidate, curves)
+    # ...but the mean over the three is lowest at epoch 3: (0.86 + 0.88 + 0.84) / 3.
+    assert c.epoch == 3
+    assert c.mean == pytest.approx(0.86)
+    assert c.sd == pytest.approx(0.02)
+    assert c.seeds == (1, 2, 3)
+
+
+def test_an_epoch_a_seed_diverged_in_or_never_reached_is_not_chosen():
+    candidate = Candidate("a", {}, search_best=0.8)
+    curves = {1: {1: 1.0, 2: 0.9, 3: 0.5}, 2: {1: 1.0, 2: 0.9}}  # seed 2 diverged in epoch 3
+    assert confirm(candidate, curves).epoch == 2
+    assert confirm(candidate, {1: {}}) is None
+
+
+def test_runs_and_summary_read_back_from_the_experiment_folder(tmp_path: Path):
+    candidate = Candidate("a", {"lr": 0.01}, search_best=0.8)
+    save_run(tmp_path, candidate, 1, {1: 0.9, 2: 0.85})
+    # A resumed run finds the runs that finished before.
+    assert read_run(tmp_path, "a", 1) == {1: 0.9, 2: 0.85}
+    assert read_run(tmp_path, "a", 2) is None
+    better = confirm(Candidate("b", {"lr": 0.02}, 0.81), {1: {1: 0.83}})
+    worse = confirm(candidate, {1: {1: 0.9, 2: 0.85}})
+    write_summary(tmp_path, [worse, better], planned=2, seconds=1.0)
+    # Best mean first: the one the export takes.
+    assert [c.trial_id for c in read_summary(tmp_path)] == ["b", "a"]
+    assert read_summary(tmp_path / "elsewhere") == []

@@ -1,0 +1,150 @@
+"""Confirm the winner before export: the best configurations trained again with fresh seeds.
+
+The search's best trial is the minimum over hundreds of noisy values: often a lucky seed rather
+than the best configuration. So the top `confirm_top` distinct configurations are each trained to
+max_epochs with `confirm_seeds` new seeds (same data and split, new initialisation and batch order),
+and the one whose mean validation curve is lowest at some epoch is exported, with that epoch count
+and the mean and standard deviation over the seeds there. This module chooses the candidates,
+stores each run's curve in `<experiment>/confirm/` and picks the winner, from files alone (no Ray);
+tune.experiment runs the trainings on the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mf.atomic import write_json
+from mf.config import TrainConfig
+from tune.outcome import FAIL
+from tune.results import TrialRecord
+
+CONFIRM_DIR = "confirm"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    trial_id: str
+    params: dict[str, Any]
+    search_best: float
+    """The trial's own best val MSE in the search."""
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """One candidate after its confirmation runs."""
+
+    trial_id: str
+    params: dict[str, Any]
+    search_best: float
+    seeds: tuple[int, ...]
+    epoch: int
+    """The epoch where the mean validation curve over the seeds is lowest."""
+    mean: float
+    sd: float
+    """Standard deviation over the seeds at `epoch` (0 with one seed)."""
+
+
+def confirmation_seeds(base_seed: int, n: int) -> list[int]:
+    """`n` seeds that are not the search's: the search trained every trial with `base_seed`."""
+    return [base_seed + 1 + i for i in range(n)]
+
+
+def candidates(records: Sequence[TrialRecord], top: int) -> list[Candidate]:
+    """The `top` trials by best val MSE, one per distinct configuration."""
+    scored = sorted(
+        (r for r in records if r.outcome != FAIL and math.isfinite(r.best_val_mse)),
+        key=lambda r: r.best_val_mse,
+    )
+    chosen: list[Candidate] = []
+    for r in scored:
+        if len(chosen) == top:
+            break
+        if all(c.params != r.params for c in chosen):
+            chosen.append(Candidate(r.trial_id, dict(r.params), r.best_val_mse))
+    return chosen
+
+
+def run_config(base: TrainConfig, candidate: Candidate, *, seed: int, max_epochs: int) -> TrainConfig:
+    """The training config of one confirmation run (the data set and split are the experiment's)."""
+    return base.replace(**candidate.params, epochs=max_epochs, seed=seed)
+
+
+def run_file(folder: Path, trial_id: str, seed: int) -> Path:
+    return folder / CONFIRM_DIR / trial_id / f"seed_{seed}.json"
+
+
+def save_run(folder: Path, candidate: Candidate, seed: int, curve: dict[int, float]) -> None:
+    write_json(
+        run_file(folder, candidate.trial_id, seed),
+        {"trial_id": candidate.trial_id, "seed": seed, "params": candidate.params, "curve": curve},
+    )
+
+
+def read_run(folder: Path, trial_id: str, seed: int) -> dict[int, float] | None:
+    path = run_file(folder, trial_id, seed)
+    if not path.is_file():
+        return None
+    return {int(epoch): float(v) for epoch, v in json.loads(path.read_text())["curve"].items()}
+
+
+def confirm(candidate: Candidate, curves: dict[int, dict[int, float]]) -> Confirmed | None:
+    """The candidate's result from its runs' curves (seed -> epoch -> val MSE), at the epoch with the
+    lowest mean over the seeds that reached it; None if no run has a finite epoch."""
+    epochs = set.intersection(*(set(c) for c in curves.values())) if curves else set()
+    means = {
+        e: statistics.fmean(c[e] for c in curves.values())
+        for e in epochs
+        if all(math.isfinite(c[e]) for c in curves.values())
+    }
+    if not means:
+        return None
+    epoch = min(means, key=means.get)
+    values = [c[epoch] for c in curves.values()]
+    return Confirmed(
+        trial_id=candidate.trial_id,
+        params=candidate.params,
+        search_best=candidate.search_best,
+        seeds=tuple(sorted(curves)),
+        epoch=epoch,
+        mean=means[epoch],
+        sd=statistics.stdev(values) if len(values) > 1 else 0.0,
+    )
+
+
+def write_summary(folder: Path, results: Sequence[Confirmed], *, planned: int, seconds: float) -> Path:
+    """The confirmed candidates, best mean first; `planned` runs were asked for."""
+    ranked = sorted(results, key=lambda c: c.mean)
+    return write_json(
+        folder / CONFIRM_DIR / SUMMARY_FILE,
+        {"planned_runs": planned, "seconds": round(seconds, 2), "confirmed": [asdict(c) for c in ranked]},
+    )
+
+
+def read_summary(folder: Path) -> list[Confirmed]:
+    """The confirmed candidates, best mean first; [] if the experiment has no confirmation."""
+    path = folder / CONFIRM_DIR / SUMMARY_FILE
+    if not path.is_file():
+        return []
+    return [Confirmed(**{**c, "seeds": tuple(c["seeds"])}) for c in json.loads(path.read_text())["confirmed"]]
+
+
+def format_confirmation(results: Sequence[Confirmed]) -> list[str]:
+    if not results:
+        return []
+    lines = [
+        f"confirmation: the top {len(results)} configurations, each with {len(results[0].seeds)} fresh seeds:"
+    ]
+    for i, c in enumerate(results):
+        mark = "  <- exported" if i == 0 else ""
+        lines.append(
+            f"  {c.trial_id}  val_mse {c.mean:.4f} ± {c.sd:.4f} @ epoch {c.epoch:<3d} "
+            f"(search best {c.search_best:.4f}){mark}"
+        )
+    return lines
