@@ -100,6 +100,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
@@ -107,6 +108,8 @@ def _ids(value: Any, field: str, what: str) -> int:
     # bool is an int in Python, but `true` is no user id
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{field}: {_shown(value)} is not an integer {what} id", field=field)
+    if not INT64_MIN <= value <= INT64_MAX:  # no id is that large, and numpy could not hold it
+        raise RequestError(f"{field}: {_shown(value)} is not a {what} id (out of range)", field=field)
     return value
 
 
@@ -183,8 +186,12 @@ class Recommender:
         loaded = load(path, data=data)
         folder = loaded.path.parent
         choice = ranking_for(folder, loaded.scorer, loaded.dataset, write=write_ranking)
-        metrics_file = folder / METRICS_FILE
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        metrics_file, metrics = folder / METRICS_FILE, {}
+        if metrics_file.is_file():  # optional: /health shows its trial id and MSE where there is one
+            try:
+                metrics = json.loads(metrics_file.read_text())
+            except json.JSONDecodeError as e:
+                raise MFError(f"{metrics_file}: not JSON ({e}); the export's metrics.json is damaged") from e
         return cls(loaded, choice, ranking=ranking, metrics=metrics)
 
     @property
@@ -192,6 +199,9 @@ class Recommender:
         return self.loaded.dataset
 
     def user_index(self, user_id: int) -> int | None:
+        """The index of a raw user id, or None for an id the model does not know."""
+        if not INT64_MIN <= user_id <= INT64_MAX:
+            return None
         at, found = _index(self._user_ids, np.array([user_id], dtype=np.int64))
         return int(at[0]) if found[0] else None
 
@@ -217,7 +227,7 @@ class Recommender:
             if fallback is None:
                 raise RequestError(
                     f"user_id {user_id}: not in {self.dataset.source} ({self.dataset.n_users} users); "
-                    "add ?fallback=popular for the most popular movies",
+                    "ask with fallback=popular for the most popular movies",
                     field="user_id",
                     status=404,
                 )
