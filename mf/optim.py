@@ -31,11 +31,14 @@ Dense parameters (the model's global offset) get plain AdamW in the same fused c
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.optim.adamw import adamw
@@ -45,11 +48,12 @@ from mf.errors import MFError
 DecayRule = Literal["exact", "touched"]
 DECAY_RULES: tuple[str, ...] = ("exact", "touched")
 
-# Rows are padded to a multiple of 16 bytes and written back as complex128 words: torch's CPU
-# scatter (index_put_) costs per element, so a 400-byte row moves as 25 elements instead of 100.
+# Rows are padded to a multiple of 16 bytes, so that a GPU writes them back as complex128 words
+# (index_put_ costs per element: a 400-byte row moves as 25 elements instead of 100); a CPU writes
+# each row as one numpy element of that many bytes (one memcpy a row, several times faster).
 _WORD = torch.complex128
 _FLOATS_PER_WORD = 4
-_RADIX_FROM = 1 << 15  # at::internal::GRAIN_SIZE: where torch's CPU sort switches to radix sort
+_HUGE_PAGE = 1 << 21
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +70,7 @@ class TouchedRows:
     order: torch.Tensor  # (N,) int64: positions of the ids, grouped by row
     offsets: torch.Tensor  # (K,) int64: where each row's group starts in `order`
     blocks: torch.Tensor  # (3, K, width): weights, exp_avg, exp_avg_sq
+    rows: torch.Tensor  # (K, row): the rows as read, written back once updated
 
     @property
     def weights(self) -> torch.Tensor:
@@ -118,7 +123,13 @@ class LazyAdamW:
         # Row layout: weights | exp_avg | exp_avg_sq | last step (a float: exact below 2**24 steps) | pad.
         self._last_col = 3 * width
         row = -(-(3 * width + 1) // _FLOATS_PER_WORD) * _FLOATS_PER_WORD
-        self.table = torch.zeros(self.n_rows, row, dtype=first.dtype, device=first.device)
+        self.table = _zeros_table(self.n_rows, row, dtype=first.dtype, device=first.device)
+        # On CPU, the table as one numpy element per row (for the write-back, see _WORD).
+        self._rows_np = (
+            self.table.numpy().view(np.dtype((np.void, row * self.table.element_size()))).reshape(self.n_rows)
+            if self.table.device.type == "cpu" and self.table.dtype in (torch.float32, torch.float64)
+            else None
+        )
         for side, start in zip(sides, self.row_offsets, strict=True):
             col = 0
             for p in side:
@@ -143,7 +154,9 @@ class LazyAdamW:
         if self.decay == "exact" and self.steps > 0:
             owed = self.steps - rows[:, self._last_col]  # decay steps these rows have not had yet
             blocks[0].mul_(torch.pow(self._decay_factor, owed).unsqueeze(1))
-        return TouchedRows(unique=unique, inverse=inverse, order=order, offsets=offsets, blocks=blocks)
+        return TouchedRows(
+            unique=unique, inverse=inverse, order=order, offsets=offsets, blocks=blocks, rows=rows
+        )
 
     def step(self, rows: TouchedRows, grads: torch.Tensor, dense_grads: Sequence[torch.Tensor] = ()) -> None:
         """One AdamW step: `grads` (N, width) is the gradient of each id given to `gather`, in order."""
@@ -171,11 +184,13 @@ class LazyAdamW:
             eps=self.eps,
             maximize=False,
         )
-        k, w = len(rows.unique), self.width
-        out = torch.empty(k, self.table.shape[1], dtype=self.table.dtype, device=self.table.device)
+        k, w, out = len(rows.unique), self.width, rows.rows
         out[:, : 3 * w].view(k, 3, w).copy_(rows.blocks.transpose(0, 1))
-        out[:, self._last_col :].fill_(self.steps)  # the step, then any padding
-        self.table.view(_WORD)[rows.unique] = out.view(_WORD)
+        out[:, self._last_col] = self.steps
+        if self._rows_np is not None:
+            self._rows_np[rows.unique.numpy()] = out.numpy().view(self._rows_np.dtype).reshape(k)
+        else:
+            self.table.view(_WORD)[rows.unique] = out.view(_WORD)
 
     def settle(self) -> None:
         """Bring every row's weight decay up to date (one pass over the table); exact decay only."""
@@ -233,15 +248,16 @@ def group_ids(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort ids (N,) < n_rows into (unique, inverse, order, offsets), as `TouchedRows` holds them.
 
-    One stable sort does it all. On CPU, torch sorts integers with a radix sort only from
-    32768 elements on (below, a comparison sort that costs several times more), so a shorter
-    batch is padded to that with `n_rows`, past every id, and the padding sorted to the end.
+    One stable sort does it all: `order` sorts the ids, runs of equal ids give the rest. On CPU the
+    sort is numpy's radix sort on 16-bit digits (two passes below 2**32 rows), several times faster
+    at a batch's size than torch's CPU sort; on a GPU it is torch's.
     """
     n = ids.shape[0]
-    if ids.device.type == "cpu" and n < _RADIX_FROM:
-        ids = torch.cat((ids, ids.new_full((_RADIX_FROM - n,), n_rows)))
-    sorted_ids, order = torch.sort(ids, stable=True)
-    sorted_ids, order = sorted_ids[:n], order[:n]
+    if ids.device.type == "cpu":
+        order = torch.from_numpy(_radix_argsort(ids.numpy(), n_rows))
+    else:
+        order = torch.sort(ids, stable=True).indices
+    sorted_ids = ids.index_select(0, order)
     first = torch.empty(n, dtype=torch.bool, device=ids.device)
     first[:1] = True
     torch.ne(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
@@ -250,6 +266,30 @@ def group_ids(
     inverse = torch.empty(n, dtype=torch.int64, device=ids.device)
     inverse[order] = torch.cumsum(first, 0).sub_(1)
     return unique, inverse, order, offsets
+
+
+def _radix_argsort(ids: np.ndarray, n_rows: int) -> np.ndarray:
+    """Stable argsort of non-negative ids < n_rows by 16-bit digits, least significant first."""
+    order = np.argsort((ids & 0xFFFF).astype(np.uint16), kind="stable")  # numpy: radix sort
+    shift = 16
+    while n_rows > 1 << shift:
+        digit = (ids[order] >> shift) & 0xFFFF
+        order = order[np.argsort(digit.astype(np.uint16), kind="stable")]
+        shift += 16
+    return order
+
+
+def _zeros_table(rows: int, cols: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed (rows, cols) table; on Linux CPUs in memory backed by 2 MB pages where the kernel
+    allows it (madvise), since a step's random row reads and writes miss the TLB on 4 kB pages."""
+    nbytes = rows * cols * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE") or nbytes < _HUGE_PAGE:
+        return torch.zeros(rows, cols, dtype=dtype, device=device)
+    buffer = mmap.mmap(-1, -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError):
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    # The tensor holds a reference to the mapping, which is unmapped when the tensor is freed.
+    return torch.frombuffer(buffer, dtype=dtype, count=rows * cols).view(rows, cols)
 
 
 def _check_args(
