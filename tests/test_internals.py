@@ -159,3 +159,15 @@ def test_tune_still_reads_the_default_loggers_switch():
     from ray.tune.utils import callback
 
     assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" in Path(callback.__file__).read_text()
+
+
+def test_ray_serve_still_reads_the_switches_mf_serve_sets():
+    # mf.serve turns on Serve's HAProxy ingress through environment variables that Serve reads in a
+    # private module; a release that renames one would fall back to the Python proxy without a word.
+    import ray.serve
+
+    from mf.serve import HAPROXY_ENV, HAPROXY_PORTS
+
+    source = (Path(ray.serve.__file__).parent / "_private" / "constants.py").read_text()
+    missing = [name for name in (*HAPROXY_ENV, *HAPROXY_PORTS) if f'"{name}"' not in source]
+    assert missing == []

@@ -79,7 +79,7 @@ def test_only_the_best_ended_trials_keep_a_checkpoint(experiment: Path):
 def test_run_exports_the_confirmed_config_with_metrics_and_model(experiment: Path):
     best = experiment / "best"
     # The export holds everything needed to retrain and to serve.
-    assert {p.name for p in best.iterdir()} == {"config.yaml", "metrics.json", "model.pt"}
+    assert {p.name for p in best.iterdir()} == {"config.yaml", "metrics.json", "model.pt", "ranking.json"}
     metrics = json.loads((best / "metrics.json").read_text())
     config = yaml.safe_load((best / "config.yaml").read_text())
     for key in ("val_mse", "val_rmse", "val_mae", "val_f1", "val_precision", "val_recall", "trial_id", "epoch"):

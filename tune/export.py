@@ -28,8 +28,8 @@ from mf.config import TrainConfig, from_dict, tutorial_config
 from mf.data import Dataset
 from mf.errors import MFError, user_errors_exit
 from mf.metrics import prefixed
-from mf.ranking import ranking_metrics
-from mf.recommend import scorer_from_model
+from mf.ranking import FactorScorer, ranking_metrics
+from mf.ranking_choice import RANKING_FILE, RankingChoice, choose_ranking, write_ranking
 from mf.training import Trainer, dataset_for
 from tune.confirmation import Candidate, Confirmed, read_summary, run_config
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
@@ -61,7 +61,7 @@ def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
 
 def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
     """Rating and ranking metrics of a trained model on each held-out part (val_mse, test_ndcg@10, ...)."""
-    scorer = scorer_from_model(trainer.model)
+    scorer = FactorScorer.from_model(trainer.model)
     out: dict[str, float] = {}
     for part, heldout in (("val", dataset.val), ("test", dataset.test)):
         if heldout is None:
@@ -141,12 +141,18 @@ def export_best(
         best = best_trial(records)
         trainer = best_trainer(folder, best)
     tutorial, reference = tutorial_metrics(experiment["base_config"], trainer.dataset)
+    # model_metrics rank by predicted rating; mf.recommend and mf.serve rank as chosen here, on val.
+    choice = choose_ranking(FactorScorer.from_model(trainer.model), trainer.dataset)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
         "optuna_number": best.optuna_number,
         "epoch": trainer.epoch,
         **model_metrics(trainer, trainer.dataset),
         "params": best.params,
+        # tune.results' ranking metrics score by predicted rating; what mf.serve ranks by is chosen on val:
+        "ranking": ranking_summary(
+            choice := choose_ranking(FactorScorer.from_model(trainer.model), trainer.dataset)
+        ),
         "search_best_val_mse": best.best_val_mse,
         "tutorial": {"config": tutorial.to_dict(), "epochs": tutorial.epochs, **reference},
     }
@@ -165,6 +171,7 @@ def export_best(
         write_yaml(staging / "config.yaml", trainer.config.to_dict())
         write_json(staging / METRICS_FILE, metrics)
         trainer.save_checkpoint(staging / "model.pt")
+        write_ranking(staging, choice)  # what mf.recommend and mf.serve rank by
         target, old = folder / BEST_DIR, folder / ".best-old"
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -176,6 +183,15 @@ def export_best(
     if not quiet:
         print(format_export(metrics, folder / BEST_DIR))
     return metrics
+
+
+def ranking_summary(choice: RankingChoice) -> dict[str, Any]:
+    """The served ranking (mf.ranking_choice) and its NDCG@k beside most-popular's, per part."""
+    out: dict[str, Any] = {"served": str(choice.ranking), "file": RANKING_FILE}
+    for part, figures in (("val", choice.val), ("test", choice.test)):
+        for name in ("served", "popular", "predicted") if figures else ():
+            out[f"{part}_{name}_ndcg@{choice.k}"] = figures[name]["ndcg"]
+    return out
 
 
 def format_export(metrics: dict[str, Any], where: Path) -> str:
@@ -190,10 +206,18 @@ def format_export(metrics: dict[str, Any], where: Path) -> str:
         if confirmation
         else f"the search's best trial, val_mse {metrics['search_best_val_mse']:.4f}"
     )
+    ranking = metrics.get("ranking", {})
+    part = "test" if f"test_served_ndcg@{RANK_K}" in ranking else "val"
+    ranked = (
+        f"\n  ranked by {ranking['served']} ({ranking['file']}): {part} NDCG@{RANK_K} "
+        f"{ranking[f'{part}_served_ndcg@{RANK_K}']:.4f}, most popular {ranking[f'{part}_popular_ndcg@{RANK_K}']:.4f}"
+        if ranking
+        else ""
+    )
     return (
         f"exported {where}: trial {metrics['trial_id']}'s configuration, {metrics['epoch']} epochs ({how})\n"
         f"  the exported model: {ours}\n"
-        f"  the tutorial's configuration on the same split: {ref}"
+        f"  the tutorial's configuration on the same split: {ref}{ranked}"
     )
 
 
