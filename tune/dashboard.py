@@ -12,6 +12,7 @@ its stdin, or when the driver dies and the pipe closes: it never outlives the ru
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socketserver
 import subprocess
@@ -71,6 +72,10 @@ def start_dashboard(
     Raises MFError naming --dashboard when the study cannot be opened or the port is taken.
     """
     location = os.fspath(location)
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        raise MFError(
+            "--dashboard needs optuna-dashboard, which is not installed; pip install 'mf-tune[dashboard]'"
+        )
     if "://" not in location and not Path(location).is_file():
         raise MFError(
             f"--dashboard: {location!r}: no such study journal; expected the experiment's optuna.journal"

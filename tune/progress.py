@@ -37,6 +37,7 @@ ALREADY_LOGGED = "already_logged"
 COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
 
 AIR_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
+SLOW_HINTS_LOGGER = "ray.tune.utils.util"
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,22 @@ def ray_output(*, verbose: bool) -> RayOutput:
     - `ray.init(log_to_driver=False)`: workers' stdout and stderr stay in their log files under the
       session folder instead of being copied to the driver's console.
     - `ray.init(logging_level=WARNING)`: no INFO lines from Ray and Tune ("Started a local Ray
-      instance", "Wrote the latest version of all result files"); warnings and errors still print.
+      instance", "Wrote the latest version of all result files"); warnings and errors still print,
+      except Tune's "The `process_trial_result` operation took 0.541 s, which may be a performance
+      bottleneck" hints (logger `ray.tune.utils.util`, up to four lines each time the driver is
+      slow, as it is on a busy machine; their threshold, TUNE_WARN_THRESHOLD_S, is read when Ray
+      is imported, too early to set from here).
     """
+    slow_hints = logging.getLogger(SLOW_HINTS_LOGGER)
     if verbose:
         if os.environ.get(AIR_NEW_OUTPUT_ENV) == "0":
             del os.environ[AIR_NEW_OUTPUT_ENV]
+        slow_hints.setLevel(logging.NOTSET)
         return RayOutput(
             run_config_verbose=1, init_kwargs={"log_to_driver": True, "logging_level": logging.INFO}
         )
     os.environ[AIR_NEW_OUTPUT_ENV] = "0"
+    slow_hints.setLevel(logging.ERROR)
     return RayOutput(
         run_config_verbose=0, init_kwargs={"log_to_driver": False, "logging_level": logging.WARNING}
     )

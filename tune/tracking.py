@@ -18,6 +18,7 @@ calls. The run's end waits for it to catch up.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -67,8 +68,9 @@ class MlflowTracking(Callback):
     The writer process starts in `setup` (Tune calls it as `fit()` begins; MLflow's import and the
     store's creation, about 3 s of CPU, happen there, not in the driver). `on_experiment_end` sends
     the trials the time budget stopped (Tune calls no per-trial hook for them), ends the parent run
-    and waits up to `drain_timeout_s` for the writer; `close()` does the same for a run that never
-    reached Tune. Pickles as its settings only (Tune stores callbacks with the experiment).
+    and waits up to `drain_timeout_s` for the writer (a failed writer becomes a warning and
+    `error`, so the run still exports); `close()` does the same for a run that never reached Tune,
+    and raises. Pickles as its settings only (Tune stores callbacks with the experiment).
     """
 
     def __init__(
@@ -82,6 +84,8 @@ class MlflowTracking(Callback):
         metrics: Sequence[str] = (VAL_MSE,),
         drain_timeout_s: float = 300.0,
     ) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise MFError("--mlflow needs MLflow, which is not installed; pip install 'mf-tune[mlflow]'")
         self.experiment_dir = Path(experiment_dir).resolve()
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = (
@@ -103,6 +107,8 @@ class MlflowTracking(Callback):
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.error: MFError | None = None
+        """Set when the writer failed at the end of the run (also printed as a warning)."""
 
     # Tune pickles the RunConfig, callbacks included, into the experiment (tuner.pkl) and
     # `Tuner.restore` uses that copy: only the settings travel, and a restored one starts afresh.
@@ -170,7 +176,11 @@ class MlflowTracking(Callback):
         for trial in trials:
             if trial.trial_id in self._started and trial.trial_id not in self._sent:
                 self._send(trial, trial_outcome(trial.status, trial.last_result or {}, self.max_epochs))
-        self.close()
+        try:
+            self.close()
+        except MFError as e:  # raised inside Tune's loop it would cost the run its export
+            self.error = e
+            print(f"warning: {e}", file=sys.stderr, flush=True)
 
     # --------------------------------------------------------------- the writer
     def close(self, status: str = "FINISHED") -> None:

@@ -131,9 +131,30 @@ class Writer:
         )
 
 
+def _sqlite_without_fsync_per_commit() -> None:
+    """SQLite stores in WAL mode with synchronous=NORMAL, set on every connection this process
+    opens (SQLAlchemy's public `connect` event; MLflow makes the engine). MLflow commits six times
+    a trial, and in SQLite's default mode each commit waits for an fsync (about 9 ms each here); in
+    WAL mode with NORMAL a commit does not, and a crash still loses no committed run that was
+    checkpointed, and never corrupts the store. Readers (`mlflow ui`) then do not block it either."""
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _pragmas(dbapi_connection: Any, _: Any) -> None:
+        if type(dbapi_connection).__module__.startswith("sqlite3"):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+
 def main() -> int:
     # Below the trials and the driver: it only uses CPU they leave (a backlog drains at the end).
     os.nice(NICE)
+    # MLflow's usage telemetry would wrap each of thousands of calls (and try the network); a
+    # user who wants it sets MLFLOW_DISABLE_TELEMETRY=false.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _sqlite_without_fsync_per_commit()
     writer: Writer | None = None
     for line in sys.stdin:
         event = json.loads(line)
