@@ -4,15 +4,17 @@ On one data set and split (ml-latest-small, the tutorial's last-5 split by defau
 trained to `--epochs` without pruning by every variant, one after the other in this process:
 
   adamw          dense AdamW (the tutorial's optimiser)
-  lazy_adamw     LazyAdamW, weight decay exact but lazy (the default optimiser)
-  lazy_touched   LazyAdamW with decay="touched": a row is decayed only at the steps that touch it
+  lazy_adamw     LazyAdamW as the trainer builds it (idle="dense": an idle row decays and coasts on
+                 its momentum as under dense AdamW, paid when next touched; the default optimiser)
+  lazy_decay     LazyAdamW, idle="decay": an idle row's weight decay is paid, its moments frozen
+  lazy_none      LazyAdamW, idle="none": a row is decayed only at the steps that touch it
 
 The configs: two hand-picked good ones (`HAND`), then `--configs` drawn at random (seeded) from a
 search space's ranges (search_spaces/default.yaml: log-uniform where it says log). Printed: the
 best val MSE of each variant on each hand config, and over the random configs each variant's best,
 its median, and the median and spread of its difference to adamw config by config.
 
-    python -m bench.optimizer_quality                         # 2 + 40 configs x 3 variants x 30 epochs
+    python -m bench.optimizer_quality                         # 2 + 40 configs x 4 variants x 30 epochs
     python -m bench.optimizer_quality --configs 8 --epochs 10 --json q.json
 """
 
@@ -37,7 +39,8 @@ from mf.training import Trainer, dataset_for
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
-VARIANTS = ("adamw", "lazy_adamw", "lazy_touched")
+VARIANTS = ("adamw", "lazy_adamw", "lazy_decay", "lazy_none")
+IDLE = {"lazy_decay": "decay", "lazy_none": "none"}
 HAND: list[dict[str, Any]] = [
     {"emb_dim": 32, "lr": 0.034, "l2": 0.135, "weight_decay": 0.25, "init_range": 0.001},
     {"emb_dim": 32, "lr": 0.01, "l2": 0.135, "weight_decay": 0.25, "init_range": 0.001, "batch_size": 1024},
@@ -71,7 +74,7 @@ def train(base: TrainConfig, dataset: Any, params: dict[str, Any], variant: str)
     optimizer = "adamw" if variant == "adamw" else "lazy_adamw"
     config = base.replace(**params, optimizer=optimizer)
     trainer = Trainer(config, dataset)
-    if variant == "lazy_touched":
+    if variant in IDLE:
         users, items = trainer.model.row_tables()
         trainer.optimizers = [
             LazyAdamW(
@@ -79,7 +82,7 @@ def train(base: TrainConfig, dataset: Any, params: dict[str, Any], variant: str)
                 trainer.model.dense_parameters(),
                 lr=config.lr,
                 weight_decay=config.weight_decay,
-                decay="touched",
+                idle=IDLE[variant],
             )
         ]
     started = time.perf_counter()

@@ -40,12 +40,12 @@ def _dense_step(
     opt.step()
 
 
-def _run_both(steps: list[list[int]]) -> tuple[LazyAdamW, torch.Tensor, torch.Tensor]:
+def _run_both(steps: list[list[int]], idle: str = "dense") -> tuple[LazyAdamW, torch.Tensor, torch.Tensor]:
     """The same gradients through LazyAdamW and dense AdamW; returns both sets of rows (6, 4)."""
     dense = [t.requires_grad_() for t in _tables()]
     dense_opt = torch.optim.AdamW(dense, lr=LR, weight_decay=WD)
     params = _tables()
-    lazy = _lazy(params)
+    lazy = _lazy(params, idle=idle)
     g = torch.Generator().manual_seed(1)
     for ids in steps:
         row_grads = torch.randn(len(ids), 4, generator=g)
@@ -70,18 +70,36 @@ def test_lazy_adamw_sums_the_gradients_of_a_row_seen_twice() -> None:
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_lazy_adamw_untouched_rows_decay_as_dense_adamw_decays_rows_with_zero_moments() -> None:
+@pytest.mark.parametrize("idle", ["dense", "decay"])
+def test_lazy_adamw_untouched_rows_decay_as_dense_adamw_decays_rows_with_zero_moments(idle: str) -> None:
     # Rows 2 and 5 are never touched: dense AdamW only decays them (their moments stay zero).
-    _, got, want = _run_both([[0, 1, 3, 4]] * 6)
+    _, got, want = _run_both([[0, 1, 3, 4]] * 6, idle=idle)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     # ... which is (1 - lr * wd) per step, six times.
     start = _rows(_tables())
     torch.testing.assert_close(got[[2, 5]], start[[2, 5]] * (1 - LR * WD) ** 6)
 
 
+@pytest.mark.parametrize("start", [1, 200])
+def test_lazy_adamw_idle_rows_coast_on_their_momentum_as_under_dense_adamw(start: int) -> None:
+    # Rows 0 and 3 get gradients at steps 1..start+4, then go idle for 40 steps while others train.
+    busy, idle_steps = [[0, 1, 2, 3, 4, 5]] * (start + 4), [[1, 2, 4, 5]] * 40
+    _, dense_like, want = _run_both(busy + idle_steps)
+    _, lazy_moments, _ = _run_both(busy + idle_steps, idle="decay")
+    # Dense AdamW keeps moving an idle row by its stale momentum; "dense" pays those 40 moves in one
+    # closed-form sum (one step's bias corrections for all 40: a few % off while they still change
+    # fast, at the start), "decay" not at all.
+    drift = (want[[0, 3]] - lazy_moments[[0, 3]]).abs().sum()
+    error = (want[[0, 3]] - dense_like[[0, 3]]).abs().sum()
+    assert drift > 0.02
+    assert error < 0.005 * drift if start > 100 else error < 0.1 * drift
+    # The rows that trained throughout are dense AdamW's (their moments came along exactly).
+    torch.testing.assert_close(dense_like[[1, 2, 4, 5]], want[[1, 2, 4, 5]], rtol=1e-5, atol=1e-6)
+
+
 def test_lazy_adamw_brings_a_row_up_to_date_when_a_batch_touches_it_again() -> None:
     params = _tables()
-    lazy = _lazy(params)
+    lazy = _lazy(params, idle="decay")
     lazy.step(lazy.gather(torch.tensor([1])), torch.ones(1, 4), [torch.zeros(1)])
     after_first = _rows(params)[1].clone()
     for _ in range(3):  # three steps that do not touch row 1
@@ -93,10 +111,10 @@ def test_lazy_adamw_brings_a_row_up_to_date_when_a_batch_touches_it_again() -> N
     torch.testing.assert_close(rows.weights[0], after_first * (1 - LR * WD) ** 3)
 
 
-def test_lazy_adamw_touched_rule_decays_only_the_rows_a_step_touches() -> None:
+def test_lazy_adamw_idle_none_decays_only_the_rows_a_step_touches() -> None:
     params = _tables()
     start = _rows(params)
-    lazy = _lazy(params, decay="touched")
+    lazy = _lazy(params, idle="none")
     for _ in range(4):
         lazy.step(lazy.gather(torch.tensor([0, 3])), torch.zeros(2, 4), [torch.zeros(1)])
     lazy.settle()
@@ -147,8 +165,8 @@ def test_lazy_adamw_rejects_bad_settings_naming_them() -> None:
     u_f, u_b, i_f, _, _ = _tables()
     with pytest.raises(MFError, match="lr 0.0 breaks the rule lr > 0"):
         LazyAdamW([[u_f]], lr=0.0)
-    with pytest.raises(MFError, match="decay 'sometimes' breaks the rule"):
-        LazyAdamW([[u_f]], lr=0.1, decay="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(MFError, match="idle 'sometimes' breaks the rule"):
+        LazyAdamW([[u_f]], lr=0.1, idle="sometimes")  # type: ignore[arg-type]
     # Sides must be equally wide, since their rows share one table.
     with pytest.raises(MFError, match="widths \\[4, 3\\]"):
         LazyAdamW([[u_f, u_b], [i_f]], lr=0.1)
