@@ -132,8 +132,9 @@ def build_optimizers(config: TrainConfig, model: MFAdvanced) -> list[Any]:
     """The optimiser(s) of `config.optimizer`, over `model`'s parameters.
 
     `lazy_adamw`: LazyAdamW over the user rows and item rows (factors and bias side by side) and the
-    offset (the model's tables then live in the optimiser's table, see mf.optim); `adamw`: dense
-    AdamW over everything (the tutorial); `sparse_adam`: SparseAdam for the tables + Adam for the offset.
+    offset, idle rows brought up to date as dense AdamW would have moved them (the model's tables then
+    live in the optimiser's table, see mf.optim); `adamw`: dense AdamW over everything (the
+    tutorial); `sparse_adam`: SparseAdam for the tables + Adam for the offset.
     """
     if config.optimizer == "lazy_adamw":
         users, items = model.row_tables()
@@ -244,7 +245,7 @@ class Trainer:
         opt, n = self.lazy, len(ratings)
         assert opt is not None
         # Row numbers in the optimiser's table: users first, then items (row_offsets).
-        ids = torch.cat((users, items + self.dataset.n_users)).long()
+        ids = torch.cat((users, items + opt.row_offsets[1])).long()
         rows = opt.gather(ids)
         batch_rows = rows.weights.index_select(0, rows.inverse)  # (2B, width): user rows, then item rows
         sq_err, grads, dense_grads = self.model.row_grads(
