@@ -1,4 +1,4 @@
-"""The downloader against a real loopback HTTP server serving the shared ml-latest-small.zip; no internet.
+"""The downloader against a real loopback HTTP server serving GroupLens' ml-latest-small.zip; no internet.
 
 ml-latest-small also ships inside the package (mf/data/bundled/): the download tests take that copy
 away (`no_bundle`) to exercise the download path with the real archive; the bundle tests run with
@@ -23,9 +23,10 @@ from mf.data import DATASETS, RemoteDataset, data_home, fetch, load_movielens
 from mf.data.download import BUNDLED
 from mf.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ZIP = SHARED_DATA / "ml-latest-small.zip"
+# The loopback server serves the package's own copy of GroupLens' zip (the same bytes as
+# ../shared/data/ml-latest-small.zip), so that these tests need nothing outside the checkout.
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "mf" / "data" / "bundled"
+ZIP = BUNDLE_DIR / "ml-latest-small.zip"
 ML_LATEST_SMALL_SHA256 = "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436"
 
 
@@ -45,7 +46,7 @@ class _Server:
                 pass  # keep pytest output clean
 
         self.httpd = ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Recording, directory=str(SHARED_DATA))
+            ("127.0.0.1", 0), functools.partial(Recording, directory=str(BUNDLE_DIR))
         )
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -203,7 +204,7 @@ def test_datasets_registry_is_complete_and_well_formed() -> None:
         assert info.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
         algorithm, digest = info.checksum.split(":")
         assert len(digest) == {"sha256": 64, "md5": 32}[algorithm]
-    # The shared copy of ml-latest-small matches its registered checksum.
+    # The copy of ml-latest-small that the server serves matches its registered checksum.
     expected = DATASETS["ml-latest-small"].checksum
     assert expected == "sha256:" + hashlib.sha256(ZIP.read_bytes()).hexdigest()
 
