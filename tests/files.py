@@ -6,7 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mf.data import Dataset, Interactions
+from mf.data import Dataset, Interactions, fetch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_CACHE = REPO / ".pytest_cache" / "mf-tune-data"
+
+
+def ml_latest_small() -> Path:
+    """The real ml-latest-small, from the copy that ships with the package (checksum verified and
+    unpacked into a cache of the tests' own the first time): no network and no ../shared needed."""
+    return fetch("ml-latest-small", cache_dir=DATA_CACHE)
 
 
 def write_file(path: Path, text: str | bytes) -> Path:

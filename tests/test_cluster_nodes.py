@@ -16,10 +16,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from tests.files import ml_latest_small
 from tune import run as tune_run
 from tune.study_storage import JOURNAL_FILE, open_storage
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 pytestmark = pytest.mark.slow
 
 FAST_HEALTH_CHECKS = {

@@ -31,8 +31,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.files import ml_latest_small
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 # The venv's bin (not resolved: that would be the base interpreter): its `ray`, and its `python`
 # for the job, which runs whatever `python` is first on the head's PATH.
 VENV_BIN = Path(sys.executable).parent

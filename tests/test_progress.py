@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tune.progress import COMPLETE, FAILED, PRUNED, ProgressState, trial_outcome
+from tune.outcome import COMPLETE, FAIL, PRUNED
+from tune.progress import ProgressState, trial_outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def test_in_a_terminal_the_line_refreshes_in_place(tmp_path: Path) -> None:
 def test_line_shows_budget_counts_rate_and_best() -> None:
     state = ProgressState(time_budget_s=420, started=100.0)
     state.running |= {"a", "b"}
-    for trial, outcome in [("c", COMPLETE), ("d", PRUNED), ("e", PRUNED), ("f", FAILED), ("f", FAILED)]:
+    for trial, outcome in [("c", COMPLETE), ("d", PRUNED), ("e", PRUNED), ("f", FAIL), ("f", FAIL)]:
         state.end(trial, outcome)
     state.epochs = 1_523
     state.score("c", 0.85)
@@ -166,9 +167,9 @@ def test_line_shows_budget_counts_rate_and_best() -> None:
 
 
 def test_trial_outcome_rule() -> None:
-    # Reached max_epochs: COMPLETE; stopped before: PRUNED; diverged, errored or no epoch: FAILED.
+    # Reached max_epochs: COMPLETE; stopped before: PRUNED; diverged, errored or no epoch: FAIL.
     assert trial_outcome("TERMINATED", {"epoch": 30, "diverged": 0}, 30) == COMPLETE
     assert trial_outcome("TERMINATED", {"epoch": 2, "diverged": 0}, 30) == PRUNED
-    assert trial_outcome("TERMINATED", {"epoch": 2, "diverged": 1}, 30) == FAILED
-    assert trial_outcome("ERROR", {"epoch": 5}, 30) == FAILED
-    assert trial_outcome("TERMINATED", {}, 30) == FAILED
+    assert trial_outcome("TERMINATED", {"epoch": 2, "diverged": 1}, 30) == FAIL
+    assert trial_outcome("ERROR", {"epoch": 5}, 30) == FAIL
+    assert trial_outcome("TERMINATED", {}, 30) == FAIL

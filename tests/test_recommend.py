@@ -31,9 +31,9 @@ from mf.ranking import (
 from mf.ranking_choice import RANKING_FILE, choose_ranking, ranking_for, read_ranking, write_ranking
 from mf.serving import Recommender
 from mf.training import load_model
-from tests.files import tiny_dataset
+from tests.files import ml_latest_small, tiny_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 
 
 # A tuned-looking configuration (what a tuning run exports on ml-latest-small), trained in seconds.

@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 import ray
 
+from tests.files import ml_latest_small
 from tune import report as tune_report
 from tune import run as tune_run
 from tune.report_figures import NotAvailable, asha_rungs, param_importances
 from tune.settings import ExperimentSettings
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 FIGURES = ("val-mse-per-epoch", "best-so-far", "param-importance", "val-mse-vs-params", "asha-rungs")
 MAX_EPOCHS = 4
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

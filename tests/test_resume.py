@@ -18,12 +18,13 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from tests.files import ml_latest_small
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.study_storage import JOURNAL_FILE, open_storage
 from tune.trial_files import read_results
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 
 
 # ---------------------------------------------------------------- ASHA's rungs across a restart

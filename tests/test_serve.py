@@ -28,13 +28,14 @@ from mf import recommend
 from mf import train as mf_train
 from mf.serving import MAX_PAIRS, Recommender
 from mf.training import load_model
+from tests.files import ml_latest_small
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 mf_serve = pytest.importorskip("mf.serve")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 USERS = [1, 2, 42, 300, 610]
 
 

@@ -92,8 +92,8 @@ def test_parent_and_one_child_run_per_trial_with_history_and_outcome(
         history = client.get_metric_history(run.info.run_id, "val_mse")
         epochs = int(result.metrics["epoch"])
         if x > 0.9:
-            # The diverged trial: FAILED, and its inf epoch is not in the history.
-            assert run.data.tags["outcome"] == "FAILED" and run.info.status == "FAILED" and history == []
+            # The diverged trial: FAIL (MLflow's run status FAILED), and its inf epoch is not in the history.
+            assert run.data.tags["outcome"] == "FAIL" and run.info.status == "FAILED" and history == []
             continue
         # The per-epoch val_mse as a metric history, step = epoch, the values reported.
         assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [
@@ -106,7 +106,7 @@ def test_parent_and_one_child_run_per_trial_with_history_and_outcome(
     # The parent sums them up: the best value and the count of each outcome.
     assert parent.data.metrics["best_val_mse"] == pytest.approx(0.1 + 1 / 3)
     outcomes = [c.data.tags["outcome"] for c in children]
-    assert parent.data.metrics["trials_failed"] == outcomes.count("FAILED") == 1
+    assert parent.data.metrics["trials_fail"] == outcomes.count("FAIL") == 1
     assert parent.data.metrics["trials_complete"] == outcomes.count("COMPLETE") >= 1
 
 

@@ -16,13 +16,14 @@ import yaml
 from mf import train as mf_train
 from mf.config import from_dict
 from mf.training import Trainer, dataset_for
+from tests.files import ml_latest_small
 from tune import run as tune_run
 from tune.export import export_best
 from tune.study_storage import JOURNAL_FILE, open_storage
 from tune.trainable import RunAhead, trial_config
 from tune.trial_files import read_results
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()
 pytestmark = pytest.mark.slow
 
 
@@ -82,7 +83,16 @@ def test_run_exports_the_confirmed_config_with_metrics_and_model(experiment: Pat
     assert {p.name for p in best.iterdir()} == {"config.yaml", "metrics.json", "model.pt", "ranking.json"}
     metrics = json.loads((best / "metrics.json").read_text())
     config = yaml.safe_load((best / "config.yaml").read_text())
-    for key in ("val_mse", "val_rmse", "val_mae", "val_f1", "val_precision", "val_recall", "trial_id", "epoch"):
+    for key in (
+        "val_mse",
+        "val_rmse",
+        "val_mae",
+        "val_f1",
+        "val_precision",
+        "val_recall",
+        "trial_id",
+        "epoch",
+    ):
         assert key in metrics
     # The default split holds out a test part, which only the export ever evaluates.
     assert config["test_n"] == 5 and math.isfinite(metrics["test_mse"])

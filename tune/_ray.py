@@ -61,4 +61,3 @@ def without_default_loggers() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
-

@@ -35,17 +35,23 @@ from tune.confirmation import (
     save_run,
     write_summary,
 )
+from tune.dashboard import start_dashboard
 from tune.keys import EPOCH, METRIC, MODE
+from tune.progress import LiveProgress, RayOutput, ray_output
+from tune.ray_session import end_leftovers_in, start_private_ray
 from tune.results import collect_trials
 from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import StudySearcher, settle_stopped_trials
-from tune.settings import EXPERIMENT_FILE, ExperimentSettings, read_experiment
+from tune.settings import EXPERIMENT_FILE, ExperimentSettings, RunOptions, read_experiment
 from tune.study_storage import load_experiment_study, mend_journal, open_storage, study_location
+from tune.tracking import MlflowTracking
 from tune.trainable import CheckpointPolicy, RunAhead, confirmation_curve, train_trial
 from tune.trial_files import trial_dirname
 from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
+
+QUIET = RunOptions()
 
 
 def study_location_of(settings: ExperimentSettings) -> str:
@@ -60,6 +66,7 @@ def create_study(settings: ExperimentSettings, space: SearchSpace) -> optuna.Stu
             f"--name: the study {settings.name!r} already exists in {study_location_of(settings)}; "
             "pick another --name, or --resume the experiment"
         )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
     study = optuna.create_study(study_name=settings.name, storage=storage, direction="minimize")
     if settings.warm_start:
         trials = warm_start_trials(settings.warm_start, space)
@@ -108,35 +115,57 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
-def make_run_config(settings: ExperimentSettings, *, verbose: int) -> tune.RunConfig:
+def make_run_config(settings: ExperimentSettings, options: RunOptions, output: RayOutput) -> tune.RunConfig:
+    callbacks: list[tune.Callback] = [
+        TrialFolderLogger(),
+        CheckpointRetention(metric=METRIC, mode=MODE, keep_best=settings.keep_checkpoints),
+    ]
+    if options.mlflow_uri is not None:
+        callbacks.append(
+            MlflowTracking(
+                settings.experiment_dir,
+                experiment_name=settings.name,
+                max_epochs=settings.max_epochs,
+                tracking_uri=options.mlflow_uri or None,
+                params=settings.to_dict(),
+            )
+        )
+    # Last, so that the line is drawn after every other callback has seen the step.
+    callbacks.append(
+        LiveProgress(
+            max_epochs=settings.max_epochs,
+            time_budget_s=settings.search_budget_s,
+            tty=False if options.verbose else None,
+        )
+    )
     return tune.RunConfig(
-        callbacks=[
-            TrialFolderLogger(),
-            CheckpointRetention(metric=METRIC, mode=MODE, keep_best=settings.keep_checkpoints),
-        ],
+        callbacks=callbacks,
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
         # No checkpoint_config: trials save their checkpoints into their folders themselves and
         # resume from the newest there (tune/trial_files.py); CheckpointRetention deletes the
         # ones no one needs (tune/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        verbose=verbose,
+        verbose=output.run_config_verbose,
     )
 
 
-def connect_ray(settings: ExperimentSettings) -> None:
-    """Join --address; inside a Ray job, the job's cluster (RAY_ADDRESS); else start a private local Ray.
+def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
+    """Join --address; inside a Ray job, the job's cluster (RAY_ADDRESS); else start a private local
+    Ray, recorded in the experiment folder so that its leftovers can be ended if the driver is killed
+    (tune.ray_session), after ending what earlier killed drivers beside it left.
 
     `ray.init()` alone would join any cluster someone started on this machine with `ray start`.
     """
     if ray.is_initialized():
         return
     if settings.address:
-        ray.init(address=settings.address)
+        ray.init(address=settings.address, **output.init_kwargs)
     elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**output.init_kwargs)
     else:
-        ray.init(address="local", include_dashboard=False)
+        end_leftovers_in(settings.experiment_dir.parent)
+        start_private_ray(settings.experiment_dir, **output.init_kwargs)
 
 
 def concurrent_trials(settings: ExperimentSettings) -> int:
@@ -169,14 +198,15 @@ def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space
 
 
 def run_experiment(
-    settings: ExperimentSettings, base: TrainConfig, space: SearchSpace, *, verbose: int = 1
+    settings: ExperimentSettings, base: TrainConfig, space: SearchSpace, options: RunOptions = QUIET
 ) -> RunOutcome:
-    """Run a new experiment to the end (trials done or budget spent)."""
+    """Run a new experiment to the end (trials done or budget spent), then its confirmation."""
     folder = settings.experiment_dir
     if (folder / EXPERIMENT_FILE).exists():
         raise ConfigError(f"--name: {folder} already holds an experiment; pick another --name or --resume it")
+    output = ray_output(verbose=options.verbose)
     dataset = dataset_for(base)
-    connect_ray(settings)
+    connect_ray(settings, output)
     folder.mkdir(parents=True, exist_ok=True)
     create_study(settings, space)
     write_experiment_file(settings, base, space)
@@ -194,12 +224,12 @@ def run_experiment(
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),
-        run_config=make_run_config(settings, verbose=verbose),
+        run_config=make_run_config(settings, options, output),
     )
-    return _fit(tuner, settings, base, dataset)
+    return _fit(tuner, settings, base, dataset, options)
 
 
-def resume_experiment(folder: Path, *, address: str | None = None, verbose: int = 1) -> RunOutcome:
+def resume_experiment(folder: Path, *, address: str | None = None, options: RunOptions = QUIET) -> RunOutcome:
     """Continue an experiment whose driver died: finished trials stay, unfinished ones resume from
     their checkpoints, the searcher, the study and ASHA's rungs carry on where they were saved."""
     experiment = read_experiment(folder)
@@ -212,7 +242,7 @@ def resume_experiment(folder: Path, *, address: str | None = None, verbose: int 
         raise ConfigError(f"--resume: {folder} holds no Tune experiment state to resume from")
     base = from_dict(experiment["base_config"], where=f"{folder / EXPERIMENT_FILE} (base_config)")
     dataset = dataset_for(base)
-    connect_ray(settings)
+    connect_ray(settings, ray_output(verbose=options.verbose))
     mend_journal(study_location_of(settings))  # before Tune unpickles the searcher, which appends
     tuner = tune.Tuner.restore(
         str(folder),
@@ -220,19 +250,29 @@ def resume_experiment(folder: Path, *, address: str | None = None, verbose: int 
         resume_unfinished=True,
         resume_errored=True,
     )
-    return _fit(tuner, settings, base, dataset)
+    return _fit(tuner, settings, base, dataset, options)
 
 
-def _fit(tuner: tune.Tuner, settings: ExperimentSettings, base: TrainConfig, dataset: Dataset) -> RunOutcome:
+def _fit(
+    tuner: tune.Tuner, settings: ExperimentSettings, base: TrainConfig, dataset: Dataset, options: RunOptions
+) -> RunOutcome:
     started = time.monotonic()
     deadline = None if settings.time_budget_s is None else time.time() + settings.time_budget_s
     # At the end Tune reads the experiment back and warns about every trial that has no results
     # (one the budget stopped before its first epoch), which is no news here.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    with without_default_loggers():
-        tuner.fit()
-    settle_ended_trials(settings)
-    run_confirmation(settings, base, dataset, deadline=deadline)
+    dashboard = None
+    if options.dashboard_port is not None:
+        log = settings.experiment_dir / "dashboard.log"
+        dashboard = start_dashboard(study_location_of(settings), port=options.dashboard_port, log_path=log)
+    try:
+        with without_default_loggers():
+            tuner.fit()
+        settle_ended_trials(settings)
+        run_confirmation(settings, base, dataset, deadline=deadline)
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
     return RunOutcome(settings.experiment_dir, time.monotonic() - started)
 
 

@@ -8,14 +8,24 @@ the summary and the report spell them the same way; RUNNING is a trial not ended
 
 from __future__ import annotations
 
+from typing import Any
+
 from optuna.trial import TrialState
 
-from tune.keys import MODE
+from tune.keys import DIVERGED, EPOCH, MODE
 
 COMPLETE, PRUNED, FAIL, RUNNING = (
     s.name for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 )
 ENDED = (COMPLETE, PRUNED, FAIL)
+
+
+def outcome_of_last(last: dict[str, Any], *, failed: bool, max_epochs: int) -> str:
+    """The same rule from a trial's last result alone (a live view that keeps no curves): FAIL if it
+    `failed`, diverged or has no epoch, COMPLETE if it reached `max_epochs`, else PRUNED."""
+    if failed or last.get(DIVERGED) or EPOCH not in last:
+        return FAIL
+    return COMPLETE if int(last[EPOCH]) >= max_epochs else PRUNED
 
 
 def outcome_of_curve(

@@ -26,16 +26,11 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from tqdm import tqdm
 
-from mf.metrics import EPOCH, VAL_MSE
+from tune.keys import ALREADY_LOGGED, VAL_MSE
+from tune.outcome import COMPLETE, FAIL, PRUNED, outcome_of_last
 
-# What a trial's results carry (tune/trainable.py) and what Tune adds; spelt here so that this module
-# stands alone. The outcome names are trials.csv's.
-DIVERGED = "diverged"
-"""1 on the report that ends a diverged trial."""
-ALREADY_LOGGED = "already_logged"
-"""Set on a result that a trial sends again after a driver restart: not a new epoch."""
-COMPLETE, PRUNED, FAILED = "COMPLETE", "PRUNED", "FAILED"
-
+SHOWN = {COMPLETE: "complete", PRUNED: "pruned", FAIL: "failed"}
+"""How the line names each outcome."""
 AIR_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 SLOW_HINTS_LOGGER = "ray.tune.utils.util"
 
@@ -83,11 +78,8 @@ def ray_output(*, verbose: bool) -> RayOutput:
 
 
 def trial_outcome(status: str, last: Mapping[str, Any], max_epochs: int) -> str:
-    """How a trial ended, from Tune's status and its last result: FAILED if it errored, diverged or
-    never reported an epoch, COMPLETE if it reached `max_epochs`, else PRUNED (ASHA or the budget)."""
-    if status == "ERROR" or last.get(DIVERGED) or EPOCH not in last:
-        return FAILED
-    return COMPLETE if int(last[EPOCH]) >= max_epochs else PRUNED
+    """How a trial ended, from Tune's status and its last result (tune.outcome's rule)."""
+    return outcome_of_last(dict(last), failed=status == "ERROR", max_epochs=max_epochs)
 
 
 @dataclass
@@ -97,7 +89,7 @@ class ProgressState:
     time_budget_s: float | None = None
     started: float = field(default_factory=time.monotonic)
     running: set[str] = field(default_factory=set)
-    outcomes: dict[str, int] = field(default_factory=lambda: {COMPLETE: 0, PRUNED: 0, FAILED: 0})
+    outcomes: dict[str, int] = field(default_factory=lambda: {COMPLETE: 0, PRUNED: 0, FAIL: 0})
     ended: set[str] = field(default_factory=set)
     epochs: int = 0
     best: float = math.inf
@@ -120,7 +112,7 @@ class ProgressState:
     def line(self, now: float | None = None) -> str:
         elapsed = self.elapsed(now)
         clock = _clock(elapsed) + (f"/{_clock(self.time_budget_s)}" if self.time_budget_s else "")
-        counts = ", ".join(f"{self.outcomes[k]} {k.lower()}" for k in (COMPLETE, PRUNED, FAILED))
+        counts = ", ".join(f"{self.outcomes[k]} {label}" for k, label in SHOWN.items())
         rate = self.epochs / elapsed if elapsed > 0 else 0.0
         best = (
             f"best {VAL_MSE} {self.best:.4f} (trial {self.best_trial})"
@@ -223,7 +215,7 @@ class LiveProgress(Callback):
         self.state.end(trial.trial_id, trial_outcome("TERMINATED", trial.last_result or {}, self.max_epochs))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.state.end(trial.trial_id, FAILED)
+        self.state.end(trial.trial_id, FAIL)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         now = time.monotonic()

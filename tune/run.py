@@ -25,7 +25,7 @@ from tune.export import collect_and_write_trials, export_best, format_export
 from tune.fidelity import pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
-from tune.settings import ExperimentSettings, doc, read_experiment
+from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "confirm_top": 2, "confirm_seeds": 1}
@@ -61,6 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true", help="write <experiment>/report/report.html at the end"
     )
     group.add_argument("--smoke-test", action="store_true", help=f"a tiny run for CI: {SMOKE_TEST}")
+    view = parser.add_argument_group("what the run shows (not saved with the experiment)")
+    view.add_argument(
+        "--verbose", action="store_true", help="Ray's own console output instead of one progress line"
+    )
+    view.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=8080,
+        type=int,
+        metavar="PORT",
+        help="serve the study with optuna-dashboard on 127.0.0.1:PORT (default 8080) while the run goes on",
+    )
+    view.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="track the run in MLflow: a parent run, a run per trial (default store: "
+        "sqlite:///<experiment>/mlflow.db; `mlflow ui --backend-store-uri` that URI shows it)",
+    )
     group.add_argument(
         "--no-export",
         action="store_true",
@@ -135,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             f"--storage-path: {settings.storage_path!r} is relative, and a Ray job runs in a temporary copy of "
             "its working dir that nobody will find again; give an absolute path on shared storage"
         )
+    options = RunOptions(verbose=args.verbose, dashboard_port=args.dashboard, mlflow_uri=args.mlflow)
     if args.resume is not None:
         from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
 
         folder = Path(args.resume) if args.resume else settings.experiment_dir
-        outcome = resume_experiment(folder, address=getattr(args, "address", None))
+        outcome = resume_experiment(folder, address=getattr(args, "address", None), options=options)
         settings = ExperimentSettings(**read_experiment(folder)["settings"])
     else:
         fixed = explicit_keys(args)
@@ -154,10 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         base = from_dict(fixed, where="command line")
         from tune.experiment import run_experiment  # imports Ray: only once the input is checked
 
-        outcome = run_experiment(settings, base, space)
+        outcome = run_experiment(settings, base, space, options)
     folder = outcome.experiment_dir
     records = collect_and_write_trials(folder)
     exported = None if args.no_export else export_best(folder, records=records, quiet=True)
+    if exported is not None and options.mlflow_uri is not None:
+        from tune.tracking import tag_best
+
+        best = folder / "best"
+        tag_best(
+            folder,
+            exported["trial_id"],
+            metrics={k: v for k, v in exported.items() if k.startswith(("val_", "test_"))},
+            artifacts=[best / "config.yaml", best / "metrics.json"],
+        )
     if args.report:
         from tune.report import write_report
 

@@ -77,7 +77,8 @@ class ExperimentSettings:
     )
     confirm_seeds: int = setting(3, "Fresh seeds per configuration in the confirmation.")
     confirm_share: float = setting(
-        0.1, "With --time-budget-s: the share of the budget kept for the confirmation (the search gets the rest)."
+        0.1,
+        "With --time-budget-s: the share of the budget kept for the confirmation (the search gets the rest).",
     )
     keep_checkpoints: int = setting(
         3,
@@ -174,6 +175,19 @@ class ExperimentSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run shows itself; none of it changes what is tuned, so it is not saved with the
+    experiment (a resumed run keeps the callbacks its first run had: Tune stores them)."""
+
+    verbose: bool = False
+    """Ray's own console output (per-trial boxes, INFO logs, workers' output) instead of one line."""
+    dashboard_port: int | None = None
+    """Serve the study with optuna-dashboard on 127.0.0.1 at this port while the run goes on."""
+    mlflow_uri: str | None = None
+    """Track the run in MLflow at this URI ("": a SQLite store in the experiment folder)."""
 
 
 def doc(name: str) -> str:

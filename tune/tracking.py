@@ -2,7 +2,7 @@
 
 One parent run for the experiment, one child run per trial with its sampled params, its per-epoch
 `val_mse` as a metric history (step = epoch), its outcome (tag `outcome`: COMPLETE / PRUNED /
-FAILED, and run status FINISHED or FAILED) and its best value; the exported best is tagged
+FAIL, and run status FINISHED or FAILED) and its best value; the exported best is tagged
 afterwards (`tag_best`). The default store is SQLite in the experiment folder
 (`sqlite:///<experiment>/mlflow.db`, artifacts in `<experiment>/mlartifacts/`): MLflow 3's own
 default kind of store, no server needed (its file store is deprecated), `mlflow ui
@@ -35,7 +35,9 @@ from ray.tune import Callback
 
 from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
-from tune.progress import ALREADY_LOGGED, FAILED, trial_outcome
+from tune.keys import ALREADY_LOGGED
+from tune.outcome import FAIL
+from tune.progress import trial_outcome
 from tune.tracking_writer import OUTCOME_TAG, PARENT_TAG, RUN_FILE, TRIAL_ID_TAG
 
 DB_FILE = "mlflow.db"
@@ -170,7 +172,7 @@ class MlflowTracking(Callback):
         self._send(trial, trial_outcome("TERMINATED", trial.last_result or {}, self.max_epochs))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._send(trial, FAILED)
+        self._send(trial, FAIL)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         for trial in trials:
@@ -279,7 +281,9 @@ def tag_best(
         k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)
     }
     if finite:
-        client.log_batch(parent, metrics=[Metric(f"best/{k}", v, now, 0) for k, v in finite.items()])
+        # MLflow's metric names allow no '@' (precision@10): spelt precision_at_10 there.
+        named = {f"best/{k.replace('@', '_at_')}": v for k, v in finite.items()}
+        client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in named.items()])
     for path in artifacts:
         client.log_artifact(child, str(path), artifact_path="best")
     return child

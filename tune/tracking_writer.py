@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tune.outcome import FAIL
+
 RUN_FILE = "mlflow_run.json"
 """In the experiment folder: the tracking URI, MLflow experiment id and parent run id."""
 EXPERIMENT_DIR_TAG = "mf_tune.experiment_dir"
@@ -99,7 +101,7 @@ class Writer:
             run_name=event["trial_id"],
             tags={PARENT_TAG: self.parent, TRIAL_ID_TAG: event["trial_id"], OUTCOME_TAG: event["outcome"]},
         )
-        # The history, step = epoch; a diverged epoch's inf is left out (the outcome says FAILED).
+        # The history, step = epoch; a diverged epoch's inf is left out (the outcome says FAIL).
         metrics = [
             self.Metric(key, float(value), timestamp, int(epoch))
             for epoch, timestamp, logged in event["steps"]
@@ -113,7 +115,7 @@ class Writer:
         for i in range(0, len(metrics), _METRICS_PER_BATCH):
             batch = metrics[i : i + _METRICS_PER_BATCH]
             self.client.log_batch(run.info.run_id, metrics=batch, params=params if i == 0 else [])
-        status = "FAILED" if event["outcome"] == "FAILED" else "FINISHED"
+        status = "FAILED" if event["outcome"] == FAIL else "FINISHED"  # MLflow's run status names
         self.client.set_terminated(run.info.run_id, status, end_time=end)
         self.logged.add(event["trial_id"])
 
