@@ -26,7 +26,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, exclude: Iterable[str] 
             flag(f.name),
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar=type(f.default).__name__.upper(),
+            metavar="INT" if f.default is None else type(f.default).__name__.upper(),
             help=f"{doc(f.name)} (default {f.default!r})",
         )
 

@@ -79,7 +79,11 @@ class TrainConfig:
     epochs: int = key(10, "Passes over the training ratings.")
 
     # --- run ----------------------------------------------------------------------------
-    seed: int = key(0, "Seeds the split (random), the init and the batch order.")
+    seed: int = key(0, "Seeds the init and the batch order, and the random split unless split_seed is set.")
+    split_seed: int | None = key(
+        None,
+        "Seeds the random split instead of `seed` (none: `seed`): retrains with other seeds on the same split.",
+    )
     device: Device = key("auto", "`auto` takes CUDA when there is one.")
     threads: int = key(0, "torch CPU threads; 0 leaves torch's default.")
 
@@ -118,6 +122,9 @@ def _check_types(cfg: TrainConfig) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name}: expected a finite number, got {value!r}")
             object.__setattr__(cfg, name, float(value))
+        elif hint == (int | None):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name}: expected an integer or null, got {value!r}")
         elif hint is str and not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
 

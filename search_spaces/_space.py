@@ -55,6 +55,7 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
     "test_fraction": _SPLIT,
     "epochs": ("set by --max-epochs (ASHA's max_t, the most epochs a trial may train)", "use --max-epochs"),
     "seed": ("fixed for a study so that trials differ only in their hyperparameters", "set it in the config"),
+    "split_seed": _SPLIT,
     "device": _RUN,
     "threads": _RUN,
 }

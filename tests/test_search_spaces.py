@@ -342,7 +342,7 @@ def test_load_space_quotes_the_config_rule_for_a_bad_choice(tmp_path: Path) -> N
             "bias: {type: int, low: 0, high: 1}",
             "param bias: type int cannot tune it, bias takes only true, false",
         ),
-        ("optimizer: {type: float, low: 0, high: 1}", "choices: [adamw, sparse_adam]"),
+        ("optimizer: {type: float, low: 0, high: 1}", "choices: [adamw, sparse_adam, lazy_adamw]"),
     ],
 )
 def test_load_space_rejects_a_type_that_does_not_fit_the_key(

@@ -40,7 +40,7 @@ from tune.trial_files import newest_checkpoint
 BEST_DIR = "best"
 METRICS_FILE = "metrics.json"
 RANK_K = 10
-SPLIT_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction", "seed")
+SPLIT_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction", "seed", "split_seed")
 """The keys the tutorial's reference run shares with the experiment: the same ratings, the same split."""
 
 
