@@ -89,3 +89,19 @@ def test_runs_and_summary_read_back_from_the_experiment_folder(tmp_path: Path):
     # Best mean first: the one the export takes.
     assert [c.trial_id for c in read_summary(tmp_path)] == ["b", "a"]
     assert read_summary(tmp_path / "elsewhere") == []
+
+
+def test_a_confirmation_run_keeps_the_experiments_random_split(tmp_path: Path):
+    from mf.config import TrainConfig
+    from mf.training import dataset_for
+    from tests.files import ml_latest_small
+    from tune.confirmation import run_config
+
+    base = TrainConfig(data=str(ml_latest_small()), split="random", val_fraction=0.1, seed=3)
+    config = run_config(base, Candidate("a", {"lr": 0.01}, 0.9), seed=4, max_epochs=5)
+    # A new seed for the init and the batch order, but the same validation ratings: the split's
+    # seed is the experiment's, written into the config a retrain reads.
+    assert (config.seed, config.split_seed, config.epochs, config.lr) == (4, 3, 5, 0.01)
+    assert (dataset_for(config).val.ratings == dataset_for(base).val.ratings).all()
+    assert (dataset_for(config).val.users == dataset_for(base).val.users).all()
+    assert not (dataset_for(base.replace(seed=4)).val.users == dataset_for(base).val.users).all()
