@@ -97,6 +97,8 @@ def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
     }
     if args.smoke_test:
         values = {**SMOKE_TEST, **values}
+    if values.get("time_budget_s") is not None and "num_samples" not in values:
+        values["num_samples"] = -1  # a budget alone: as many trials as it allows
     try:
         return ExperimentSettings(**values)
     except TypeError as e:

@@ -34,7 +34,9 @@ class ExperimentSettings:
         "runs", "Where Tune and we write the experiment (a shared path on a cluster)."
     )
     space: str = setting("default", "Search space: a built-in name (default, ablation) or a YAML file.")
-    num_samples: int = setting(40, "Trials to run (-1: as many as --time-budget-s allows).")
+    num_samples: int = setting(
+        40, "Trials to run (-1: as many as --time-budget-s allows, the default when a budget is given)."
+    )
     time_budget_s: float | None = setting(None, "Stop starting and running trials after this many seconds.")
     max_epochs: int = setting(30, "Epochs of a trial that is never stopped (ASHA's max_t).")
     grace_period: int = setting(2, "Epochs every trial gets before ASHA may stop it (first rung).")
