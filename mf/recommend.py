@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from mf.errors import user_errors_exit
-from mf.ranking import POPULAR, PREDICTED, FactorScorer, Ranking, RankingMetrics
+from mf.ranking import POPULAR, PREDICTED, Ranking, RankingMetrics
 from mf.ranking_choice import evaluate_rankings
 from mf.serving import FALLBACKS, LoadedModel, Recommendation, Recommender, load
 
-__all__ = ["LoadedModel", "Recommendation", "evaluate", "load", "recommend", "scorer_from_model"]
-
-scorer_from_model = FactorScorer.from_model  # the name tune.report imports
+__all__ = ["LoadedModel", "Recommendation", "evaluate", "load", "recommend"]
 
 
 def recommend(
