@@ -125,7 +125,7 @@ def _metrics(m: RankingMetrics) -> dict[str, float]:
     return {"precision": m.precision, "recall": m.recall, "ndcg": m.ndcg}
 
 
-def _sample_users(heldout: Interactions, threshold: float, max_users: int, seed: int) -> Interactions:
+def sample_users(heldout: Interactions, threshold: float, max_users: int, seed: int) -> Interactions:
     """The held-out rows of at most `max_users` users with a relevant rating (seeded sample)."""
     users = np.unique(heldout.users[heldout.ratings >= threshold])
     if len(users) <= max_users:
@@ -186,7 +186,7 @@ def choose_ranking(
     Ties go to the earlier candidate (the baselines, then lower weights): the simpler ranking.
     """
     counts = item_counts(dataset.train, dataset.n_items)
-    val = _sample_users(dataset.val, threshold, max_users, seed)
+    val = sample_users(dataset.val, threshold, max_users, seed)
     candidates = {str(r): r for r in candidate_rankings(scorer)}
     tried = evaluate_rankings(
         candidates, scorer, dataset, k=k, threshold=threshold, counts=counts, heldout=val
@@ -196,7 +196,7 @@ def choose_ranking(
     named = {"served": chosen, "popular": Ranking(POPULAR), "predicted": Ranking(PREDICTED)}
     test = None
     if dataset.test is not None:
-        held = _sample_users(dataset.test, threshold, max_users, seed)
+        held = sample_users(dataset.test, threshold, max_users, seed)
         checked = evaluate_rankings(
             named, scorer, dataset, k=k, threshold=threshold, counts=counts, heldout=held
         )

@@ -10,6 +10,7 @@ import pytest
 
 from tune.confirmation import (
     Candidate,
+    affordable,
     candidates,
     confirm,
     confirmation_seeds,
@@ -105,3 +106,13 @@ def test_a_confirmation_run_keeps_the_experiments_random_split(tmp_path: Path):
     assert (dataset_for(config).val.ratings == dataset_for(base).val.ratings).all()
     assert (dataset_for(config).val.users == dataset_for(base).val.users).all()
     assert not (dataset_for(base.replace(seed=4)).val.users == dataset_for(base).val.users).all()
+
+
+def test_only_as_many_candidates_as_the_time_left_affords_are_confirmed():
+    # Runs of 10 s, 10 s, 40 s, 10 s (best candidate first), 3 seeds each, on 2 slots.
+    costs = [10.0, 10.0, 40.0, 10.0]
+    assert affordable(costs, seeds=3, slots=2, seconds=None) == 4  # no budget: all
+    # The first two are 60 s of runs, 30 s on 2 slots; the third alone would add 60 s.
+    assert affordable(costs, seeds=3, slots=2, seconds=31.0) == 2
+    assert affordable(costs, seeds=3, slots=2, seconds=14.0) == 0
+    assert affordable(costs, seeds=3, slots=2, seconds=1000.0) == 4

@@ -21,6 +21,7 @@ from typing import Any
 
 from mf.atomic import write_json
 from mf.config import TrainConfig
+from tune.keys import EPOCH_SECONDS
 from tune.outcome import FAIL
 from tune.results import TrialRecord
 
@@ -69,6 +70,27 @@ def candidates(records: Sequence[TrialRecord], top: int) -> list[Candidate]:
         if all(c.params != r.params for c in chosen):
             chosen.append(Candidate(r.trial_id, dict(r.params), r.best_val_mse))
     return chosen
+
+
+def run_seconds(record: TrialRecord, max_epochs: int) -> float:
+    """What one confirmation run of `record`'s configuration costs: max_epochs of its median epoch."""
+    if record.history is None or EPOCH_SECONDS not in record.history:
+        return math.nan
+    seconds = record.history[EPOCH_SECONDS].dropna()
+    return float(seconds.median()) * max_epochs if len(seconds) else math.nan
+
+
+def affordable(costs: Sequence[float], *, seeds: int, slots: int, seconds: float | None) -> int:
+    """How many of the candidates (costs: one run's seconds each, best candidate first) can be
+    confirmed with `seeds` runs each on `slots` trial slots within `seconds` (None: all of them)."""
+    if seconds is None:
+        return len(costs)
+    spent = 0.0
+    for n, cost in enumerate(costs):
+        spent += seeds * (cost if math.isfinite(cost) else 0.0)
+        if spent / max(slots, 1) > seconds:
+            return n
+    return len(costs)
 
 
 def run_config(base: TrainConfig, candidate: Candidate, *, seed: int, max_epochs: int) -> TrainConfig:

@@ -52,6 +52,8 @@ from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
 
 QUIET = RunOptions()
+CONFIRM_START_S = 5.0
+"""What the confirmation's workers take to start (a new process imports torch), kept from its share."""
 
 
 def study_location_of(settings: ExperimentSettings) -> str:
