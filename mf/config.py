@@ -21,6 +21,7 @@ from mf.errors import ConfigError
 SplitMethod = Literal["last-n", "random"]
 Optimizer = Literal["adamw", "sparse_adam", "lazy_adamw"]
 Device = Literal["auto", "cpu", "cuda"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 def key(default: Any, doc: str) -> Any:
@@ -69,6 +70,15 @@ class TrainConfig:
         "(the tutorial's); `sparse_adam`: sparse embedding gradients, no weight decay.",
     )
     lr: float = key(0.005, "Learning rate.")
+    lr_schedule: LrSchedule = key(
+        "constant",
+        "`constant`, or `cosine`: epoch e + 1 trains at lr * (1 + cos(pi * e / schedule_epochs)) / 2.",
+    )
+    schedule_epochs: int = key(
+        0,
+        "cosine: the epochs the schedule spans (0: `epochs`); a trial's is ASHA's max epochs, kept "
+        "when its config is exported with fewer epochs, so that a retrain repeats it.",
+    )
     weight_decay: float = key(
         0.01, "AdamW's decoupled weight decay on every parameter (PyTorch's default 0.01, as the tutorial)."
     )
@@ -143,6 +153,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("l2", cfg.l2 >= 0, ">= 0"),
         ("batch_size", cfg.batch_size >= 1, ">= 1"),
         ("epochs", cfg.epochs >= 1, ">= 1"),
+        ("schedule_epochs", cfg.schedule_epochs >= 0, ">= 0"),
         ("threads", cfg.threads >= 0, ">= 0"),
     ]
     for name, ok, rule in rules:
@@ -172,8 +183,17 @@ TUTORIAL_RUN: dict[str, Any] = {
     "l2": 0.0,
     "batch_size": 8192,
     "epochs": 10,
+    "lr_schedule": "constant",
 }
 """The tutorial's own run, spelt out so that it stays the tutorial's whatever the defaults become."""
+
+
+def lr_at(config: TrainConfig, epochs_done: int) -> float:
+    """The learning rate of the epoch after `epochs_done` epochs, as `lr_schedule` says."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = config.schedule_epochs or config.epochs
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(epochs_done, span) / span))
 
 
 def tutorial_config(**keys: Any) -> TrainConfig:
@@ -251,6 +271,7 @@ __all__ = [
     "key",
     "parse_value",
     "TUTORIAL_RUN",
+    "lr_at",
     "tutorial_config",
     "yaml_number",
 ]

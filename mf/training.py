@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from mf.atomic import atomic_write
-from mf.config import TrainConfig, from_dict
+from mf.config import TrainConfig, from_dict, lr_at
 from mf.data import Dataset, Interactions, prepare_dataset
 from mf.errors import MFError
 from mf.metrics import (
@@ -194,6 +194,7 @@ class Trainer:
         self.model.train()
         # Batches are gathered through one permutation per epoch: no shuffled copy of the columns.
         order = torch.randperm(len(part), generator=self.generator, device=self.device, dtype=torch.int32)
+        self._set_lr(lr_at(cfg, self.epoch))  # every row is settled between epochs: safe for LazyAdamW
         step = self._lazy_step if self.lazy is not None else self._autograd_step
         loss_sum = torch.zeros((), device=self.device)
         for start in range(0, len(part), cfg.batch_size):
@@ -253,6 +254,14 @@ class Trainer:
         )
         opt.step(rows, grads, dense_grads)
         return sq_err
+
+    def _set_lr(self, lr: float) -> None:
+        for opt in self.optimizers:
+            if isinstance(opt, LazyAdamW):
+                opt.lr = lr
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = lr
 
     def settle(self) -> None:
         """Bring lazily owed weight decay into every row, so the model's weights are current."""

@@ -31,6 +31,7 @@ TUNABLE_KEYS: tuple[str, ...] = (
     "sigmoid_high",
     "optimizer",
     "lr",
+    "lr_schedule",
     "weight_decay",
     "l2",
     "batch_size",
@@ -56,6 +57,10 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
     "epochs": ("set by --max-epochs (ASHA's max_t, the most epochs a trial may train)", "use --max-epochs"),
     "seed": ("fixed for a study so that trials differ only in their hyperparameters", "set it in the config"),
     "split_seed": _SPLIT,
+    "schedule_epochs": (
+        "set by --max-epochs for every trial (the span of a cosine schedule)",
+        "use --max-epochs",
+    ),
     "device": _RUN,
     "threads": _RUN,
 }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mf.config import TrainConfig
+from mf.config import TrainConfig, lr_at
 from mf.data import Interactions
 from mf.errors import MFError
 from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
@@ -305,3 +305,34 @@ def test_trainer_uses_read_only_arrays_without_a_copy_or_a_warning(recwarn: pyte
     assert trainer.train_part.ratings.data_ptr() == data.train.ratings.ctypes.data
     # ... and torch's warning about non-writable arrays is not raised (they are never written).
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_cosine_schedule_sets_each_epochs_lr_and_lazy_adamw_follows_dense_adamw() -> None:
+    data = _tiny_dataset()
+    cfg = _config(
+        batch_size=4096, epochs=6, schedule_epochs=8, lr_schedule="cosine", weight_decay=0.2, l2=0.05
+    )
+    # Epoch e + 1 trains at lr * (1 + cos(pi * e / 8)) / 2: the whole lr first, never zero.
+    assert [round(lr_at(cfg, e) / cfg.lr, 4) for e in range(6)] == [1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087]
+    lazy = Trainer(cfg.replace(optimizer="lazy_adamw"), data)
+    dense = Trainer(cfg.replace(optimizer="adamw"), data)
+    lazy.fit(), dense.fit()
+    # The row-sparse optimiser settles every row between epochs, so a new lr each epoch is exact.
+    got, want = lazy.model.state_dict(), dense.model.state_dict()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=2e-6)
+    # And the schedule matters: the constant lr ends elsewhere.
+    constant = Trainer(cfg.replace(lr_schedule="constant"), data)
+    constant.fit()
+    assert not torch.allclose(constant.model.state_dict()["user_emb.weight"], got["user_emb.weight"])
+
+
+def test_a_checkpoint_resumes_a_cosine_schedule_where_it_was(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    cfg = _config(lr_schedule="cosine", epochs=5)
+    straight = Trainer(cfg, data).fit()
+    first = Trainer(cfg, data)
+    first.fit(epochs=2)
+    resumed = Trainer.from_checkpoint(first.save_checkpoint(tmp_path / "model.pt"), data)
+    resumed.fit()
+    assert _without_time(resumed.history) == _without_time(straight)

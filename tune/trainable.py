@@ -42,8 +42,9 @@ from tune.trial_files import has_ended, newest_checkpoint, read_results, save_tr
 
 
 def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
-    """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs."""
-    return base.replace(**params, epochs=max_epochs)
+    """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
+    (also the span of a cosine learning-rate schedule, unless the base sets one)."""
+    return base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
 
 
 @dataclass(frozen=True)
