@@ -85,6 +85,7 @@ def make_searcher(settings: ExperimentSettings, space: SearchSpace, *, seed: int
         seed=seed,  # the config's --seed: one seed for the run
         max_epochs=settings.max_epochs,
         num_samples=settings.num_samples,
+        n_startup_trials=settings.startup_trials,
     )
 
 

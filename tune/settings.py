@@ -46,6 +46,9 @@ class ExperimentSettings:
         "ASHA brackets (Hyperband-style): bracket s has its first rung at grace_period * "
         "reduction_factor**s; each trial is put in one at random.",
     )
+    startup_trials: int = setting(
+        10, "Trials TPE proposes at random before it models the results (Optuna's n_startup_trials)."
+    )
     cpus_per_trial: float = setting(1.0, "CPUs each trial holds (torch threads follow it).")
     gpus_per_trial: float = setting(0.0, "GPUs each trial holds; fractions share a GPU (0.25: four a GPU).")
     max_concurrent: int = setting(
@@ -102,6 +105,7 @@ class ExperimentSettings:
                 f"in [1, max_epochs={self.max_epochs}]",
             ),
             ("reduction_factor", self.reduction_factor >= 2, ">= 2"),
+            ("startup_trials", self.startup_trials >= 1, ">= 1"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
             ("max_concurrent", self.max_concurrent >= 0, ">= 0"),
