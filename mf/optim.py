@@ -156,6 +156,17 @@ class LazyAdamW:
         # One step tensor per parameter of the fused call; the functional AdamW increments them.
         self._step_tensors = [torch.zeros((), device=first.device) for _ in range(1 + len(self.dense))]
 
+    @property
+    def dense_moments(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(exp_avg, exp_avg_sq) of each dense parameter, for a step taken elsewhere (mf.fused_step)."""
+        return self._dense_moments
+
+    def count_step(self) -> None:
+        """Count a step that mf.fused_step took on the table in place of `gather` and `step`."""
+        self.steps += 1
+        for t in self._step_tensors:
+            t.fill_(self.steps)
+
     # ---------------------------------------------------------------- one step
     def gather(self, ids: torch.Tensor) -> TouchedRows:
         """The distinct rows among `ids` (int64 row numbers), with weights as of the last step."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mf import fused_step
 from mf.atomic import atomic_write
 from mf.config import TrainConfig, from_dict, lr_at
 from mf.data import Dataset, Interactions, prepare_dataset
@@ -158,7 +159,10 @@ def build_optimizers(config: TrainConfig, model: MFAdvanced) -> list[Any]:
 class Trainer:
     """Holds the model, its optimiser and the data tensors; trains one epoch per `run_epoch()`."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, *, device: str | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, dataset: Dataset, *, device: str | None = None, fused: bool | None = None
+    ) -> None:
+        """`fused`: LazyAdamW's step as one compiled pass (mf.fused_step) where it can run; None: if so."""
         self.config = config
         self.dataset = dataset
         self.device = resolve_device(device or config.device)
@@ -168,7 +172,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = build_model(config, dataset.n_users, dataset.n_items).to(self.device)
-        self.optimizers = build_optimizers(config, self.model)
+        self._want_fused = fused
+        self._build_optimizers()
         # The batch order is drawn on the training device, so a GPU never waits for the CPU's shuffle.
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.train_part = TensorPart.from_interactions(dataset.train, self.device)
@@ -179,6 +184,12 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best: BestModel | None = None
+
+    def _build_optimizers(self) -> None:
+        self.optimizers = build_optimizers(self.config, self.model)
+        lazy = self.lazy
+        use = lazy is not None and self._want_fused is not False and fused_step.available(self.model, lazy)
+        self.fused = fused_step.FusedStep(self.model, lazy, l2=self.config.l2) if use else None
 
     @property
     def lazy(self) -> LazyAdamW | None:
@@ -243,6 +254,8 @@ class Trainer:
 
     def _lazy_step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
         """One LazyAdamW step: the batch's distinct rows, the objective's gradient by hand, the update."""
+        if self.fused is not None:
+            return self.fused(users, items, ratings)
         opt, n = self.lazy, len(ratings)
         assert opt is not None
         # Row numbers in the optimiser's table: users first, then items (row_offsets).
@@ -337,7 +350,7 @@ class Trainer:
         if self.best is None:
             raise MFError("rewind_to_best: no epoch has been trained yet")
         self.model.load_state_dict(self.best.weights)
-        self.optimizers = build_optimizers(self.config, self.model)
+        self._build_optimizers()
         self.history = self.history[: self.best.epoch]
         self.epoch = self.best.epoch
 

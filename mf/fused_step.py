@@ -1,0 +1,241 @@
+"""One training step of MFAdvanced under LazyAdamW as one compiled pass over the batch (CPU, numba).
+
+The torch path (`Trainer._lazy_step`: `LazyAdamW.gather`, `MFAdvanced.row_grads`, `LazyAdamW.step`)
+runs a few dozen tensor ops a step, each a pass over the batch's rows with its own Python and
+dispatch cost; at 8192 ratings a step that overhead and the copies between ops cost more than the
+arithmetic. Here the same step is four loops in one compiled function, reading and writing the
+optimiser's table in place:
+
+1. the batch's distinct rows, found through a per-row slot array (no sort);
+2. each of them brought up to date as `LazyAdamW._catch_up` does (its `idle` rule);
+3. the objective's gradient by hand, as `MFAdvanced.row_grads` computes it, summed per row;
+4. AdamW's update of each row (torch's formula: decoupled decay, bias-corrected moments), and of
+   the global offset.
+
+So it computes what the torch path computes, to float rounding (tests/test_fused_step.py holds it
+to the torch path and to dense AdamW). It is used where it applies: a CPU, float32 tables, numba
+installed; elsewhere the torch path runs. numba compiles the function on first use and caches it
+beside this file, so a process pays that once and later processes load it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from mf.model import MFAdvanced
+    from mf.optim import LazyAdamW
+
+try:
+    import numba
+except ImportError:  # the torch path serves
+    numba = None
+
+IDLE_CODES = {"none": 0, "decay": 1, "dense": 2}
+
+
+def available(model: MFAdvanced, optimizer: LazyAdamW) -> bool:
+    """Whether the fused step can run this model and optimiser (a CPU, float32 tables, numba)."""
+    return (
+        numba is not None and optimizer.table.device.type == "cpu" and optimizer.table.dtype == torch.float32
+    )
+
+
+class FusedStep:
+    """`step(users, items, ratings)` trains one batch in place and returns its squared-error sum."""
+
+    def __init__(self, model: MFAdvanced, optimizer: LazyAdamW, *, l2: float) -> None:
+        if not available(model, optimizer):
+            raise RuntimeError("FusedStep needs numba and LazyAdamW's table as float32 on the CPU")
+        self.model, self.opt, self.l2 = model, optimizer, float(l2)
+        self.table = optimizer.table.numpy()
+        self.slot = np.full(optimizer.n_rows, -1, dtype=np.int64)  # row -> its place in a batch, or -1
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        opt, model = self.opt, self.model
+        n = int(ratings.shape[0])
+        # As many threads as torch has (a Ray trial's CPUs): numba's own default is every core. Set
+        # per call, since the setting is the calling thread's and trials train on a thread of their own.
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        offset = model.offset.data.numpy() if model.use_bias else np.zeros(1, dtype=np.float32)
+        m, v = opt.dense_moments[0] if model.use_bias else (None, None)
+        moments = np.zeros(2, dtype=np.float32) if m is None else np.array([float(m), float(v)], np.float32)
+        b1, b2 = opt.betas
+        sq = _step(
+            self.table,
+            self.slot,
+            users.numpy(),
+            items.numpy(),
+            ratings.numpy(),
+            int(opt.row_offsets[1]),
+            int(model.user_emb.embedding_dim),
+            int(opt.width),
+            bool(model.use_bias),
+            bool(model.use_sigmoid),
+            float(model.sigmoid_high),
+            self.l2 / n,
+            offset,
+            moments,
+            float(opt.lr),
+            float(opt.weight_decay),
+            float(b1),
+            float(b2),
+            float(opt.eps),
+            int(opt.steps),
+            IDLE_CODES[opt.idle],
+        )
+        opt.count_step()
+        if m is not None:
+            m.fill_(float(moments[0]))
+            v.fill_(float(moments[1]))
+        return torch.tensor(sq)
+
+
+def _step_py(
+    table,
+    slot,
+    users,
+    items,
+    ratings,
+    item_row0,
+    d,
+    width,
+    use_bias,
+    use_sigmoid,
+    high,
+    l2_per_rating,
+    offset,
+    moments,
+    lr,
+    wd,
+    b1,
+    b2,
+    eps,
+    steps,
+    idle,
+):  # pragma: no cover - compiled by numba below
+    f32 = np.float32
+    n = ratings.shape[0]
+    last_col = 3 * width
+    # 1. The batch's distinct rows: users first, then items (their rows follow the users').
+    uniq = np.empty(2 * n, dtype=np.int64)
+    k = 0
+    for j in range(2 * n):
+        row = users[j] if j < n else items[j - n] + item_row0
+        if slot[row] < 0:
+            slot[row] = k
+            uniq[k] = row
+            k += 1
+    # 2. Each distinct row brought up to date (LazyAdamW._catch_up), in parallel: rows are distinct.
+    # The weights now, since the gradient reads them; the moments' decay waits for step 4, which
+    # writes the moments anyway (one write of them a step instead of two).
+    m_decay = np.ones(k, dtype=np.float32)
+    v_decay = np.ones(k, dtype=np.float32)
+    if idle > 0 and steps > 0:
+        dfac = 1.0 - lr * wd
+        r = b1 / math.sqrt(b2)
+        for j in numba.prange(k):
+            row = uniq[j]
+            owed = steps - table[row, last_col]
+            if owed <= 0.0:
+                continue
+            w = table[row, :width]
+            decay = f32(dfac**owed)
+            if idle == 1:
+                w *= decay
+                continue
+            m = table[row, width : 2 * width]
+            v = table[row, 2 * width : 3 * width]
+            rk = r**owed
+            series = (decay - rk) * (r / (dfac - r)) if abs(dfac - r) > 1e-6 else owed * rk
+            centre = table[row, last_col] + min(owed, 1.0 / (1.0 - r))
+            coef = f32(series * lr / (1.0 - b1**centre))
+            inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2**centre))
+            e = f32(eps)
+            for c in range(width):
+                w[c] = w[c] * decay - m[c] * coef / (np.sqrt(v[c]) * inv_sqrt_bc2 + e)
+            m_decay[j] = f32(b1**owed)
+            v_decay[j] = f32(b2**owed)
+    # 3. The objective's gradient: d objective / d x of each rating (in parallel), then summed per row.
+    g_of = np.empty(n, dtype=np.float32)
+    sq_of = np.empty(n, dtype=np.float32)
+    off = f32(offset[0]) if use_bias else f32(0.0)
+    scale = f32(2.0 * high / n) if use_sigmoid else f32(2.0 / n)
+    for j in numba.prange(n):
+        p = table[users[j], :d]
+        q = table[items[j] + item_row0, :d]
+        x = f32(0.0)
+        for c in range(d):
+            x += p[c] * q[c]
+        if use_bias:
+            x += table[users[j], d] + table[items[j] + item_row0, d] + off
+        if use_sigmoid:
+            s = f32(1.0) / (f32(1.0) + np.exp(-x))
+            err = s * f32(high) - ratings[j]
+            g_of[j] = err * (s * (f32(1.0) - s)) * scale
+        else:
+            err = x - ratings[j]
+            g_of[j] = err * scale
+        sq_of[j] = err * err
+    grads = np.zeros((k, width), dtype=np.float32)
+    two_l2 = f32(2.0 * l2_per_rating)
+    for side in numba.prange(2):  # users' rows and items' rows are distinct: one thread each
+        for j in range(n):
+            g = g_of[j]
+            u, i = users[j], items[j] + item_row0
+            mine, other = (u, i) if side == 0 else (i, u)
+            acc = grads[slot[mine]]
+            a = table[mine, :d]
+            b = table[other, :d]
+            for c in range(d):
+                acc[c] += g * b[c] + two_l2 * a[c]
+            if use_bias:
+                acc[d] += g
+    # 4. AdamW (torch's formula) on each distinct row, in parallel, then on the offset.
+    t = steps + 1
+    step_size = f32(lr / (1.0 - b1**t))
+    inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2**t))
+    keep, one_b1, one_b2, fb2, e = f32(1.0 - lr * wd), f32(1.0 - b1), f32(1.0 - b2), f32(b2), f32(eps)
+    for j in numba.prange(k):
+        row = uniq[j]
+        w = table[row, :width]
+        m = table[row, width : 2 * width]
+        v = table[row, 2 * width : 3 * width]
+        gr = grads[j]
+        md, vd = m_decay[j], v_decay[j]
+        for c in range(width):
+            mo = m[c] * md
+            mc = mo + (gr[c] - mo) * one_b1
+            vc = v[c] * vd * fb2 + one_b2 * gr[c] * gr[c]
+            m[c] = mc
+            v[c] = vc
+            w[c] = w[c] * keep - step_size * mc / (np.sqrt(vc) * inv_sqrt_bc2 + e)
+        table[row, last_col] = t
+        slot[row] = -1
+    g_offset = 0.0
+    sq = 0.0
+    for j in range(n):
+        g_offset += g_of[j]
+        sq += sq_of[j]
+    if use_bias:
+        mo = moments[0] + (g_offset - moments[0]) * (1.0 - b1)
+        vo = moments[1] * b2 + (1.0 - b2) * g_offset * g_offset
+        moments[0] = mo
+        moments[1] = vo
+        offset[0] = offset[0] * (1.0 - lr * wd) - (lr / (1.0 - b1**t)) * mo / (
+            math.sqrt(vo) / math.sqrt(1.0 - b2**t) + eps
+        )
+    return sq
+
+
+# No nnan / ninf: a diverging run must still show its NaN (the trainer checks every epoch's loss).
+_FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
+_step = (
+    numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_step_py)
+    if numba is not None
+    else _step_py
+)
