@@ -27,6 +27,7 @@ from tune.results import TrialRecord
 
 CONFIRM_DIR = "confirm"
 SUMMARY_FILE = "summary.json"
+REFERENCE_FILE = "tutorial.json"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,24 @@ def run_file(folder: Path, trial_id: str, seed: int) -> Path:
     return folder / CONFIRM_DIR / trial_id / f"seed_{seed}.json"
 
 
+def checkpoint_file(folder: Path, trial_id: str, seed: int) -> Path:
+    """Where the first seed's run of a candidate keeps its model (the export takes the winner's)."""
+    return folder / CONFIRM_DIR / trial_id / f"seed_{seed}.pt"
+
+
+def save_reference(folder: Path, config: dict[str, Any], metrics: dict[str, float]) -> None:
+    write_json(folder / CONFIRM_DIR / REFERENCE_FILE, {"config": config, "metrics": metrics})
+
+
+def read_reference(folder: Path, config: dict[str, Any]) -> dict[str, float] | None:
+    """The tutorial reference's metrics, if one was trained for exactly `config`."""
+    path = folder / CONFIRM_DIR / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["metrics"] if saved.get("config") == config else None
+
+
 def save_run(folder: Path, candidate: Candidate, seed: int, curve: dict[int, float]) -> None:
     write_json(
         run_file(folder, candidate.trial_id, seed),
@@ -169,7 +188,7 @@ def format_confirmation(results: Sequence[Confirmed]) -> list[str]:
     if not results:
         return []
     lines = [
-        f"confirmation: the top {len(results)} configurations, each with {len(results[0].seeds)} fresh seeds:"
+        f"confirmation: the top {len(results)} configurations, each with {_seeds(len(results[0].seeds))}:"
     ]
     for i, c in enumerate(results):
         mark = "  <- exported" if i == 0 else ""
@@ -178,3 +197,7 @@ def format_confirmation(results: Sequence[Confirmed]) -> list[str]:
             f"(search best {c.search_best:.4f}){mark}"
         )
     return lines
+
+
+def _seeds(n: int) -> str:
+    return f"{n} fresh seed" + ("s" if n != 1 else "")

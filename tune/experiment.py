@@ -27,15 +27,21 @@ from tune._ray import without_default_loggers
 from tune.confirmation import (
     Candidate,
     Confirmed,
+    affordable,
     candidates,
+    checkpoint_file,
     confirm,
     confirmation_seeds,
+    read_reference,
     read_run,
     run_config,
+    run_seconds,
+    save_reference,
     save_run,
     write_summary,
 )
 from tune.dashboard import start_dashboard
+from tune.export import reference_config
 from tune.keys import EPOCH, METRIC, MODE
 from tune.progress import LiveProgress, RayOutput, ray_output
 from tune.ray_session import end_leftovers_in, start_private_ray
@@ -46,7 +52,7 @@ from tune.searcher import StudySearcher, settle_stopped_trials
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, RunOptions, read_experiment
 from tune.study_storage import load_experiment_study, mend_journal, open_storage, study_location
 from tune.tracking import MlflowTracking
-from tune.trainable import CheckpointPolicy, RunAhead, confirmation_curve, train_trial
+from tune.trainable import CheckpointPolicy, RunAhead, confirmation_run, reference_run, train_trial
 from tune.trial_files import trial_dirname
 from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
@@ -159,16 +165,25 @@ def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
     (tune.ray_session), after ending what earlier killed drivers beside it left.
 
     `ray.init()` alone would join any cluster someone started on this machine with `ray start`.
+    Prints one line naming the Ray it runs on (quiet mode mutes Ray's own "Connecting to ...").
     """
     if ray.is_initialized():
         return
     if settings.address:
         ray.init(address=settings.address, **output.init_kwargs)
+        which = "joined the Ray cluster at"
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(**output.init_kwargs)
+        which = "joined the Ray cluster at"
     else:
         end_leftovers_in(settings.experiment_dir.parent)
         start_private_ray(settings.experiment_dir, **output.init_kwargs)
+        which = "started a private local Ray at"
+    resources = ray.cluster_resources()
+    print(
+        f"ray: {which} {ray.get_runtime_context().gcs_address}: "
+        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    )
 
 
 def concurrent_trials(settings: ExperimentSettings) -> int:
@@ -293,22 +308,33 @@ def settle_ended_trials(settings: ExperimentSettings) -> int:
 def run_confirmation(
     settings: ExperimentSettings, base: TrainConfig, dataset: Dataset, *, deadline: float | None
 ) -> list[Confirmed]:
-    """Train the best `confirm_top` configurations again with fresh seeds, as Ray tasks on the
-    cluster's trial slots, until done or `deadline` (epoch seconds); runs a resumed experiment
-    finished before are not run again. Writes `confirm/summary.json` (tune.confirmation)."""
+    """Train the best `confirm_top` configurations again with fresh seeds, and the tutorial's
+    configuration once for reference, as Ray tasks on the cluster's trial slots, until done or
+    `deadline` (epoch seconds). Only as many candidates as the time left affords are run; runs a
+    resumed experiment finished before are not run again. Writes `confirm/` (tune.confirmation)."""
     folder = settings.experiment_dir
-    if settings.confirm_top == 0:
-        return []
+    threads = max(1, int(settings.cpus_per_trial))
     study = load_experiment_study(folder, settings.to_dict())
-    chosen = candidates(
-        collect_trials(folder, max_epochs=settings.max_epochs, study=study), settings.confirm_top
-    )
+    records = collect_trials(folder, max_epochs=settings.max_epochs, study=study)
+    chosen = candidates(records, settings.confirm_top)
     seeds = confirmation_seeds(base.seed, settings.confirm_seeds)
+    by_id = {r.trial_id: r for r in records}
+    costs = [run_seconds(by_id[c.trial_id], settings.max_epochs) for c in chosen]
+    left = None if deadline is None else deadline - time.time() - CONFIRM_START_S
+    fits = affordable(costs, seeds=len(seeds), slots=concurrent_trials(settings), seconds=left)
+    if fits < len(chosen):
+        print(
+            f"confirmation: {len(seeds)} runs each of the top {len(chosen)} would not fit in the "
+            f"{max(left or 0.0, 0.0):.0f} s left of the budget; confirming the top {fits}"
+            + (" (none: the export is the search's best trial)" if fits == 0 else "")
+        )
+        chosen = chosen[:fits]
     started = time.monotonic()
-    curves: dict[str, dict[int, dict[int, float]]] = {c.trial_id: {} for c in chosen}
-    task = ray.remote(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)(confirmation_curve)
+    resources = {"num_cpus": settings.cpus_per_trial, "num_gpus": settings.gpus_per_trial}
     data = ray.put(dataset)
-    pending: dict[ray.ObjectRef, tuple[Candidate, int]] = {}
+    curves: dict[str, dict[int, dict[int, float]]] = {c.trial_id: {} for c in chosen}
+    pending: dict[ray.ObjectRef, tuple[Candidate, int] | None] = {}
+    confirm_task = ray.remote(**resources)(confirmation_run)
     for c in chosen:
         for seed in seeds:
             done = read_run(folder, c.trial_id, seed)
@@ -316,13 +342,20 @@ def run_confirmation(
                 curves[c.trial_id][seed] = done
                 continue
             config = run_config(base, c, seed=seed, max_epochs=settings.max_epochs)
-            pending[task.remote(config, data, max(1, int(settings.cpus_per_trial)))] = (c, seed)
+            keep = str(checkpoint_file(folder, c.trial_id, seed)) if seed == seeds[0] else None
+            pending[confirm_task.remote(config, data, threads, keep)] = (c, seed)
+    if read_reference(folder, reference_config(base).to_dict()) is None:
+        pending[ray.remote(**resources)(reference_run).remote(base, data, threads)] = None  # last in line
     while pending:
         timeout = None if deadline is None else max(0.0, deadline - time.time())
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
         if not ready:
             break  # out of time: the candidates with every seed run are judged, the others dropped
-        c, seed = pending.pop(ready[0])
+        job = pending.pop(ready[0])
+        if job is None:
+            save_reference(folder, *ray.get(ready[0]))
+            continue
+        c, seed = job
         curves[c.trial_id][seed] = ray.get(ready[0])
         save_run(folder, c, seed, curves[c.trial_id][seed])
     for ref in pending:
@@ -332,10 +365,13 @@ def run_confirmation(
         for c in chosen
         if len(curves[c.trial_id]) == len(seeds) and (r := confirm(c, curves[c.trial_id])) is not None
     ]
-    if pending:
+    unfinished = sum(job is not None for job in pending.values())
+    if unfinished:
         print(
-            f"confirmation: {len(pending)} of {len(chosen) * len(seeds)} runs did not finish within the budget; "
+            f"confirmation: {unfinished} of {len(chosen) * len(seeds)} runs did not finish within the budget; "
             f"{len(results)} of {len(chosen)} configurations confirmed"
         )
+    if None in pending.values():
+        print("confirmation: the tutorial's reference run did not finish within the budget")
     write_summary(folder, results, planned=len(chosen) * len(seeds), seconds=time.monotonic() - started)
     return results

@@ -1,8 +1,8 @@
 """Export the best trial of an experiment: `<experiment>/best/` and `<experiment>/trials.csv`.
 
 The exported configuration is the confirmation's winner (tune.confirmation: the best mean val MSE
-over fresh seeds), trained here once more with the first of those seeds for the winning number of
-epochs; without a confirmation, the search's best trial at its best epoch, from its checkpoint.
+over fresh seeds), as its first seed's confirmation run left it at that run's best epoch; without a
+confirmation, the search's best trial at its best epoch, from its checkpoint.
 `best/config.yaml` retrains it (`python -m mf.train --config best/config.yaml`), `best/model.pt`
 holds its weights (with the id mapping), and `best/metrics.json` its metrics on the validation part
 and, where the split holds out a test part, on the test part, computed once here and never seen by
@@ -38,8 +38,8 @@ from mf.ranking_choice import (
     sample_users,
     write_ranking,
 )
-from mf.training import Trainer, dataset_for
-from tune.confirmation import Candidate, Confirmed, read_summary, run_config
+from mf.training import Trainer, dataset_for, read_checkpoint
+from tune.confirmation import Candidate, Confirmed, checkpoint_file, read_reference, read_summary, run_config
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
 from tune.study_storage import load_experiment_study
@@ -93,9 +93,17 @@ def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
     return out
 
 
-def tutorial_metrics(base: dict[str, Any], dataset: Dataset) -> tuple[TrainConfig, dict[str, float]]:
-    """The tutorial's configuration trained on the experiment's data and split, and its metrics."""
-    config = tutorial_config(**{k: base[k] for k in SPLIT_KEYS if k in base}, device="cpu")
+def reference_config(base: TrainConfig | dict[str, Any]) -> TrainConfig:
+    """The tutorial's configuration on the experiment's data and split: the reference."""
+    values = base.to_dict() if isinstance(base, TrainConfig) else base
+    return tutorial_config(**{k: values[k] for k in SPLIT_KEYS if k in values}, device="cpu")
+
+
+def tutorial_metrics(
+    base: TrainConfig | dict[str, Any], dataset: Dataset
+) -> tuple[TrainConfig, dict[str, float]]:
+    """The reference trained on the experiment's data and split, and its metrics."""
+    config = reference_config(base)
     trainer = Trainer(config, dataset, device="cpu")
     trainer.fit()
     return config, model_metrics(trainer, dataset)
@@ -122,8 +130,19 @@ def best_trainer(folder: Path, best: TrialRecord) -> Trainer:
     return trainer
 
 
-def confirmed_trainer(base: TrainConfig, winner: Confirmed) -> Trainer:
-    """The confirmation's winner trained once more, with its first fresh seed, for its epochs."""
+def confirmed_trainer(folder: Path, base: TrainConfig, winner: Confirmed) -> Trainer:
+    """The confirmation's winner: its first seed's run, at that run's best epoch (saved by the
+    confirmation); for an experiment that has no such file, trained again for the confirmed epochs."""
+    path = checkpoint_file(folder, winner.trial_id, winner.seeds[0])
+    if path.is_file():
+        state = read_checkpoint(path)
+        config = from_dict(state["config"], where=str(path)).replace(
+            epochs=int(state["best"]["epoch"]), device="auto"
+        )
+        trainer = Trainer(config, dataset_for(base), device="cpu")
+        trainer.load_state(state, source=str(path))
+        trainer.rewind_to_best()
+        return trainer
     candidate = Candidate(winner.trial_id, winner.params, winner.search_best)
     config = run_config(base, candidate, seed=winner.seeds[0], max_epochs=winner.epoch).replace(device="auto")
     trainer = Trainer(config, dataset_for(base), device="cpu")
@@ -132,9 +151,18 @@ def confirmed_trainer(base: TrainConfig, winner: Confirmed) -> Trainer:
 
 
 def export_best(
-    folder: str | os.PathLike, *, records: list[TrialRecord] | None = None, quiet: bool = False
+    folder: str | os.PathLike,
+    *,
+    records: list[TrialRecord] | None = None,
+    quiet: bool = False,
+    train_reference: bool = True,
 ) -> dict[str, Any]:
-    """Write best/ (and trials.csv, unless `records` were just written) for the experiment in `folder`."""
+    """Write best/ (and trials.csv, unless `records` were just written) for the experiment in `folder`.
+
+    The tutorial's reference comes from the confirmation (`confirm/tutorial.json`); without it, it is
+    trained here when `train_reference` (tune.run, bound by its budget, says no: on a large data set
+    its ten dense epochs take many minutes), else left out with the reason.
+    """
     folder = Path(folder).resolve()
     if records is None:
         records = collect_and_write_trials(folder)
@@ -144,11 +172,14 @@ def export_best(
     if confirmed:
         winner = confirmed[0]
         best = next(r for r in records if r.trial_id == winner.trial_id)
-        trainer = confirmed_trainer(base, winner)
+        trainer = confirmed_trainer(folder, base, winner)
     else:
         best = best_trial(records)
         trainer = best_trainer(folder, best)
-    tutorial, reference = tutorial_metrics(experiment["base_config"], trainer.dataset)
+    tutorial = reference_config(base)
+    reference = read_reference(folder, tutorial.to_dict())
+    if reference is None and train_reference:
+        reference = tutorial_metrics(base, trainer.dataset)[1]
     # model_metrics rank by predicted rating; mf.recommend and mf.serve rank as chosen here, on val.
     choice = choose_ranking(FactorScorer.from_model(trainer.model), trainer.dataset)
     metrics: dict[str, Any] = {
@@ -157,13 +188,14 @@ def export_best(
         "epoch": trainer.epoch,
         **model_metrics(trainer, trainer.dataset),
         "params": best.params,
-        # tune.results' ranking metrics score by predicted rating; what mf.serve ranks by is chosen on val:
-        "ranking": ranking_summary(
-            choice := choose_ranking(FactorScorer.from_model(trainer.model), trainer.dataset)
-        ),
+        "ranking": ranking_summary(choice),
         "search_best_val_mse": best.best_val_mse,
-        "tutorial": {"config": tutorial.to_dict(), "epochs": tutorial.epochs, **reference},
+        "tutorial": {"config": tutorial.to_dict(), "epochs": tutorial.epochs, **(reference or {})},
     }
+    if reference is None:
+        metrics["tutorial"]["skipped"] = (
+            "its run did not fit in the budget; `python -m tune.export` trains it"
+        )
     if confirmed:
         metrics["confirmation"] = {
             "seeds": list(winner.seeds),
@@ -206,10 +238,11 @@ def format_export(metrics: dict[str, Any], where: Path) -> str:
     """Two lines: the exported model's held-out figures, and the tutorial's on the same split."""
     parts = [p for p in ("val", "test") if f"{p}_mse" in metrics]
     ours = ", ".join(f"{p}_mse {metrics[f'{p}_mse']:.4f}" for p in parts)
-    ref = ", ".join(f"{p}_mse {metrics['tutorial'][f'{p}_mse']:.4f}" for p in parts)
+    tutorial = metrics["tutorial"]
+    ref = tutorial.get("skipped") or ", ".join(f"{p}_mse {tutorial[f'{p}_mse']:.4f}" for p in parts)
     confirmation = metrics.get("confirmation")
     how = (
-        f"confirmed over {len(confirmation['seeds'])} fresh seeds: val_mse {confirmation['val_mse_mean']:.4f} "
+        f"confirmed over {len(confirmation['seeds'])} fresh seed{'s' * (len(confirmation['seeds']) > 1)}: val_mse {confirmation['val_mse_mean']:.4f} "
         f"± {confirmation['val_mse_sd']:.4f}"
         if confirmation
         else f"the search's best trial, val_mse {metrics['search_best_val_mse']:.4f}"

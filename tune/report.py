@@ -162,9 +162,9 @@ def comparison_table(c: Comparison, tuned: Sequence[str]) -> str:
             name = f"{part}_{key}"
             if name not in c.best_metrics:
                 continue
-            t, b = c.tutorial_metrics[name], c.best_metrics[name]
-            better = (b > t) if higher else (b < t)
-            cells = [f"{t:.4f}", f"<b>{b:.4f}</b>" if better else f"{b:.4f}"]
+            t, b = c.tutorial_metrics.get(name), c.best_metrics[name]
+            better = t is not None and ((b > t) if higher else (b < t))
+            cells = ["-" if t is None else f"{t:.4f}", f"<b>{b:.4f}</b>" if better else f"{b:.4f}"]
             rows.append([f"{part} {label}", *cells])
     rows.append(["epochs", str(c.tutorial_config["epochs"]), str(c.best_epoch)])
     for key in tuned:

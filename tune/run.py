@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_experiment(settings, base, space, options)
     folder = outcome.experiment_dir
     records = collect_and_write_trials(folder)
-    exported = None if args.no_export else export_best(folder, records=records, quiet=True)
+    exported = None
+    if not args.no_export:
+        # Bound by a budget, the run does not train the tutorial's reference after it (see export_best).
+        exported = export_best(
+            folder, records=records, quiet=True, train_reference=settings.time_budget_s is None
+        )
     if exported is not None and options.mlflow_uri is not None:
         from tune.tracking import tag_best
 

@@ -160,9 +160,12 @@ def train_trial(
             tune.report(metrics)
 
 
-def confirmation_curve(config: TrainConfig, data: Dataset, threads: int) -> dict[int, float]:
+def confirmation_run(
+    config: TrainConfig, data: Dataset, threads: int, checkpoint: str | None
+) -> dict[int, float]:
     """One confirmation run (a Ray task, see tune.confirmation): train `config.epochs` epochs and
-    return epoch -> val MSE; a run that diverges returns the epochs before it."""
+    return epoch -> val MSE (a run that diverges returns the epochs before it); with `checkpoint`,
+    save the run there (its best epoch's weights inside), for the export to take."""
     torch.set_num_threads(max(1, threads))
     trainer = Trainer(config, data)
     curve: dict[int, float] = {}
@@ -171,5 +174,17 @@ def confirmation_curve(config: TrainConfig, data: Dataset, threads: int) -> dict
             metrics = trainer.run_epoch()
             curve[int(metrics[EPOCH])] = float(metrics[VAL_MSE])
     except TrainingDiverged:
-        pass
+        return curve
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint, fsync=False)
     return curve
+
+
+def reference_run(base: TrainConfig, data: Dataset, threads: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """The tutorial's configuration on the experiment's split (a Ray task beside the confirmation):
+    its config and held-out metrics, as tune.export reports them."""
+    from tune.export import tutorial_metrics
+
+    torch.set_num_threads(max(1, threads))
+    config, metrics = tutorial_metrics(base.to_dict(), data)
+    return config.to_dict(), metrics
