@@ -13,9 +13,9 @@ from mf.data import SPLIT_METHODS, Dataset, Interactions, prepare_dataset
 from mf.data.encode import label_encode
 from mf.data.split import sort_by_user_time, split_last_n, split_random
 from mf.errors import ConfigError, DataError
+from tests.files import ml_latest_small
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SMALL_DIR = SHARED / "ml-latest-small"
+SMALL_DIR = ml_latest_small()  # the package's own copy
 
 
 def _ratings_file(tmp_path: Path, rows: list[tuple[int, int, float, int]]) -> Path:

@@ -18,9 +18,10 @@ from mf.config import TrainConfig, tutorial_config
 from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
 from mf.train import main
 from mf.training import load_model
+from tests.files import ml_latest_small
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+DATA = ml_latest_small()  # the package's own copy
 
 
 # One torch thread: on a small shared CI box, torch's default thread pool fights other processes
