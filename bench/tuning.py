@@ -4,7 +4,9 @@ Three runs, one after the other, on the same data, split (the tutorial's last 5 
 space, max epochs and wall-clock budget, each in a process of its own, so that imports, Ray's
 start-up and the data load count against the run that needs them and no Ray state leaks between runs:
 
-  a  `python -m tune.run` with its defaults (ASHA grace 2, rf 3; reused workers; the truthful searcher)
+  a  `python -m tune.run` with its defaults (ASHA grace 2, rf 3; reused workers; the truthful searcher),
+     but on the tutorial's split (`--test-n 0`) and without the confirmation (`--confirm-top 0`), so
+     that the whole budget is search, as in b and c; `--tune-arg` adds flags (`--tune-arg=--mlflow`)
   b  Optuna alone: TPE (seed 0) + HyperbandPruner, one trial at a time in one process
   c  stock Ray Tune, as Ray's examples write it: a function trainable that checkpoints every epoch,
      `OptunaSearch` + `ASHAScheduler`, 1 CPU per trial, a new worker per trial (no reuse_actors)
@@ -12,6 +14,7 @@ start-up and the data load count against the run that needs them and no Ray stat
     python -m bench.tuning                         # 3 x 420 s, about 22 minutes on 2 cores
     python -m bench.tuning --budget-s 30           # a quick check that all three run
     python -m bench.tuning --only a,c --json tuning.json
+    python -m bench.tuning --space bench/spaces/emb32.yaml --budget-s 150 --only a --tune-arg=--mlflow
 
 Every run's clock starts when its process is launched. Figures are read from what each run wrote
 (Tune's result.json per trial for a and c, the child's own record for b), never from the tools' logs.
@@ -152,6 +155,8 @@ def run_ours(args: argparse.Namespace, work: Path) -> tuple[Figures, dict[str, A
     storage = work / "a"
     cmd = [sys.executable, "-m", "tune.run", "--num-samples", "-1", "--time-budget-s", str(args.budget_s)]
     cmd += ["--storage-path", str(storage), "--name", EXPERIMENT, *common_flags(args)]
+    # The tutorial's split, as the other two runs use, and the whole budget for the search.
+    cmd += ["--test-n", "0", "--confirm-top", "0", *args.tune_arg]
     started, ended = launch(cmd, work / "a.log")
     curves = read_tune_experiment(storage / EXPERIMENT)
     outcomes = check_trials_csv(storage / EXPERIMENT, curves)
@@ -306,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-s", type=float, default=420.0, help="wall-clock budget per run (default: 420)"
     )
     parser.add_argument("--only", default="a,b,c", help="runs to do, of a,b,c (default: all)")
+    parser.add_argument("--tune-arg", action="append", default=[], help="an extra flag for run a (repeat)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--work-dir", type=Path, help="keep the runs' folders and logs here (default: a temp dir)"

@@ -117,10 +117,13 @@ def format_summary(
     """The end-of-run summary: trials and epochs, the top trials, how well ASHA's rungs ranked
     them, the confirmation, and what was exported against the tutorial's configuration."""
     counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
+    # A trial the budget stopped before its first epoch is FAIL too (tune.outcome); say which they are.
+    unstarted = sum(r.outcome == FAIL and r.epochs == 0 and not r.error for r in records)
     spent, fifo = epochs_spent(records), len(records) * settings.max_epochs
     lines = [
         f"{len(records)} trials in {seconds:.0f} s: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned by ASHA, "
-        f"{counts[FAIL]} failed",
+        f"{counts[FAIL]} failed"
+        + (f" ({unstarted} of them stopped by the budget before their first epoch)" if unstarted else ""),
         f"epochs spent: {spent} (ASHA) against {fifo} had every trial run to {settings.max_epochs} "
         f"({spent / fifo:.0%})"
         if fifo
