@@ -49,7 +49,7 @@ def test_builtin_default_tunes_the_model_and_optimiser() -> None:
     assert space.name == "default"
     assert list(space.params) == ["emb_dim", "lr", "sigmoid_high", "init_range", "l2", "weight_decay"]
     # 1.0e-4 in the file is a float bound, on a log scale.
-    assert space.params["lr"] == Param("lr", "float", low=1e-4, high=5e-2, log=True)
+    assert space.params["lr"] == Param("lr", "float", low=1e-4, high=0.2, log=True)
     assert space.params["emb_dim"] == Param("emb_dim", "int", low=8, high=256, log=True)
 
 
