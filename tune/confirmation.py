@@ -188,7 +188,7 @@ def format_confirmation(results: Sequence[Confirmed]) -> list[str]:
     if not results:
         return []
     lines = [
-        f"confirmation: the top {len(results)} configurations, each with {_seeds(len(results[0].seeds))}:"
+        f"confirmation: the top {len(results)} configurations, each with {fresh_seeds(len(results[0].seeds))}:"
     ]
     for i, c in enumerate(results):
         mark = "  <- exported" if i == 0 else ""
@@ -199,5 +199,6 @@ def format_confirmation(results: Sequence[Confirmed]) -> list[str]:
     return lines
 
 
-def _seeds(n: int) -> str:
+def fresh_seeds(n: int) -> str:
+    """ "1 fresh seed", "3 fresh seeds": how the summary and the export name a confirmation's runs."""
     return f"{n} fresh seed" + ("s" if n != 1 else "")

@@ -39,7 +39,15 @@ from mf.ranking_choice import (
     write_ranking,
 )
 from mf.training import Trainer, dataset_for, read_checkpoint
-from tune.confirmation import Candidate, Confirmed, checkpoint_file, read_reference, read_summary, run_config
+from tune.confirmation import (
+    Candidate,
+    Confirmed,
+    checkpoint_file,
+    fresh_seeds,
+    read_reference,
+    read_summary,
+    run_config,
+)
 from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
 from tune.settings import read_experiment
 from tune.study_storage import load_experiment_study
@@ -109,18 +117,24 @@ def tutorial_metrics(
     return config, model_metrics(trainer, dataset)
 
 
+def trainer_at_best(state: dict[str, Any], source: str, dataset: Dataset | None = None) -> Trainer:
+    """A run's checkpoint `state` (which carries its best epoch's weights) as a trainer at that best
+    epoch, with a config whose `epochs` is that epoch; `dataset` defaults to the config's own."""
+    config = from_dict(state["config"], where=source)
+    config = config.replace(epochs=int(state["best"]["epoch"]), device="auto")
+    trainer = Trainer(config, dataset if dataset is not None else dataset_for(config), device="cpu")
+    trainer.load_state(state, source=source)
+    trainer.rewind_to_best()
+    return trainer
+
+
 def best_trainer(folder: Path, best: TrialRecord) -> Trainer:
-    """The best trial's model at its best epoch, from its newest checkpoint (which carries the best
-    epoch's weights), with a config whose `epochs` is that epoch."""
+    """The best trial's model at its best epoch, from its newest checkpoint."""
     state = newest_checkpoint(best.trial_dir) if best.trial_dir is not None else None
     if state is None or not state.get("best"):
         raise MFError(f"{folder}: trial {best.trial_id} has no readable checkpoint to export")
-    best_epoch = int(state["best"]["epoch"])
-    config = from_dict(state["config"], where=f"trial {best.trial_id} checkpoint")
-    config = config.replace(epochs=best_epoch, device="auto")
-    trainer = Trainer(config, dataset_for(config), device="cpu")
-    trainer.load_state(state, source=f"trial {best.trial_id} checkpoint")
-    trainer.rewind_to_best()
+    trainer = trainer_at_best(state, f"trial {best.trial_id} checkpoint")
+    best_epoch = trainer.epoch
     if best_epoch != best.best_epoch:
         # Only when the run ended (time budget) between the trial's best epoch and its next checkpoint.
         print(
@@ -135,14 +149,7 @@ def confirmed_trainer(folder: Path, base: TrainConfig, winner: Confirmed) -> Tra
     confirmation); for an experiment that has no such file, trained again for the confirmed epochs."""
     path = checkpoint_file(folder, winner.trial_id, winner.seeds[0])
     if path.is_file():
-        state = read_checkpoint(path)
-        config = from_dict(state["config"], where=str(path)).replace(
-            epochs=int(state["best"]["epoch"]), device="auto"
-        )
-        trainer = Trainer(config, dataset_for(base), device="cpu")
-        trainer.load_state(state, source=str(path))
-        trainer.rewind_to_best()
-        return trainer
+        return trainer_at_best(read_checkpoint(path), str(path), dataset_for(base))
     candidate = Candidate(winner.trial_id, winner.params, winner.search_best)
     config = run_config(base, candidate, seed=winner.seeds[0], max_epochs=winner.epoch).replace(device="auto")
     trainer = Trainer(config, dataset_for(base), device="cpu")
@@ -242,7 +249,7 @@ def format_export(metrics: dict[str, Any], where: Path) -> str:
     ref = tutorial.get("skipped") or ", ".join(f"{p}_mse {tutorial[f'{p}_mse']:.4f}" for p in parts)
     confirmation = metrics.get("confirmation")
     how = (
-        f"confirmed over {len(confirmation['seeds'])} fresh seed{'s' * (len(confirmation['seeds']) > 1)}: val_mse {confirmation['val_mse_mean']:.4f} "
+        f"confirmed over {fresh_seeds(len(confirmation['seeds']))}: val_mse {confirmation['val_mse_mean']:.4f} "
         f"± {confirmation['val_mse_sd']:.4f}"
         if confirmation
         else f"the search's best trial, val_mse {metrics['search_best_val_mse']:.4f}"
