@@ -38,20 +38,23 @@ def sleeping_trial(
 ) -> None:
     """A trainable that trains nothing: each epoch sleeps `epoch_s` and reports a made-up curve.
 
-    With `report_every` k > 1, the epochs between ASHA's rungs are reported k at a time (the last
-    one's values, with every epoch's in `epochs`), as a trainable that batches its reports would.
+    Its reports are batched as tune.run's trainable batches them (`--report-every`, the same
+    `ReportPolicy` and `batched`), so the driver unpacks them as in a real run.
     """
     from ray import tune
 
+    from tune.trainable import ReportPolicy, batched
+
+    reports = ReportPolicy(decisions, max_epochs, every=report_every)
     floor = 0.8 + 0.1 * abs(math.log10(params["lr"]) + 1.5) + 0.05 * abs(math.log10(params["l2"]) + 1.0)
     pending: list[dict[str, float]] = []
     for epoch in range(1, max_epochs + 1):
         started = time.time()
         time.sleep(epoch_s)
-        pending.append({"epoch": epoch, "val_mse": floor + 0.5 / epoch})
-        if len(pending) >= report_every or epoch in decisions:  # ASHA's rungs and max_epochs: always
-            last = pending[-1]
-            tune.report({**last, "wall_time": time.time(), "epoch_started": started, "epochs": len(pending)})
+        pending.append({"epoch": epoch, "val_mse": floor + 0.5 / epoch, "epoch_started": started})
+        pending[-1]["wall_time"] = time.time()
+        if reports.due(epoch, len(pending), epoch_s * len(pending)):
+            tune.report(batched(pending))
             pending = []
 
 
@@ -131,26 +134,30 @@ def run_one(n_trials: int, args: argparse.Namespace, work: Path) -> dict[str, An
     with without_default_loggers():
         tuner.fit()
     ray.shutdown()
-    results, waits, epochs = [], [], 0
+    results, waits, epochs, ends = 0, [], 0, []
     for path in folder.glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        results += rows
-        epochs += sum(int(r.get("epochs", 1)) for r in rows)
+        rows = [json.loads(line) for line in path.read_text().splitlines()]  # one per epoch
+        epochs += len(rows)
+        results += sum("training_iteration" in r for r in rows)  # Tune's keys: on the reports only
+        ends += [r["wall_time"] for r in rows]
         # After a report, the trial's next epoch starts once the driver has handled it.
-        waits += [b["epoch_started"] - a["wall_time"] for a, b in zip(rows, rows[1:], strict=False)]
-    ends = [r["wall_time"] for r in results]
+        waits += [
+            b["epoch_started"] - a["wall_time"]
+            for a, b in zip(rows, rows[1:], strict=False)
+            if "training_iteration" in a
+        ]
     wall = (max(ends) - started) if ends else args.seconds
     trials = len(list(folder.glob("trial_*")))
     return {
         "concurrent_trials": n_trials,
-        "results_per_s": len(results) / wall,
+        "results_per_s": results / wall,
         "epochs_per_s": epochs / wall,
         "asked_epochs_per_s": n_trials / args.epoch_s,
         "proposals_per_s": trials / wall,
         "median_wait_ms": 1000 * statistics.median(waits) if waits else math.nan,
         "p90_wait_ms": 1000 * statistics.quantiles(waits, n=10)[-1] if len(waits) > 10 else math.nan,
         "trials": trials,
-        "results": len(results),
+        "results": results,
         "wall_s": wall,
     }
 
@@ -161,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-s", type=float, default=EPOCH_S_DEFAULT, help="a sleeping epoch's length")
     parser.add_argument("--max-epochs", type=int, default=27)
     parser.add_argument("--seconds", type=float, default=60.0, help="each run's budget (default 60)")
-    parser.add_argument("--report-every", type=int, default=1, help="epochs per report between rungs")
+    parser.add_argument(
+        "--report-every",
+        type=int,
+        default=1,
+        help="epochs per report between rungs (tune.run's --report-every)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, help=argparse.SUPPRESS)

@@ -88,6 +88,13 @@ class TrainConfig:
     batch_size: int = key(8192, "Ratings per optimiser step.")
     epochs: int = key(10, "Passes over the training ratings.")
 
+    # --- evaluation ---------------------------------------------------------------------
+    val_ndcg_k: int = key(
+        0,
+        "Also measure NDCG@k of the predicted rating on the val part every epoch (val_ndcg; held-out "
+        "ratings >= 4 relevant, train items excluded): what a ranking objective selects on. 0: off.",
+    )
+
     # --- run ----------------------------------------------------------------------------
     seed: int = key(0, "Seeds the init and the batch order, and the random split unless split_seed is set.")
     split_seed: int | None = key(
@@ -155,6 +162,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("epochs", cfg.epochs >= 1, ">= 1"),
         ("schedule_epochs", cfg.schedule_epochs >= 0, ">= 0"),
         ("threads", cfg.threads >= 0, ">= 0"),
+        ("val_ndcg_k", cfg.val_ndcg_k >= 0, ">= 0"),
     ]
     for name, ok, rule in rules:
         if not ok:

@@ -14,6 +14,7 @@ VAL_MSE = "val_mse"
 VAL_RMSE = "val_rmse"
 VAL_MAE = "val_mae"
 EPOCH_SECONDS = "epoch_seconds"  # the trainer's own time for the epoch (training + validation)
+VAL_NDCG = "val_ndcg"  # NDCG@val_ndcg_k of the predicted rating on the val part (when val_ndcg_k > 0)
 
 
 def regression_metrics(ratings: np.ndarray, predictions: np.ndarray) -> dict[str, float]:

@@ -259,15 +259,22 @@ def rows_by_user(part: Interactions, n_users: int) -> tuple[np.ndarray, np.ndarr
     return part.items[order], starts
 
 
-def _mask(users: np.ndarray, items: np.ndarray, starts: np.ndarray, n_items: int) -> np.ndarray:
-    """Boolean (B, n_items): True where the batch's user has the item in the grouped part."""
+def grouped_pairs(users: np.ndarray, items: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in `users`, item) of every item the batch's users have in a part grouped by
+    `rows_by_user`: user b's items, for every b, in one gather."""
     begins = starts[users]
     lengths = starts[users + 1] - begins
     rows = np.repeat(np.arange(len(users)), lengths)
-    # positions begins[b] .. begins[b] + lengths[b] - 1 of every user b, in one gather
+    # positions begins[b] .. begins[b] + lengths[b] - 1 of every user b
     positions = np.arange(lengths.sum()) + np.repeat(begins - (np.cumsum(lengths) - lengths), lengths)
+    return rows, items[positions]
+
+
+def _mask(users: np.ndarray, items: np.ndarray, starts: np.ndarray, n_items: int) -> np.ndarray:
+    """Boolean (B, n_items): True where the batch's user has the item in the grouped part."""
+    rows, cols = grouped_pairs(users, items, starts)
     mask = np.zeros((len(users), n_items), dtype=bool)
-    mask[rows, items[positions]] = True
+    mask[rows, cols] = True
     return mask
 
 

@@ -287,6 +287,7 @@ class Recommender:
             "epoch": m.get("epoch", m.get("epochs")),
             "val_mse": m.get("val_mse"),
             "test_mse": m.get("test_mse"),
+            "selected_by": m.get("objective", "val MSE"),  # best-ranking/ exports: val NDCG@k
             "data": d.source,
             "users": d.n_users,
             "items": d.n_items,

@@ -23,6 +23,7 @@ from mf import fused_step
 from mf.atomic import atomic_write
 from mf.config import TrainConfig, from_dict, lr_at
 from mf.data import Dataset, Interactions, prepare_dataset
+from mf.epoch_ndcg import EpochNDCG
 from mf.errors import MFError
 from mf.metrics import (
     EPOCH,
@@ -30,6 +31,7 @@ from mf.metrics import (
     TRAIN_LOSS,
     VAL_MAE,
     VAL_MSE,
+    VAL_NDCG,
     VAL_RMSE,
     all_metrics,
     regression_metrics,
@@ -181,6 +183,18 @@ class Trainer:
         self.test_part = (
             TensorPart.from_interactions(dataset.test, self.device) if dataset.test is not None else None
         )
+        self.val_ndcg = (
+            EpochNDCG(
+                dataset.train,
+                dataset.val,
+                n_users=dataset.n_users,
+                n_items=dataset.n_items,
+                k=config.val_ndcg_k,
+                device=self.device,
+            )
+            if config.val_ndcg_k > 0
+            else None
+        )
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best: BestModel | None = None
@@ -228,8 +242,10 @@ class Trainer:
             VAL_MSE: val["mse"],
             VAL_RMSE: val["rmse"],
             VAL_MAE: val["mae"],
-            EPOCH_SECONDS: time.perf_counter() - started,
         }
+        if self.val_ndcg is not None:
+            metrics[VAL_NDCG] = self.val_ndcg(self.model)
+        metrics[EPOCH_SECONDS] = time.perf_counter() - started
         self.history.append(metrics)
         if self.best is None or val["mse"] < self.best.val_mse:
             # A copy of the weights at the best epoch, so that no checkpoint is needed at every epoch.

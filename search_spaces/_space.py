@@ -61,6 +61,7 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
         "set by --max-epochs for every trial (the span of a cosine schedule)",
         "use --max-epochs",
     ),
+    "val_ndcg_k": ("what each epoch measures, not how the model trains", "use --val-ndcg-k"),
     "device": _RUN,
     "threads": _RUN,
 }

@@ -14,7 +14,8 @@ import torch
 from mf.config import TrainConfig, lr_at
 from mf.data import Interactions
 from mf.errors import MFError
-from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
+from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_NDCG, VAL_RMSE
+from mf.ranking import FactorScorer, ranking_metrics
 from mf.training import Trainer, TrainingDiverged, load_model, read_checkpoint
 from tests.files import N_ITEMS, N_USERS
 from tests.files import tiny_dataset as _tiny_dataset
@@ -86,6 +87,27 @@ def test_run_epoch_returns_the_metric_constants() -> None:
     # Each call is one more epoch, and the history keeps them all.
     assert trainer.run_epoch()[EPOCH] == 2
     assert len(trainer.history) == 2
+
+
+def test_val_ndcg_k_reports_the_val_ndcg_that_mf_ranking_computes_every_epoch() -> None:
+    data = _tiny_dataset()
+    trainer = Trainer(_config(val_ndcg_k=5, epochs=3), data)
+    for _ in range(3):
+        m = trainer.run_epoch()
+        # The figure a ranking objective selects on: NDCG@5 of the predicted rating on val, train
+        # items excluded, held-out ratings >= 4 relevant, the same as mf.ranking's evaluation.
+        expected = ranking_metrics(
+            FactorScorer.from_model(trainer.model),
+            train=data.train,
+            heldout=data.val,
+            n_users=data.n_users,
+            n_items=data.n_items,
+            k=5,
+        )
+        assert expected.users > 0 and 0 <= m[VAL_NDCG] <= 1
+        assert m[VAL_NDCG] == pytest.approx(expected.ndcg, abs=1e-6)
+    # Off by default: an epoch then costs what it did.
+    assert VAL_NDCG not in Trainer(_config(), data).run_epoch()
 
 
 def test_fit_trains_up_to_a_total_and_reports_each_epoch() -> None:

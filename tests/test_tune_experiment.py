@@ -42,7 +42,7 @@ def load_study(folder: Path) -> optuna.Study:
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
     """Eight trials of the default space, at most 4 epochs, ASHA from epoch 1 halving each rung; the
-    best two configurations confirmed with two fresh seeds each."""
+    best two configurations confirmed with two fresh seeds each; val NDCG@10 measured every epoch."""
     storage = tmp_path_factory.mktemp("runs")
     code = tune_run.main(
         [
@@ -57,6 +57,7 @@ def experiment(tmp_path_factory) -> Path:
             "--keep-checkpoints", "2",
             "--confirm-top", "2",
             "--confirm-seeds", "2",
+            "--val-ndcg-k", "10",
         ]
     )  # fmt: skip
     assert code == 0
@@ -113,6 +114,30 @@ def test_run_exports_the_confirmed_config_with_metrics_and_model(experiment: Pat
     assert metrics["search_best_val_mse"] == pytest.approx(trials.loc[metrics["trial_id"], "best_val_mse"])
     # The tutorial's configuration was trained on the same split, for comparison.
     assert math.isfinite(metrics["tutorial"]["test_mse"]) and metrics["tutorial"]["epochs"] == 10
+
+
+def test_run_exports_the_best_ranking_trial_beside_the_best_rating_one(experiment: Path):
+    trials = pd.read_csv(experiment / "trials.csv").set_index("trial_id")
+    # Every trial measured val NDCG@10 each epoch, and the study keeps each one's best beside its
+    # val MSE value: both objectives, one trial record.
+    assert trials["best_val_ndcg"].between(0, 1).all()
+    for t in load_study(experiment).trials:
+        row = trials.loc[t.user_attrs["ray_trial_id"]]
+        assert t.user_attrs["best_val_ndcg"] == pytest.approx(row["best_val_ndcg"])
+    # best-ranking/ is the trial best by val NDCG, trained again to its best NDCG epoch.
+    folder = experiment / "best-ranking"
+    assert {p.name for p in folder.iterdir()} == {"config.yaml", "metrics.json", "model.pt", "ranking.json"}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    best = trials["best_val_ndcg"].idxmax()
+    assert metrics["trial_id"] == best and metrics["objective"] == "val NDCG@10"
+    assert config["epochs"] == metrics["epoch"] == trials.loc[best, "ndcg_epoch"]
+    assert metrics["search_best_val_ndcg"] == pytest.approx(trials.loc[best, "best_val_ndcg"])
+    # The retrain lands where the search did (a thread count apart), and the export's own ranking
+    # evaluation of that model agrees with the trainer's per-epoch figure.
+    assert metrics["retrained_val_ndcg"] == pytest.approx(metrics["search_best_val_ndcg"], abs=0.01)
+    assert metrics["val_ndcg@10"] == pytest.approx(metrics["retrained_val_ndcg"], abs=1e-6)
+    assert math.isfinite(metrics["test_mse"]) and "served" in metrics["ranking"]
 
 
 def test_run_trials_csv_has_every_trial_with_outcome_and_node(experiment: Path):
@@ -338,3 +363,43 @@ def test_time_budget_leaves_no_trial_running_in_the_study(tmp_path: Path):
     assert all(t.state.is_finished() for t in study.trials)
     for t in study.trials:
         assert t.state.name == trials.loc[t.number, "outcome"]
+
+
+def test_report_every_batches_the_epochs_between_rungs_and_every_epoch_is_still_recorded(tmp_path: Path):
+    # ASHA's rungs at epochs 1 and 3, max 9; one trial at a time, so the first one, alone at every
+    # rung, trains all 9 epochs.
+    code = tune_run.main(
+        [
+            "--data", str(DATA),
+            "--storage-path", str(tmp_path),
+            "--name", "batched",
+            "--num-samples", "3",
+            "--max-epochs", "9",
+            "--grace-period", "1",
+            "--reduction-factor", "3",
+            "--max-concurrent", "1",
+            "--space", "ablation",
+            "--emb-dim", "8",
+            "--report-every", "4",
+            "--confirm-top", "0",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    folder = tmp_path / "batched"
+    study = load_study(folder)
+    trials = pd.read_csv(folder / "trials.csv").set_index("optuna_number")
+    assert trials["epochs"].max() == 9
+    for t in study.trials:
+        rows = read_results(folder / f"trial_{t.user_attrs['ray_trial_id']}")
+        epochs = int(trials.loc[t.number, "epochs"])
+        # The trial's folder and the study hold every epoch once, in order, as unbatched ...
+        assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+        assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+        # ... while Tune got a report at each rung the trial reached and at its last epoch, and in
+        # between one per 4 epochs, or sooner where those epochs took a second of training.
+        reported = [r["epoch"] for r in rows if "training_iteration" in r]
+        assert {1, 3, epochs} & set(range(1, epochs + 1)) <= set(reported)
+        for start, end in zip([0, *reported[:-1]], reported, strict=True):
+            batch = rows[start:end]
+            seconds = sum(r["epoch_seconds"] for r in batch)
+            assert len(batch) <= 4 and (end in {1, 3, epochs} or len(batch) == 4 or seconds >= 1.0)

@@ -24,6 +24,7 @@ from mf.config import TrainConfig
 from tune.keys import EPOCH_SECONDS
 from tune.outcome import FAIL
 from tune.results import TrialRecord
+from tune.settings import trial_config
 
 CONFIRM_DIR = "confirm"
 SUMMARY_FILE = "summary.json"
@@ -98,13 +99,7 @@ def run_config(base: TrainConfig, candidate: Candidate, *, seed: int, max_epochs
     """The training config of one confirmation run: a new seed for the init and the batch order, the
     experiment's split (split_seed keeps it, for a retrain from the exported config too)."""
     split_seed = base.seed if base.split_seed is None else base.split_seed
-    return base.replace(
-        **candidate.params,
-        epochs=max_epochs,
-        schedule_epochs=base.schedule_epochs or max_epochs,
-        seed=seed,
-        split_seed=split_seed,
-    )
+    return trial_config(base, candidate.params, max_epochs).replace(seed=seed, split_seed=split_seed)
 
 
 def run_file(folder: Path, trial_id: str, seed: int) -> Path:

@@ -52,7 +52,14 @@ from tune.searcher import StudySearcher, settle_stopped_trials
 from tune.settings import EXPERIMENT_FILE, ExperimentSettings, RunOptions, read_experiment
 from tune.study_storage import load_experiment_study, mend_journal, open_storage, study_location
 from tune.tracking import MlflowTracking
-from tune.trainable import CheckpointPolicy, RunAhead, confirmation_run, reference_run, train_trial
+from tune.trainable import (
+    CheckpointPolicy,
+    ReportPolicy,
+    RunAhead,
+    confirmation_run,
+    reference_run,
+    train_trial,
+)
 from tune.trial_files import trial_dirname
 from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
@@ -119,6 +126,7 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
             interval_s=settings.checkpoint_interval_s,
         ),
         run_ahead=RunAhead(settings.decision_epochs),
+        reports=ReportPolicy(settings.decision_epochs, settings.max_epochs, every=settings.report_every),
         experiment_dir=settings.experiment_dir,
     )
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})

@@ -7,7 +7,9 @@ confirmation, the search's best trial at its best epoch, from its checkpoint.
 holds its weights (with the id mapping), and `best/metrics.json` its metrics on the validation part
 and, where the split holds out a test part, on the test part, computed once here and never seen by
 the search; beside them the same metrics of the tutorial's configuration trained on the same split,
-the reference the tuning is judged against. Reads only files: it works on a finished, running or
+the reference the tuning is judged against. Where the trials measured val NDCG (--val-ndcg-k),
+`<experiment>/best-ranking/` holds the same files for the trial with the best val NDCG, trained
+again to that trial's best NDCG epoch. Reads only files: it works on a finished, running or
 interrupted experiment, without Ray.
 
     python -m tune.export runs/mf-tune
@@ -27,7 +29,7 @@ from mf.atomic import write_json, write_yaml
 from mf.config import TrainConfig, from_dict, tutorial_config
 from mf.data import Dataset
 from mf.errors import MFError, user_errors_exit
-from mf.metrics import prefixed
+from mf.metrics import VAL_NDCG, prefixed
 from mf.ranking import PREDICTED, FactorScorer, Ranking
 from mf.ranking_choice import (
     MAX_USERS,
@@ -48,12 +50,13 @@ from tune.confirmation import (
     read_summary,
     run_config,
 )
-from tune.results import TrialRecord, best_trial, collect_trials, write_trials_csv
-from tune.settings import read_experiment
+from tune.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
+from tune.settings import read_experiment, trial_config
 from tune.study_storage import load_experiment_study
 from tune.trial_files import newest_checkpoint
 
 BEST_DIR = "best"
+BEST_RANKING_DIR = "best-ranking"
 METRICS_FILE = "metrics.json"
 RANK_K = 10
 SPLIT_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction", "seed", "split_seed")
@@ -212,14 +215,22 @@ def export_best(
             "candidates": len(confirmed),
         }
 
-    # Write into a fresh folder, then swap it in: a crash leaves the old export whole.
-    staging = Path(tempfile.mkdtemp(prefix=".best-", dir=folder))
+    write_export(folder / BEST_DIR, trainer, metrics, choice)
+    if not quiet:
+        print(format_export(metrics, folder / BEST_DIR))
+    return metrics
+
+
+def write_export(target: Path, trainer: Trainer, metrics: dict[str, Any], choice: RankingChoice) -> None:
+    """config.yaml, metrics.json, model.pt and the served ranking in `target`, written into a fresh
+    folder beside it and then swapped in: a crash leaves the old export whole."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write_yaml(staging / "config.yaml", trainer.config.to_dict())
         write_json(staging / METRICS_FILE, metrics)
         trainer.save_checkpoint(staging / "model.pt")
         write_ranking(staging, choice)  # what mf.recommend and mf.serve rank by
-        target, old = folder / BEST_DIR, folder / ".best-old"
+        old = target.parent / f".{target.name}-old"
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             target.rename(old)
@@ -227,8 +238,51 @@ def export_best(
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_best_ranking(
+    folder: str | os.PathLike, *, records: list[TrialRecord] | None = None, quiet: bool = False
+) -> dict[str, Any] | None:
+    """Write best-ranking/ for the trial with the best val NDCG at any epoch; None (and nothing
+    written) where the trials did not measure it.
+
+    Trained again from the trial's configuration and seed to its best NDCG epoch, since its
+    checkpoint holds the weights of its best val-MSE epoch; the training is deterministic on one
+    device, and a retrained NDCG that differs from the search's is said.
+    """
+    folder = Path(folder).resolve()
+    if records is None:
+        records = collect_and_write_trials(folder)
+    best = best_ranking_trial(records)
+    if best is None or best.ndcg_epoch is None:
+        return None
+    experiment = read_experiment(folder)
+    base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
+    max_epochs = int(experiment["settings"]["max_epochs"])
+    config = trial_config(base, best.params, max_epochs).replace(epochs=best.ndcg_epoch, device="auto")
+    trainer = Trainer(config, dataset_for(base), device="cpu")
+    trainer.fit()
+    retrained = float(trainer.history[-1][VAL_NDCG])
+    if abs(retrained - best.best_val_ndcg) > 1e-6:
+        print(
+            f"note: trial {best.trial_id}'s val NDCG at epoch {best.ndcg_epoch} was {best.best_val_ndcg:.4f} "
+            f"in the search and {retrained:.4f} trained again here (another device or thread count)"
+        )
+    choice = choose_ranking(FactorScorer.from_model(trainer.model), trainer.dataset)
+    metrics: dict[str, Any] = {
+        "trial_id": best.trial_id,
+        "optuna_number": best.optuna_number,
+        "epoch": trainer.epoch,
+        "objective": f"val NDCG@{base.val_ndcg_k}",
+        "search_best_val_ndcg": best.best_val_ndcg,
+        "retrained_val_ndcg": retrained,
+        **model_metrics(trainer, trainer.dataset),
+        "params": best.params,
+        "ranking": ranking_summary(choice),
+    }
+    write_export(folder / BEST_RANKING_DIR, trainer, metrics, choice)
     if not quiet:
-        print(format_export(metrics, folder / BEST_DIR))
+        print(format_ranking_export(metrics, folder / BEST_RANKING_DIR))
     return metrics
 
 
@@ -269,15 +323,30 @@ def format_export(metrics: dict[str, Any], where: Path) -> str:
     )
 
 
+def format_ranking_export(metrics: dict[str, Any], where: Path) -> str:
+    """One line: the trial best by val NDCG, its ranking on the held-out parts and its rating error."""
+    ranking = metrics["ranking"]
+    part = "test" if f"test_served_ndcg@{RANK_K}" in ranking else "val"
+    return (
+        f"exported {where}: trial {metrics['trial_id']}'s configuration by {metrics['objective']} "
+        f"{metrics['search_best_val_ndcg']:.4f}, {metrics['epoch']} epochs; ranked by {ranking['served']}: "
+        f"{part} NDCG@{RANK_K} {ranking[f'{part}_served_ndcg@{RANK_K}']:.4f}, most popular "
+        f"{ranking[f'{part}_popular_ndcg@{RANK_K}']:.4f}; {part}_mse {metrics[f'{part}_mse']:.4f}"
+    )
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tune.export",
-        description="Write <experiment>/best/ (config.yaml, metrics.json, model.pt) and trials.csv.",
+        description="Write <experiment>/best/ (config.yaml, metrics.json, model.pt), best-ranking/ "
+        "where the trials measured val NDCG, and trials.csv.",
     )
     parser.add_argument("experiment", type=Path, help="experiment folder (e.g. runs/mf-tune)")
     args = parser.parse_args(argv)
-    export_best(args.experiment)
+    records = collect_and_write_trials(args.experiment.resolve())
+    export_best(args.experiment, records=records)
+    export_best_ranking(args.experiment, records=records)
     return 0
 
 

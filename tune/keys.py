@@ -6,10 +6,13 @@ alone. The trainer's own metric names (`epoch`, `val_mse`, ...) are mf.metrics'.
 
 from __future__ import annotations
 
-from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_RMSE
+from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_NDCG, VAL_RMSE
 
 METRIC, MODE = VAL_MSE, "min"
 """What every trial is judged on: ASHA, the Optuna study, the export and the report."""
+RANKING_METRIC, RANKING_MODE = VAL_NDCG, "max"
+"""The second objective, where trials measure it (--val-ndcg-k): the study keeps each trial's best
+(BEST_VAL_NDCG) and the export adds best-ranking/; TPE and ASHA go on judging by METRIC alone."""
 
 # ---------------------------------------------------------------- keys of a trial's results
 NODE_ID = "node_id"
@@ -24,11 +27,27 @@ RAN_AHEAD = "ran_ahead"
 """1 if the epoch was trained while the driver handled the previous epoch's report."""
 ALREADY_LOGGED = "already_logged"
 """Set by a trial that sends its last result again after a driver restart: not logged twice."""
+EARLIER_EPOCHS = "earlier_epochs"
+"""A batched report's epochs before its own (--report-every), oldest first: each a result of its
+own; `tune.trial_files.epoch_rows` unpacks them."""
 DONE = "done"
 """Set by Tune on a trial's last result (ASHA stopped it, or it reached max_epochs)."""
 
 OWN_RESULT_KEYS = frozenset(
-    (EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, VAL_MAE, NODE_ID, DEVICE, GPU_IDS, DIVERGED, ERROR, RAN_AHEAD)
+    (
+        EPOCH,
+        TRAIN_LOSS,
+        VAL_MSE,
+        VAL_RMSE,
+        VAL_MAE,
+        VAL_NDCG,
+        NODE_ID,
+        DEVICE,
+        GPU_IDS,
+        DIVERGED,
+        ERROR,
+        RAN_AHEAD,
+    )
 )
 """What the trainable puts in a result besides its timing (Tune adds keys of its own)."""
 
@@ -37,12 +56,16 @@ RAY_TRIAL_ID = "ray_trial_id"
 """The Tune trial that ran the Optuna trial: joins the study with the trial folders."""
 WARM_START_FROM = "warm_start_from"
 """Set on a trial copied from an earlier study by --warm-start: not a trial of this experiment."""
+BEST_VAL_NDCG = "best_val_ndcg"
+"""The trial's highest RANKING_METRIC of any epoch so far (only where trials measure it)."""
 
 __all__ = [
     "ALREADY_LOGGED",
+    "BEST_VAL_NDCG",
     "DEVICE",
     "DIVERGED",
     "DONE",
+    "EARLIER_EPOCHS",
     "EPOCH",
     "EPOCH_SECONDS",
     "ERROR",
@@ -52,10 +75,13 @@ __all__ = [
     "NODE_ID",
     "OWN_RESULT_KEYS",
     "RAN_AHEAD",
+    "RANKING_METRIC",
+    "RANKING_MODE",
     "RAY_TRIAL_ID",
     "TRAIN_LOSS",
     "VAL_MAE",
     "VAL_MSE",
+    "VAL_NDCG",
     "VAL_RMSE",
     "WALL_TIME",
     "WARM_START_FROM",

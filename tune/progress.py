@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from tune.keys import ALREADY_LOGGED, VAL_MSE
 from tune.outcome import COMPLETE, FAIL, PRUNED, outcome_of_last
+from tune.trial_files import epoch_rows
 
 SHOWN = {COMPLETE: "complete", PRUNED: "pruned", FAIL: "failed"}
 """How the line names each outcome."""
@@ -208,8 +209,9 @@ class LiveProgress(Callback):
     ) -> None:
         if result.get(ALREADY_LOGGED):
             return
-        self.state.epochs += 1
-        self.state.score(trial.trial_id, result.get(VAL_MSE))
+        for row in epoch_rows(result):
+            self.state.epochs += 1
+            self.state.score(trial.trial_id, row.get(VAL_MSE))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.state.end(trial.trial_id, trial_outcome("TERMINATED", trial.last_result or {}, self.max_epochs))

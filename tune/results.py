@@ -21,7 +21,17 @@ import pandas as pd
 
 from mf.atomic import atomic_write_text
 from mf.errors import MFError
-from tune.keys import DIVERGED, EPOCH, ERROR, METRIC, NODE_ID, RAY_TRIAL_ID, VAL_MSE, WARM_START_FROM
+from tune.keys import (
+    DIVERGED,
+    EPOCH,
+    ERROR,
+    METRIC,
+    NODE_ID,
+    RANKING_METRIC,
+    RAY_TRIAL_ID,
+    VAL_MSE,
+    WARM_START_FROM,
+)
 from tune.outcome import FAIL, RUNNING, outcome_of_curve
 from tune.trial_files import (
     ERROR_EVENT,
@@ -60,6 +70,9 @@ class TrialRecord:
     """The mean val MSE over the confirmation's fresh seeds (tune.confirmation); NaN: not confirmed."""
     confirm_val_mse_sd: float = math.nan
     confirm_epoch: int | None = None
+    best_val_ndcg: float = math.nan
+    """The highest RANKING_METRIC of any epoch (NaN: the trials did not measure it, --val-ndcg-k 0)."""
+    ndcg_epoch: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     history: pd.DataFrame | None = field(default=None, repr=False)
     trial_dir: Path | None = field(default=None, repr=False)
@@ -138,6 +151,8 @@ def _record(
     history = pd.DataFrame(results) if results else None
     curve = curve_of(results, VAL_MSE, EPOCH)
     best_epoch = min(curve, key=curve.get) if curve else 0
+    ranking = curve_of(results, RANKING_METRIC, EPOCH)
+    ndcg_epoch = max(ranking, key=ranking.get) if ranking else None
     error = str(last.get(ERROR, "") or "")
     if not error and any(e.get("event") == ERROR_EVENT for e in events):
         error = f"see {trial_dir / 'error.txt'} ({EVENTS_FILE})"
@@ -152,6 +167,8 @@ def _record(
         retries=sum(e.get("event") == RETRY_EVENT for e in events),
         optuna_number=number,
         error=error,
+        best_val_ndcg=ranking[ndcg_epoch] if ndcg_epoch is not None else math.nan,
+        ndcg_epoch=ndcg_epoch,
         params=params,
         history=history,
         trial_dir=trial_dir,
@@ -168,6 +185,12 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
     # Trials that tie (the same params train the same curve) may not all have kept their
     # checkpoint (tune/retention.py keeps the best few): prefer one that has.
     return next((r for r in tied if r.has_checkpoint()), tied[0])
+
+
+def best_ranking_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial with the highest val NDCG at any epoch, or None where no trial measured it."""
+    scored = [r for r in records if r.outcome != FAIL and math.isfinite(r.best_val_ndcg)]
+    return max(scored, key=lambda r: r.best_val_ndcg) if scored else None
 
 
 def epochs_spent(records: list[TrialRecord]) -> int:

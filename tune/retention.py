@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.trial_files import empty_checkpoints, read_results
+from tune.trial_files import empty_checkpoints, epoch_rows, read_results
 
 
 class CheckpointRetention(Callback):
@@ -35,10 +35,11 @@ class CheckpointRetention(Callback):
         self._ended: list[tuple[float, str]] = []  # (best, trial folder), best first
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        value = result.get(self._metric)
-        if _finite(value):
-            signed = self._sign * value
-            self._best[trial.trial_id] = min(signed, self._best.get(trial.trial_id, math.inf))
+        for row in epoch_rows(result):
+            value = row.get(self._metric)
+            if _finite(value):
+                signed = self._sign * value
+                self._best[trial.trial_id] = min(signed, self._best.get(trial.trial_id, math.inf))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended_trial(trial)

@@ -21,7 +21,14 @@ from mf.config import from_dict
 from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
 from tune.confirmation import format_confirmation, read_summary
-from tune.export import collect_and_write_trials, export_best, format_export
+from tune.export import (
+    BEST_RANKING_DIR,
+    collect_and_write_trials,
+    export_best,
+    export_best_ranking,
+    format_export,
+    format_ranking_export,
+)
 from tune.fidelity import pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
@@ -112,6 +119,7 @@ def format_summary(
     seconds: float,
     exported: dict[str, Any] | None,
     folder: Path,
+    ranking_export: dict[str, Any] | None = None,
     top: int = 5,
 ) -> str:
     """The end-of-run summary: trials and epochs, the top trials, how well ASHA's rungs ranked
@@ -144,6 +152,8 @@ def format_summary(
     lines += format_confirmation(read_summary(folder))
     if exported is not None:
         lines.append(format_export(exported, folder / "best"))
+    if ranking_export is not None:
+        lines.append(format_ranking_export(ranking_export, folder / BEST_RANKING_DIR))
     return "\n".join(lines)
 
 
@@ -183,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_experiment(settings, base, space, options)
     folder = outcome.experiment_dir
     records = collect_and_write_trials(folder)
-    exported = None
+    exported = ranking_export = None
     if not args.no_export:
         # Bound by a budget, the run does not train the tutorial's reference after it (see export_best).
         exported = export_best(
             folder, records=records, quiet=True, train_reference=settings.time_budget_s is None
         )
+        ranking_export = export_best_ranking(folder, records=records, quiet=True)
     if exported is not None and options.mlflow_uri is not None:
         from tune.tracking import tag_best
 
@@ -204,7 +215,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"report: {write_report(folder)}")
     # The summary comes last, so that it is what a terminal or a job's log ends with.
-    print(format_summary(records, settings, seconds=outcome.seconds, exported=exported, folder=folder))
+    print(
+        format_summary(
+            records,
+            settings,
+            seconds=outcome.seconds,
+            exported=exported,
+            folder=folder,
+            ranking_export=ranking_export,
+        )
+    )
     return 0
 
 

@@ -24,9 +24,19 @@ from ray.tune.search import Searcher
 
 from mf.atomic import write_json
 from tune._optuna import live_trial
-from tune.keys import DIVERGED, EPOCH, METRIC, MODE, RAY_TRIAL_ID, WARM_START_FROM
+from tune.keys import (
+    BEST_VAL_NDCG,
+    DIVERGED,
+    EPOCH,
+    METRIC,
+    MODE,
+    RANKING_METRIC,
+    RAY_TRIAL_ID,
+    WARM_START_FROM,
+)
 from tune.outcome import outcome_of_curve
 from tune.study_storage import open_storage
+from tune.trial_files import epoch_rows
 
 
 def make_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:
@@ -69,6 +79,7 @@ class StudySearcher(Searcher):
         self._study: optuna.Study | None = None
         self._live: dict[str, optuna.Trial] = {}  # Tune trial id -> its running Optuna trial
         self._curves: dict[str, dict[int, float]] = {}  # what was reported for each live trial
+        self._best_ranking: dict[str, float] = {}  # each live trial's best RANKING_METRIC so far
         self._orphans: list[optuna.trial.FrozenTrial] = []
         self._asks_left: int | None = None
 
@@ -97,6 +108,8 @@ class StudySearcher(Searcher):
             if ray_id is not None and (known is None or ray_id in known):
                 self._live[ray_id] = live_trial(study, t)
                 self._curves[ray_id] = dict(t.intermediate_values)
+                if BEST_VAL_NDCG in t.user_attrs:
+                    self._best_ranking[ray_id] = float(t.user_attrs[BEST_VAL_NDCG])
             else:
                 self._orphans.append(t)
         if self._num_samples > 0:
@@ -105,7 +118,7 @@ class StudySearcher(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the searcher with the experiment; the study is reopened from its storage.
         state = self.__dict__.copy()
-        for key in ("_study", "_live", "_curves", "_orphans", "_asks_left"):
+        for key in ("_study", "_live", "_curves", "_best_ranking", "_orphans", "_asks_left"):
             state.pop(key)
         return state
 
@@ -145,13 +158,14 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live:
-            self._record(trial_id, result)
+            for row in epoch_rows(result):
+                self._record(trial_id, row)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
-        if result:
-            self._record(trial_id, result)  # the result ASHA stopped a trial on reaches only this hook
+        for row in epoch_rows(result) if result else ():
+            self._record(trial_id, row)  # the result ASHA stopped a trial on reaches only this hook
         failed = error or bool(result and result.get(DIVERGED))
         state, value = outcome_of_curve(
             self._curves[trial_id], failed=failed, max_epochs=self._max_epochs, mode=self.mode
@@ -159,6 +173,7 @@ class StudySearcher(Searcher):
         # skip_if_finished: a driver that died before Tune's snapshot may have told it already.
         self.study.tell(self._live.pop(trial_id), value, state=state, skip_if_finished=True)
         self._curves.pop(trial_id)
+        self._best_ranking.pop(trial_id, None)
 
     def _record(self, trial_id: str, result: dict) -> None:
         value, step = result.get(self.metric), result.get(EPOCH)
@@ -172,6 +187,16 @@ class StudySearcher(Searcher):
         except UpdateFinishedTrialError:
             return  # told already by a driver that died before Tune's snapshot
         curve[step] = float(value)
+        self._record_ranking(trial_id, result.get(RANKING_METRIC))
+
+    def _record_ranking(self, trial_id: str, value: Any) -> None:
+        """Keep the trial's best ranking figure as a user attribute (written when it improves): the
+        study then holds both objectives, while TPE's model and the trial's value stay on METRIC."""
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        if value > self._best_ranking.get(trial_id, -math.inf):
+            self._best_ranking[trial_id] = float(value)
+            self._live[trial_id].set_user_attr(BEST_VAL_NDCG, float(value))
 
     def save(self, checkpoint_path: str) -> None:
         write_json(checkpoint_path, {"format": 1, "suggested": sorted(self._suggested)})

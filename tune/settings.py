@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from mf.config import TrainConfig
 from mf.errors import ConfigError
 
 EXPERIMENT_FILE = "experiment.yaml"
@@ -48,6 +49,12 @@ class ExperimentSettings:
     )
     startup_trials: int = setting(
         10, "Trials TPE proposes at random before it models the results (Optuna's n_startup_trials)."
+    )
+    report_every: int = setting(
+        1,
+        "Report a trial's epochs to the driver in batches of up to N (always at ASHA's rungs, at the last "
+        "epoch and within 1 s): fewer results for one driver to handle at many trial slots. Every epoch "
+        "is still recorded.",
     )
     cpus_per_trial: float = setting(1.0, "CPUs each trial holds (torch threads follow it).")
     gpus_per_trial: float = setting(0.0, "GPUs each trial holds; fractions share a GPU (0.25: four a GPU).")
@@ -106,6 +113,7 @@ class ExperimentSettings:
             ),
             ("reduction_factor", self.reduction_factor >= 2, ">= 2"),
             ("startup_trials", self.startup_trials >= 1, ">= 1"),
+            ("report_every", self.report_every >= 1, ">= 1"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
             ("max_concurrent", self.max_concurrent >= 0, ">= 0"),
@@ -209,3 +217,9 @@ def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
+    """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
+    (also the span of a cosine learning-rate schedule, unless the base sets one)."""
+    return base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)

@@ -39,6 +39,7 @@ from tune.keys import ALREADY_LOGGED
 from tune.outcome import FAIL
 from tune.progress import trial_outcome
 from tune.tracking_writer import OUTCOME_TAG, PARENT_TAG, RUN_FILE, TRIAL_ID_TAG
+from tune.trial_files import epoch_rows
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -165,8 +166,9 @@ class MlflowTracking(Callback):
     ) -> None:
         if result.get(ALREADY_LOGGED) or EPOCH not in result:
             return
-        values = {k: result[k] for k in self.metrics if isinstance(result.get(k), (int, float))}
-        self._steps.setdefault(trial.trial_id, []).append((int(result[EPOCH]), _ms(), values))
+        for row in epoch_rows(result):
+            values = {k: row[k] for k in self.metrics if isinstance(row.get(k), (int, float))}
+            self._steps.setdefault(trial.trial_id, []).append((int(row[EPOCH]), _ms(), values))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._send(trial, trial_outcome("TERMINATED", trial.last_result or {}, self.max_epochs))

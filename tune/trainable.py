@@ -2,9 +2,9 @@
 
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
 resumes from the newest checkpoint in its trial folder when Tune retries or restores it, and
-reports every epoch (what ASHA and the Optuna searcher act on), and saves a checkpoint into its
-folder where `CheckpointPolicy` says. Between ASHA's rungs it trains the next epoch while the
-driver handles the last report (`RunAhead`).
+reports every epoch (what ASHA and the Optuna searcher act on; in batches where `ReportPolicy`
+says), and saves a checkpoint into its folder where `CheckpointPolicy` says. Between ASHA's rungs it
+trains the next epoch while the driver handles the last report (`RunAhead`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tune.keys import (
     ALREADY_LOGGED,
     DEVICE,
     DIVERGED,
+    EARLIER_EPOCHS,
     EPOCH,
     EPOCH_SECONDS,
     ERROR,
@@ -38,13 +39,8 @@ from tune.keys import (
     VAL_MSE,
     WALL_TIME,
 )
+from tune.settings import trial_config
 from tune.trial_files import has_ended, newest_checkpoint, read_results, save_trial_checkpoint, trial_dirname
-
-
-def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
-    """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
-    (also the span of a cosine learning-rate schedule, unless the base sets one)."""
-    return base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
 
 
 @dataclass(frozen=True)
@@ -91,6 +87,42 @@ class RunAhead:
         return epoch not in self.decision_epochs and epoch_seconds < self.max_epoch_s
 
 
+@dataclass(frozen=True)
+class ReportPolicy:
+    """When a trial sends its epochs to the driver: each one (every=1, the default), or in batches.
+
+    The one driver handles every report (loggers, ASHA, the Optuna study), and at many trial slots
+    of short epochs that is what limits the experiment (docs/cluster.md). A batch is sent at every
+    epoch where ASHA may stop the trial (`decision_epochs`), so that ASHA decides on the same values,
+    at the last epoch, once it holds `every` epochs, and once its epochs took `max_batch_s` of
+    training, so that the progress view stays current and a trial the budget stops loses at most
+    that much. The epochs before the report's own travel in it (`batched`) and are each recorded.
+    """
+
+    decision_epochs: frozenset[int]
+    max_epochs: int
+    every: int = 1
+    max_batch_s: float = 1.0
+
+    def due(self, epoch: int, batch: int, batch_s: float) -> bool:
+        """Send the batch after `epoch`? It holds `batch` epochs (this one too) that trained `batch_s`."""
+        return (
+            self.every <= 1
+            or epoch in self.decision_epochs
+            or epoch >= self.max_epochs
+            or batch >= self.every
+            or batch_s >= self.max_batch_s
+        )
+
+
+def batched(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several epochs' results: the last one, carrying the others (oldest first)."""
+    last = dict(rows[-1])
+    if len(rows) > 1:
+        last[EARLIER_EPOCHS] = [dict(r) for r in rows[:-1]]
+    return last
+
+
 def train_trial(
     params: dict[str, Any],
     *,
@@ -100,7 +132,9 @@ def train_trial(
     checkpoints: CheckpointPolicy,
     run_ahead: RunAhead,
     experiment_dir: Path,
+    reports: ReportPolicy | None = None,
 ) -> None:
+    reports = reports or ReportPolicy(run_ahead.decision_epochs, max_epochs)
     trial_dir = experiment_dir / trial_dirname(tune.get_context().get_trial_id())
     # What the trial did before a retry or a driver restart, read from its folder: Tune's snapshot
     # of the experiment (and so `tune.get_checkpoint()`) may be older than that.
@@ -127,14 +161,25 @@ def train_trial(
     last_saved = time.monotonic()
     last_reported = max((int(r.get(EPOCH, 0)) for r in reported), default=0)
     if trainer.history and trainer.epoch > last_reported:
-        # The checkpoint is newer than any result the driver logged (it died in between): report
-        # that epoch again, so that ASHA and the searcher see it before any further epoch.
-        replay = {k: v for k, v in trainer.history[-1].items() if k != EPOCH_SECONDS}
-        tune.report({**replay, **placement, WALL_TIME: time.time(), DIVERGED: 0})
+        # The checkpoint is newer than any result the driver logged (it died in between, or the
+        # epochs were in a batch not yet sent): report those epochs now, so that ASHA and the
+        # searcher see them before any further epoch.
+        replay = [
+            {
+                **{k: v for k, v in h.items() if k != EPOCH_SECONDS},
+                **placement,
+                WALL_TIME: time.time(),
+                DIVERGED: 0,
+            }
+            for h in trainer.history
+            if int(h[EPOCH]) > last_reported
+        ]
+        tune.report(batched(replay))
 
     # Epochs run on this one thread, so that the next can start while tune.report waits.
     with ThreadPoolExecutor(1, "epoch", initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         ahead: Future | None = None
+        pending: list[dict[str, Any]] = []  # epochs trained but not yet reported (ReportPolicy)
         while trainer.epoch < config.epochs or ahead is not None:
             ran_ahead = ahead is not None
             try:
@@ -142,7 +187,9 @@ def train_trial(
             except TrainingDiverged as e:
                 # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
                 failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
-                tune.report({**failed, ERROR: str(e), **placement, WALL_TIME: time.time()})
+                tune.report(
+                    batched([*pending, {**failed, ERROR: str(e), **placement, WALL_TIME: time.time()}])
+                )
                 return
             ahead = None
             epoch = trainer.epoch
@@ -154,10 +201,14 @@ def train_trial(
                 # Saved before the next epoch starts changing the weights.
                 save_trial_checkpoint(trainer, trial_dir)
                 last_saved = time.monotonic()
+            pending.append(metrics)
+            if not reports.due(epoch, len(pending), sum(m[EPOCH_SECONDS] for m in pending)):
+                continue
             if epoch < config.epochs and run_ahead.allowed(epoch, metrics[EPOCH_SECONDS]):
                 ahead = pool.submit(trainer.run_epoch)
             # If Tune stops the trial here, leaving the `with` waits for the epoch in flight.
-            tune.report(metrics)
+            tune.report(batched(pending))
+            pending = []
 
 
 def confirmation_run(

@@ -23,7 +23,7 @@ from typing import Any
 
 from mf.errors import MFError
 from mf.training import Trainer, read_checkpoint
-from tune.keys import DIVERGED, DONE
+from tune.keys import DIVERGED, DONE, EARLIER_EPOCHS, WALL_TIME
 
 RESULT_FILE = "result.json"  # the names Tune's own JSON logger uses, so Tune's tools read them too
 PARAMS_FILE = "params.json"
@@ -96,6 +96,26 @@ def append_json_line(path: Path, values: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- results, params, events
+def epoch_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One result per epoch of a report: a batched report's earlier epochs (--report-every), then
+    the report itself. An earlier epoch gets Tune's `time_total_s` and `timestamp` back from the
+    wall-clock time between it and the report, so that every row reads alike."""
+    earlier = result.get(EARLIER_EPOCHS)
+    if not earlier:
+        return [result]
+    last = {k: v for k, v in result.items() if k != EARLIER_EPOCHS}
+    rows = []
+    for row in earlier:
+        row = dict(row)
+        behind = float(last.get(WALL_TIME, 0.0)) - float(row.get(WALL_TIME, 0.0))
+        if "time_total_s" in last:
+            row["time_total_s"] = float(last["time_total_s"]) - behind
+        if "timestamp" in last:
+            row["timestamp"] = int(float(last["timestamp"]) - behind)
+        rows.append(row)
+    return [*rows, last]
+
+
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     """The trial's results in the order they arrived."""
     return read_json_lines(trial_dir / RESULT_FILE)

@@ -24,12 +24,13 @@ from tune.trial_files import (
     RETRY_EVENT,
     append_json_line,
     drop_cut_last_line,
+    epoch_rows,
     json_line,
 )
 
 
 class TrialFolderLogger(LoggerCallback):
-    """Appends each result to `<trial>/result.json`, writes `params.json` at the trial's start, and
+    """Appends each epoch's result to `<trial>/result.json`, writes `params.json` at the trial's start, and
     records in `events.json` each failure Tune retries and the one it does not."""
 
     def __init__(self) -> None:
@@ -50,7 +51,7 @@ class TrialFolderLogger(LoggerCallback):
         if trial.trial_id not in self._files:
             self.log_trial_start(trial)
         f = self._files[trial.trial_id]
-        f.write(json_line(result))
+        f.write("".join(json_line(row) for row in epoch_rows(result)))  # a line per epoch
         f.flush()
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
