@@ -16,10 +16,7 @@ import torch
 from mf.data import Interactions
 from mf.errors import ConfigError
 from mf.model import MFAdvanced
-from mf.ranking import BATCH_CELLS, grouped_pairs, rows_by_user
-
-RELEVANT_RATING = 4.0
-"""A held-out rating at or above this is a relevant item (as mf.ranking's default threshold)."""
+from mf.ranking import BATCH_CELLS, RELEVANT_RATING, grouped_pairs, rows_by_user
 
 
 class EpochNDCG:
@@ -41,7 +38,8 @@ class EpochNDCG:
             raise ConfigError(f"val_ndcg_k: {k!r} must be >= 1")
         keep = np.asarray(val.ratings) >= threshold
         rel_users, rel_items = np.asarray(val.users)[keep], np.asarray(val.items)[keep]
-        self.users = int(len(np.unique(rel_users)))
+        evaluated = np.unique(rel_users)
+        self.users = len(evaluated)
         self.n_items, self.k = n_items, min(k, n_items)
         discounts = 1.0 / np.log2(np.arange(2, self.k + 2))
         self._discounts = torch.as_tensor(discounts, dtype=torch.float32, device=device)
@@ -50,7 +48,6 @@ class EpochNDCG:
         rel = Interactions(users=rel_users, items=rel_items, ratings=np.asarray(val.ratings)[keep])
         rel_sorted, rel_starts = rows_by_user(rel, n_users)
         batch = max(1, BATCH_CELLS // max(n_items, 1))
-        evaluated = np.unique(rel_users)
         self._batches = []
         for start in range(0, len(evaluated), batch):
             users = evaluated[start : start + batch]

@@ -33,6 +33,8 @@ Scores = Callable[[np.ndarray], np.ndarray]
 """users (B,) -> scores of every item (B, n_items); higher is better."""
 
 BATCH_CELLS = 1 << 24  # scores per batch (B * n_items): 64 MB of float32
+RELEVANT_RATING = 4.0
+"""A held-out rating at or above this makes the item relevant to its user: every ranking figure's default."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -286,7 +288,7 @@ def ranking_metrics(
     n_users: int,
     n_items: int,
     k: int = 10,
-    threshold: float = 4.0,
+    threshold: float = RELEVANT_RATING,
 ) -> RankingMetrics:
     """precision@k, recall@k, NDCG@k (binary gains) of `scores` on `heldout`, train items excluded.
 
@@ -312,7 +314,7 @@ def ranking_metrics_many(
     n_users: int,
     n_items: int,
     k: int = 10,
-    threshold: float = 4.0,
+    threshold: float = RELEVANT_RATING,
 ) -> dict[str, RankingMetrics]:
     """`ranking_metrics` of several rankings in one pass over the users: each batch's masks are built
     once, and rankings built on a `last_batch_memo()` scorer share its scores."""

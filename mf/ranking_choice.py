@@ -30,6 +30,7 @@ from mf.ranking import (
     CONFIDENCE,
     POPULAR,
     PREDICTED,
+    RELEVANT_RATING,
     SHRUNK_BIAS,
     FactorScorer,
     Ranking,
@@ -142,7 +143,7 @@ def evaluate_rankings(
     *,
     part: str = "val",
     k: int = CHOICE_K,
-    threshold: float = 4.0,
+    threshold: float = RELEVANT_RATING,
     counts: np.ndarray | None = None,
     heldout: Interactions | None = None,
 ) -> dict[str, RankingMetrics]:
@@ -177,7 +178,7 @@ def choose_ranking(
     dataset: Dataset,
     *,
     k: int = CHOICE_K,
-    threshold: float = 4.0,
+    threshold: float = RELEVANT_RATING,
     max_users: int = MAX_USERS,
     seed: int = 0,
 ) -> RankingChoice:

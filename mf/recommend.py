@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mf.errors import user_errors_exit
-from mf.ranking import POPULAR, PREDICTED, Ranking, RankingMetrics
+from mf.ranking import POPULAR, PREDICTED, RELEVANT_RATING, Ranking, RankingMetrics
 from mf.ranking_choice import evaluate_rankings
 from mf.serving import FALLBACKS, LoadedModel, Recommendation, Recommender, load
 
@@ -37,7 +37,7 @@ def recommend(
 
 
 def evaluate(
-    recommender: Recommender, *, part: str = "val", k: int = 10, threshold: float = 4.0
+    recommender: Recommender, *, part: str = "val", k: int = 10, threshold: float = RELEVANT_RATING
 ) -> dict[str, RankingMetrics]:
     """Ranking quality on `val` or `test` of the served ranking and of the two baselines (the model's
     predicted rating, most popular in train): the same candidates (not rated in train) and relevance."""
@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "for the served ranking, the predicted rating and the most popular movies",
     )
     parser.add_argument(
-        "--threshold", type=float, default=4.0, help="--evaluate: held-out ratings >= this are relevant"
+        "--threshold",
+        type=float,
+        default=RELEVANT_RATING,
+        help="--evaluate: held-out ratings >= this are relevant",
     )
     return parser
 

@@ -30,7 +30,7 @@ from mf.config import TrainConfig, from_dict, tutorial_config
 from mf.data import Dataset
 from mf.errors import MFError, user_errors_exit
 from mf.metrics import VAL_NDCG, prefixed
-from mf.ranking import PREDICTED, FactorScorer, Ranking
+from mf.ranking import PREDICTED, RELEVANT_RATING, FactorScorer, Ranking
 from mf.ranking_choice import (
     MAX_USERS,
     RANKING_FILE,
@@ -90,7 +90,7 @@ def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
         if heldout is None:
             continue
         out.update(prefixed(trainer.evaluate(part), part))
-        sample = sample_users(heldout, threshold=4.0, max_users=MAX_USERS, seed=0)
+        sample = sample_users(heldout, threshold=RELEVANT_RATING, max_users=MAX_USERS, seed=0)
         r = evaluate_rankings({PREDICTED: Ranking(PREDICTED)}, scorer, dataset, k=RANK_K, heldout=sample)[
             PREDICTED
         ]

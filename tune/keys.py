@@ -10,8 +10,8 @@ from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_N
 
 METRIC, MODE = VAL_MSE, "min"
 """What every trial is judged on: ASHA, the Optuna study, the export and the report."""
-RANKING_METRIC, RANKING_MODE = VAL_NDCG, "max"
-"""The second objective, where trials measure it (--val-ndcg-k): the study keeps each trial's best
+RANKING_METRIC = VAL_NDCG
+"""The second objective (higher is better), where trials measure it (--val-ndcg-k): the study keeps each trial's best
 (BEST_VAL_NDCG) and the export adds best-ranking/; TPE and ASHA go on judging by METRIC alone."""
 
 # ---------------------------------------------------------------- keys of a trial's results
@@ -76,7 +76,6 @@ __all__ = [
     "OWN_RESULT_KEYS",
     "RAN_AHEAD",
     "RANKING_METRIC",
-    "RANKING_MODE",
     "RAY_TRIAL_ID",
     "TRAIN_LOSS",
     "VAL_MAE",
