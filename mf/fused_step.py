@@ -13,9 +13,15 @@ optimiser's table in place:
    the global offset.
 
 So it computes what the torch path computes, to float rounding (tests/test_fused_step.py holds it
-to the torch path and to dense AdamW). It is used where it applies: a CPU, float32 tables, numba
-installed; elsewhere the torch path runs. numba compiles the function on first use and caches it
-beside this file, so a process pays that once and later processes load it.
+to the torch path and to dense AdamW). Two things make it cost what the batch touches and little
+more. What the idle rule owes a row after k idle steps (powers of the decay and of the betas, the
+momentum's closed-form sum, the bias corrections) is read from tables computed once per lr and
+weight decay (`idle_tables`) instead of half a dozen powers per row; rows idle longer than the
+tables reach are computed as before. And each loop asks for the rows it will need a few iterations
+ahead (mf.prefetch), since on tables larger than the caches a step otherwise waits on one random
+row read after another. It is used where it applies: a CPU, float32 tables, numba installed;
+elsewhere the torch path runs. numba compiles the function on first use and caches it beside this
+file, so a process pays that once and later processes load it.
 """
 
 from __future__ import annotations
@@ -32,10 +38,37 @@ if TYPE_CHECKING:
 
 try:
     import numba
+
+    from mf.prefetch import prefetch
 except ImportError:  # the torch path serves
     numba = None
 
 IDLE_CODES = {"none": 0, "decay": 1, "dense": 2}
+IDLE_TABLE_STEPS = 1 << 15
+"""Idle runs up to this many steps are read from `idle_tables` (at 10M ratings and batch 8192, 27
+epochs; at ml-latest-small's size, thousands); longer ones are computed."""
+_AHEAD = 8  # rows (or ratings) prefetched ahead in each loop: enough to keep a few reads in flight
+
+
+def idle_tables(
+    lr: float, weight_decay: float, b1: float, b2: float, steps: int = IDLE_TABLE_STEPS
+) -> np.ndarray:
+    """(6, steps) float64: what `LazyAdamW._catch_up` applies to a row idle for k steps, for k < steps.
+
+    Rows 0-3 by k: the weight decay (1 - lr * wd)**k, lr times the momentum's sum S(k), b1**k, b2**k.
+    Rows 4-5 by the step `last` at which the row was last updated: 1 / (1 - b1**c) and
+    1 / sqrt(1 - b2**c) at c = last + 1 / (1 - r), the bias corrections of an idle run longer than
+    1 / (1 - r) steps (shorter runs use those of the current step). Same formulas as `_catch_up`.
+    """
+    k = np.arange(steps, dtype=np.float64)
+    d = 1.0 - lr * weight_decay
+    r = b1 / math.sqrt(b2)
+    decay, rk = d**k, r**k
+    series = (decay - rk) * (r / (d - r)) if abs(d - r) > 1e-6 else k * rk
+    centre = k + 1.0 / (1.0 - r)
+    return np.stack(
+        [decay, series * lr, b1**k, b2**k, 1.0 / (1.0 - b1**centre), 1.0 / np.sqrt(1.0 - b2**centre)]
+    )
 
 
 def available(model: MFAdvanced, optimizer: LazyAdamW) -> bool:
@@ -48,12 +81,19 @@ def available(model: MFAdvanced, optimizer: LazyAdamW) -> bool:
 class FusedStep:
     """`step(users, items, ratings)` trains one batch in place and returns its squared-error sum."""
 
+    table_steps = IDLE_TABLE_STEPS  # the idle runs read from tables (tests shorten it)
+
     def __init__(self, model: MFAdvanced, optimizer: LazyAdamW, *, l2: float) -> None:
         if not available(model, optimizer):
             raise RuntimeError("FusedStep needs numba and LazyAdamW's table as float32 on the CPU")
+        if optimizer.n_rows >= 2**31:
+            raise RuntimeError(f"FusedStep: {optimizer.n_rows} table rows; the slot array holds int32")
         self.model, self.opt, self.l2 = model, optimizer, float(l2)
         self.table = optimizer.table.numpy()
-        self.slot = np.full(optimizer.n_rows, -1, dtype=np.int64)  # row -> its place in a batch, or -1
+        self.slot = np.full(optimizer.n_rows, -1, dtype=np.int32)  # row -> its place in a batch, or -1
+        self._tables_key: tuple[float, ...] | None = None
+        self._tables = np.zeros((6, 0))
+        self._capacity = 0
 
     def __call__(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
         opt, model = self.opt, self.model
@@ -61,10 +101,20 @@ class FusedStep:
         # As many threads as torch has (a Ray trial's CPUs): numba's own default is every core. Set
         # per call, since the setting is the calling thread's and trials train on a thread of their own.
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        b1, b2 = opt.betas
+        key = (float(opt.lr), float(opt.weight_decay), float(b1), float(b2), float(self.table_steps))
+        if key != self._tables_key:  # lr changes between epochs only (a schedule)
+            self._tables = idle_tables(*key[:4], steps=self.table_steps)
+            self._tables_key = key
+        if n > self._capacity:  # the step's scratch, kept between steps
+            self._uniq = np.empty(2 * n, dtype=np.int64)
+            self._grads = np.empty((2 * n, opt.width), dtype=np.float32)
+            self._row_decay = np.empty((2 * n, 2), dtype=np.float32)
+            self._per_rating = np.empty((2, n), dtype=np.float32)
+            self._capacity = n
         offset = model.offset.data.numpy() if model.use_bias else np.zeros(1, dtype=np.float32)
         m, v = opt.dense_moments[0] if model.use_bias else (None, None)
         moments = np.zeros(2, dtype=np.float32) if m is None else np.array([float(m), float(v)], np.float32)
-        b1, b2 = opt.betas
         sq = _step(
             self.table,
             self.slot,
@@ -87,6 +137,11 @@ class FusedStep:
             float(opt.eps),
             int(opt.steps),
             IDLE_CODES[opt.idle],
+            self._tables,
+            self._uniq,
+            self._grads,
+            self._row_decay,
+            self._per_rating,
         )
         opt.count_step()
         if m is not None:
@@ -117,12 +172,17 @@ def _step_py(
     eps,
     steps,
     idle,
+    tables,
+    uniq,
+    grads,
+    row_decay,
+    per_rating,
 ):  # pragma: no cover - compiled by numba below
     f32 = np.float32
     n = ratings.shape[0]
     last_col = 3 * width
+    row_end = table.shape[1] - 1
     # 1. The batch's distinct rows: users first, then items (their rows follow the users').
-    uniq = np.empty(2 * n, dtype=np.int64)
     k = 0
     for j in range(2 * n):
         row = users[j] if j < n else items[j - n] + item_row0
@@ -132,40 +192,70 @@ def _step_py(
             k += 1
     # 2. Each distinct row brought up to date (LazyAdamW._catch_up), in parallel: rows are distinct.
     # The weights now, since the gradient reads them; the moments' decay waits for step 4, which
-    # writes the moments anyway (one write of them a step instead of two).
-    m_decay = np.ones(k, dtype=np.float32)
-    v_decay = np.ones(k, dtype=np.float32)
-    if idle > 0 and steps > 0:
-        dfac = 1.0 - lr * wd
-        r = b1 / math.sqrt(b2)
-        for j in numba.prange(k):
-            row = uniq[j]
-            owed = steps - table[row, last_col]
-            if owed <= 0.0:
-                continue
-            w = table[row, :width]
-            decay = f32(dfac**owed)
-            if idle == 1:
-                w *= decay
-                continue
-            m = table[row, width : 2 * width]
-            v = table[row, 2 * width : 3 * width]
-            rk = r**owed
-            series = (decay - rk) * (r / (dfac - r)) if abs(dfac - r) > 1e-6 else owed * rk
-            centre = table[row, last_col] + min(owed, 1.0 / (1.0 - r))
-            coef = f32(series * lr / (1.0 - b1**centre))
-            inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2**centre))
-            e = f32(eps)
+    # writes the moments anyway (one write of them a step instead of two). Its gradient sum zeroed.
+    dfac = 1.0 - lr * wd
+    r = b1 / math.sqrt(b2)
+    short_run = 1.0 / (1.0 - r)  # idle runs up to this long take the current step's bias corrections
+    n_tab = tables.shape[1]
+    now_bc1 = 1.0 / (1.0 - b1**steps) if steps > 0 else 1.0
+    now_bc2 = 1.0 / math.sqrt(1.0 - b2**steps) if steps > 0 else 1.0
+    e = f32(eps)
+    for j in numba.prange(k):
+        if j + _AHEAD < k:
+            ahead = uniq[j + _AHEAD]
+            for c in range(0, row_end, 16):
+                prefetch(table, ahead, c)
+            prefetch(table, ahead, row_end)
+        row = uniq[j]
+        g = grads[j]
+        for c in range(width):
+            g[c] = f32(0.0)
+        row_decay[j, 0] = f32(1.0)
+        row_decay[j, 1] = f32(1.0)
+        if idle == 0 or steps == 0:
+            continue
+        last = table[row, last_col]
+        owed = steps - last  # a whole number of steps
+        if owed <= 0.0:
+            continue
+        in_tables = owed < n_tab
+        w = table[row, :width]
+        decay = f32(tables[0, int(owed)]) if in_tables else f32(dfac**owed)
+        if idle == 1:
             for c in range(width):
-                w[c] = w[c] * decay - m[c] * coef / (np.sqrt(v[c]) * inv_sqrt_bc2 + e)
-            m_decay[j] = f32(b1**owed)
-            v_decay[j] = f32(b2**owed)
+                w[c] *= decay
+            continue
+        if in_tables:
+            series_lr, m_decay, v_decay = tables[1, int(owed)], tables[2, int(owed)], tables[3, int(owed)]
+        else:
+            rk = r**owed
+            series_lr = ((decay - rk) * (r / (dfac - r)) if abs(dfac - r) > 1e-6 else owed * rk) * lr
+            m_decay, v_decay = b1**owed, b2**owed
+        if owed <= short_run:
+            bc1, bc2 = now_bc1, now_bc2
+        elif last < n_tab:
+            bc1, bc2 = tables[4, int(last)], tables[5, int(last)]
+        else:
+            centre = last + short_run
+            bc1, bc2 = 1.0 / (1.0 - b1**centre), 1.0 / math.sqrt(1.0 - b2**centre)
+        coef = f32(series_lr * bc1)
+        inv_sqrt_bc2 = f32(bc2)
+        m = table[row, width : 2 * width]
+        v = table[row, 2 * width : 3 * width]
+        for c in range(width):
+            w[c] = w[c] * decay - m[c] * coef / (np.sqrt(v[c]) * inv_sqrt_bc2 + e)
+        row_decay[j, 0] = f32(m_decay)
+        row_decay[j, 1] = f32(v_decay)
     # 3. The objective's gradient: d objective / d x of each rating (in parallel), then summed per row.
-    g_of = np.empty(n, dtype=np.float32)
-    sq_of = np.empty(n, dtype=np.float32)
+    g_of = per_rating[0]
+    sq_of = per_rating[1]
     off = f32(offset[0]) if use_bias else f32(0.0)
     scale = f32(2.0 * high / n) if use_sigmoid else f32(2.0 / n)
     for j in numba.prange(n):
+        if j + _AHEAD < n:
+            for c in range(0, width, 16):
+                prefetch(table, users[j + _AHEAD], c)
+                prefetch(table, items[j + _AHEAD] + item_row0, c)
         p = table[users[j], :d]
         q = table[items[j] + item_row0, :d]
         x = f32(0.0)
@@ -181,10 +271,15 @@ def _step_py(
             err = x - ratings[j]
             g_of[j] = err * scale
         sq_of[j] = err * err
-    grads = np.zeros((k, width), dtype=np.float32)
     two_l2 = f32(2.0 * l2_per_rating)
     for side in numba.prange(2):  # users' rows and items' rows are distinct: one thread each
         for j in range(n):
+            if j + _AHEAD < n:
+                mine_ahead = users[j + _AHEAD] if side == 0 else items[j + _AHEAD] + item_row0
+                other_ahead = items[j + _AHEAD] + item_row0 if side == 0 else users[j + _AHEAD]
+                for c in range(0, width, 16):
+                    prefetch(table, other_ahead, c)
+                    prefetch(grads, slot[mine_ahead], c)
             g = g_of[j]
             u, i = users[j], items[j] + item_row0
             mine, other = (u, i) if side == 0 else (i, u)
@@ -199,14 +294,19 @@ def _step_py(
     t = steps + 1
     step_size = f32(lr / (1.0 - b1**t))
     inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2**t))
-    keep, one_b1, one_b2, fb2, e = f32(1.0 - lr * wd), f32(1.0 - b1), f32(1.0 - b2), f32(b2), f32(eps)
+    keep, one_b1, one_b2, fb2 = f32(1.0 - lr * wd), f32(1.0 - b1), f32(1.0 - b2), f32(b2)
     for j in numba.prange(k):
+        if j + _AHEAD < k:
+            ahead = uniq[j + _AHEAD]
+            for c in range(0, row_end, 16):
+                prefetch(table, ahead, c)
+            prefetch(table, ahead, row_end)
         row = uniq[j]
         w = table[row, :width]
         m = table[row, width : 2 * width]
         v = table[row, 2 * width : 3 * width]
         gr = grads[j]
-        md, vd = m_decay[j], v_decay[j]
+        md, vd = row_decay[j, 0], row_decay[j, 1]
         for c in range(width):
             mo = m[c] * md
             mc = mo + (gr[c] - mo) * one_b1

@@ -41,6 +41,40 @@ def test_fused_step_trains_what_the_torch_path_trains(idle: str, bias: bool, sig
         torch.testing.assert_close(fused.model.state_dict()[name], want, rtol=1e-3, atol=1e-5)
 
 
+def test_idle_runs_past_the_tables_are_computed_as_the_tables_would_give():
+    data = tiny_dataset()
+    cfg = config(epochs=4)
+    short, tables, torch_path = (Trainer(cfg, data, fused=f) for f in (True, True, False))
+    short.fused.table_steps = 3  # nearly every idle run and every `last` lies past the tables
+    a, b = short.fit(), torch_path.fit()
+    for got, want in zip(curves(a), curves(b), strict=True):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    tables.fit()  # the same formulas, so the same weights but for float rounding
+    for name, want in tables.model.state_dict().items():
+        torch.testing.assert_close(short.model.state_dict()[name], want, rtol=1e-5, atol=1e-7)
+
+
+def test_prefetch_compiles_and_changes_nothing():
+    # mf.prefetch emits LLVM's llvm.prefetch.p0 through numba; a numba whose LLVM names it
+    # otherwise fails here.
+    import numba
+    import numpy as np
+
+    from mf.prefetch import prefetch
+
+    @numba.njit
+    def total(table):
+        s = 0.0
+        for i in range(table.shape[0]):
+            prefetch(table, min(i + 4, table.shape[0] - 1), 0)
+            s += table[i].sum()
+        return s
+
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    assert total(table) == table.sum()
+    assert table.tolist() == np.arange(40, dtype=np.float32).reshape(10, 4).tolist()
+
+
 def test_fused_step_is_dense_adamw_when_every_row_is_touched_every_step():
     data = tiny_dataset()
     cfg = config(batch_size=4096, epochs=20)
