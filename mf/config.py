@@ -86,7 +86,15 @@ class TrainConfig:
         0.0, "L2 penalty on the embeddings of each batch: l2 * mean(|p_u|^2 + |q_i|^2) added to the MSE."
     )
     batch_size: int = key(8192, "Ratings per optimiser step.")
-    epochs: int = key(10, "Passes over the training ratings.")
+    epochs: int = key(
+        10, "Epochs to train (each one pass over the training ratings, or epoch_ratings of them)."
+    )
+    epoch_ratings: int = key(
+        0,
+        "Ratings an epoch trains on (0: one pass over the training ratings). On big data a shorter epoch "
+        "makes each report, and so each of ASHA's rungs, cost what it costs on small data: epochs then "
+        "walk through one shuffled pass after another, and epochs, rungs and max epochs count them.",
+    )
 
     # --- evaluation ---------------------------------------------------------------------
     val_ndcg_k: int = key(
@@ -160,6 +168,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("l2", cfg.l2 >= 0, ">= 0"),
         ("batch_size", cfg.batch_size >= 1, ">= 1"),
         ("epochs", cfg.epochs >= 1, ">= 1"),
+        ("epoch_ratings", cfg.epoch_ratings >= 0, ">= 0"),
         ("schedule_epochs", cfg.schedule_epochs >= 0, ">= 0"),
         ("threads", cfg.threads >= 0, ">= 0"),
         ("val_ndcg_k", cfg.val_ndcg_k >= 0, ">= 0"),

@@ -95,17 +95,38 @@ class FusedStep:
         self._tables = np.zeros((6, 0))
         self._capacity = 0
 
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        opt, model = self.opt, self.model
-        n = int(ratings.shape[0])
-        # As many threads as torch has (a Ray trial's CPUs): numba's own default is every core. Set
-        # per call, since the setting is the calling thread's and trials train on a thread of their own.
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    def settle(self) -> None:
+        """`LazyAdamW.settle()` compiled: every row of the table brought up to date, in one parallel pass."""
+        opt = self.opt
+        _set_threads()
         b1, b2 = opt.betas
-        key = (float(opt.lr), float(opt.weight_decay), float(b1), float(b2), float(self.table_steps))
+        _settle(
+            self.table,
+            int(opt.width),
+            int(opt.steps),
+            IDLE_CODES[opt.idle],
+            self._idle_tables(),
+            float(opt.lr),
+            float(opt.weight_decay),
+            float(b1),
+            float(b2),
+            float(opt.eps),
+        )
+
+    def _idle_tables(self) -> np.ndarray:
+        opt = self.opt
+        key = (float(opt.lr), float(opt.weight_decay), *map(float, opt.betas), float(self.table_steps))
         if key != self._tables_key:  # lr changes between epochs only (a schedule)
             self._tables = idle_tables(*key[:4], steps=self.table_steps)
             self._tables_key = key
+        return self._tables
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        opt, model = self.opt, self.model
+        n = int(ratings.shape[0])
+        _set_threads()
+        b1, b2 = opt.betas
+        tables = self._idle_tables()
         if n > self._capacity:  # the step's scratch, kept between steps
             self._uniq = np.empty(2 * n, dtype=np.int64)
             self._grads = np.empty((2 * n, opt.width), dtype=np.float32)
@@ -137,7 +158,7 @@ class FusedStep:
             float(opt.eps),
             int(opt.steps),
             IDLE_CODES[opt.idle],
-            self._tables,
+            tables,
             self._uniq,
             self._grads,
             self._row_decay,
@@ -148,6 +169,79 @@ class FusedStep:
             m.fill_(float(moments[0]))
             v.fill_(float(moments[1]))
         return torch.tensor(sq)
+
+
+def _set_threads() -> None:
+    # As many threads as torch has (a Ray trial's CPUs): numba's own default is every core. Set per
+    # call, since the setting is the calling thread's and trials train on a thread of their own.
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _prefetch_row_py(table, row, row_end):  # pragma: no cover - compiled by numba below
+    for c in range(0, row_end, 16):
+        prefetch(table, row, c)
+    prefetch(table, row, row_end)
+
+
+def _catch_up_py(table, row, width, steps, idle, tables, lr, wd, b1, b2, eps):  # pragma: no cover
+    """Bring one row's weights up to date as `LazyAdamW._catch_up` does; return the factors its
+    moments owe (b1**k, b2**k), which the caller applies (the step folds them into its update)."""
+    f32 = np.float32
+    if idle == 0 or steps == 0:
+        return f32(1.0), f32(1.0)
+    last = table[row, 3 * width]
+    owed = steps - last  # a whole number of steps
+    if owed <= 0.0:
+        return f32(1.0), f32(1.0)
+    dfac = 1.0 - lr * wd
+    n_tab = tables.shape[1]
+    in_tables = owed < n_tab
+    w = table[row, :width]
+    decay = f32(tables[0, int(owed)]) if in_tables else f32(dfac**owed)
+    if idle == 1:
+        for c in range(width):
+            w[c] *= decay
+        return f32(1.0), f32(1.0)
+    r = b1 / math.sqrt(b2)
+    short_run = 1.0 / (1.0 - r)  # idle runs up to this long take the current step's bias corrections
+    if in_tables:
+        series_lr, m_decay, v_decay = tables[1, int(owed)], tables[2, int(owed)], tables[3, int(owed)]
+    else:
+        rk = r**owed
+        series_lr = ((decay - rk) * (r / (dfac - r)) if abs(dfac - r) > 1e-6 else owed * rk) * lr
+        m_decay, v_decay = b1**owed, b2**owed
+    if owed <= short_run:
+        bc1, bc2 = 1.0 / (1.0 - b1**steps), 1.0 / math.sqrt(1.0 - b2**steps)
+    elif last < n_tab:
+        bc1, bc2 = tables[4, int(last)], tables[5, int(last)]
+    else:
+        centre = last + short_run
+        bc1, bc2 = 1.0 / (1.0 - b1**centre), 1.0 / math.sqrt(1.0 - b2**centre)
+    coef = f32(series_lr * bc1)
+    inv_sqrt_bc2 = f32(bc2)
+    e = f32(eps)
+    m = table[row, width : 2 * width]
+    v = table[row, 2 * width : 3 * width]
+    for c in range(width):
+        w[c] = w[c] * decay - m[c] * coef / (np.sqrt(v[c]) * inv_sqrt_bc2 + e)
+    return f32(m_decay), f32(v_decay)
+
+
+def _settle_py(table, width, steps, idle, tables, lr, wd, b1, b2, eps):  # pragma: no cover
+    """Every row brought up to date (LazyAdamW.settle), in parallel."""
+    last_col = 3 * width
+    row_end = table.shape[1] - 1
+    n = table.shape[0]
+    for row in numba.prange(n):
+        if row + _AHEAD < n:
+            _prefetch_row(table, row + _AHEAD, row_end)
+        m_decay, v_decay = _catch_up(table, row, width, steps, idle, tables, lr, wd, b1, b2, eps)
+        if m_decay != 1.0 or v_decay != 1.0:
+            for c in range(width, 2 * width):
+                table[row, c] *= m_decay
+            for c in range(2 * width, 3 * width):
+                table[row, c] *= v_decay
+        table[row, last_col] = steps
 
 
 def _step_py(
@@ -193,59 +287,16 @@ def _step_py(
     # 2. Each distinct row brought up to date (LazyAdamW._catch_up), in parallel: rows are distinct.
     # The weights now, since the gradient reads them; the moments' decay waits for step 4, which
     # writes the moments anyway (one write of them a step instead of two). Its gradient sum zeroed.
-    dfac = 1.0 - lr * wd
-    r = b1 / math.sqrt(b2)
-    short_run = 1.0 / (1.0 - r)  # idle runs up to this long take the current step's bias corrections
-    n_tab = tables.shape[1]
-    now_bc1 = 1.0 / (1.0 - b1**steps) if steps > 0 else 1.0
-    now_bc2 = 1.0 / math.sqrt(1.0 - b2**steps) if steps > 0 else 1.0
     e = f32(eps)
     for j in numba.prange(k):
         if j + _AHEAD < k:
-            ahead = uniq[j + _AHEAD]
-            for c in range(0, row_end, 16):
-                prefetch(table, ahead, c)
-            prefetch(table, ahead, row_end)
-        row = uniq[j]
+            _prefetch_row(table, uniq[j + _AHEAD], row_end)
         g = grads[j]
         for c in range(width):
             g[c] = f32(0.0)
-        row_decay[j, 0] = f32(1.0)
-        row_decay[j, 1] = f32(1.0)
-        if idle == 0 or steps == 0:
-            continue
-        last = table[row, last_col]
-        owed = steps - last  # a whole number of steps
-        if owed <= 0.0:
-            continue
-        in_tables = owed < n_tab
-        w = table[row, :width]
-        decay = f32(tables[0, int(owed)]) if in_tables else f32(dfac**owed)
-        if idle == 1:
-            for c in range(width):
-                w[c] *= decay
-            continue
-        if in_tables:
-            series_lr, m_decay, v_decay = tables[1, int(owed)], tables[2, int(owed)], tables[3, int(owed)]
-        else:
-            rk = r**owed
-            series_lr = ((decay - rk) * (r / (dfac - r)) if abs(dfac - r) > 1e-6 else owed * rk) * lr
-            m_decay, v_decay = b1**owed, b2**owed
-        if owed <= short_run:
-            bc1, bc2 = now_bc1, now_bc2
-        elif last < n_tab:
-            bc1, bc2 = tables[4, int(last)], tables[5, int(last)]
-        else:
-            centre = last + short_run
-            bc1, bc2 = 1.0 / (1.0 - b1**centre), 1.0 / math.sqrt(1.0 - b2**centre)
-        coef = f32(series_lr * bc1)
-        inv_sqrt_bc2 = f32(bc2)
-        m = table[row, width : 2 * width]
-        v = table[row, 2 * width : 3 * width]
-        for c in range(width):
-            w[c] = w[c] * decay - m[c] * coef / (np.sqrt(v[c]) * inv_sqrt_bc2 + e)
-        row_decay[j, 0] = f32(m_decay)
-        row_decay[j, 1] = f32(v_decay)
+        m_decay, v_decay = _catch_up(table, uniq[j], width, steps, idle, tables, lr, wd, b1, b2, eps)
+        row_decay[j, 0] = m_decay
+        row_decay[j, 1] = v_decay
     # 3. The objective's gradient: d objective / d x of each rating (in parallel), then summed per row.
     g_of = per_rating[0]
     sq_of = per_rating[1]
@@ -297,10 +348,7 @@ def _step_py(
     keep, one_b1, one_b2, fb2 = f32(1.0 - lr * wd), f32(1.0 - b1), f32(1.0 - b2), f32(b2)
     for j in numba.prange(k):
         if j + _AHEAD < k:
-            ahead = uniq[j + _AHEAD]
-            for c in range(0, row_end, 16):
-                prefetch(table, ahead, c)
-            prefetch(table, ahead, row_end)
+            _prefetch_row(table, uniq[j + _AHEAD], row_end)
         row = uniq[j]
         w = table[row, :width]
         m = table[row, width : 2 * width]
@@ -334,8 +382,8 @@ def _step_py(
 
 # No nnan / ninf: a diverging run must still show its NaN (the trainer checks every epoch's loss).
 _FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
-_step = (
-    numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_step_py)
-    if numba is not None
-    else _step_py
-)
+if numba is not None:
+    _prefetch_row = numba.njit(cache=True, nogil=True, inline="always")(_prefetch_row_py)
+    _catch_up = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")(_catch_up_py)
+    _step = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_step_py)
+    _settle = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_settle_py)

@@ -1,7 +1,8 @@
 """The trainer: ratings held as tensors, batches drawn by index permutation, one epoch per call.
 
 `Trainer.run_epoch()` is the single unit that the CLI, the benchmark and the Ray trainable all
-drive: it trains one pass over the training ratings and returns that epoch's metrics.
+drive: it trains one pass over the training ratings (or `epoch_ratings` of them) and returns that
+epoch's metrics.
 """
 
 from __future__ import annotations
@@ -198,6 +199,10 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best: BestModel | None = None
+        # The shuffled pass epochs are drawn from, and how far into it they are (a whole pass: used up).
+        self._pass = torch.empty(0, dtype=torch.int32, device=self.device)
+        self._pass_cursor = len(self.train_part)
+        self._pass_rng_state = self.generator.get_state()
 
     def _build_optimizers(self) -> None:
         self.optimizers = build_optimizers(self.config, self.model)
@@ -213,21 +218,22 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def run_epoch(self) -> dict[str, float]:
-        """Train one pass over the training ratings; return the epoch's loss and validation metrics."""
+        """Train one epoch (a pass, or `epoch_ratings` ratings); return its loss and validation metrics."""
         cfg, part = self.config, self.train_part
         started = time.perf_counter()
         self.model.train()
-        # Batches are gathered through one permutation per epoch: no shuffled copy of the columns.
-        order = torch.randperm(len(part), generator=self.generator, device=self.device, dtype=torch.int32)
         self._set_lr(lr_at(cfg, self.epoch))  # every row is settled between epochs: safe for LazyAdamW
         step = self._lazy_step if self.lazy is not None else self._autograd_step
         loss_sum = torch.zeros((), device=self.device)
-        for start in range(0, len(part), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            users = part.users.index_select(0, batch)
-            items = part.items.index_select(0, batch)
-            loss_sum += step(users, items, part.ratings.index_select(0, batch))
-        train_loss = float(loss_sum) / len(part)
+        trained = 0
+        for order in self._epoch_slices():
+            for start in range(0, len(order), cfg.batch_size):
+                batch = order[start : start + cfg.batch_size]
+                users = part.users.index_select(0, batch)
+                items = part.items.index_select(0, batch)
+                loss_sum += step(users, items, part.ratings.index_select(0, batch))
+            trained += len(order)
+        train_loss = float(loss_sum) / trained
         self.epoch += 1
         self.settle()
         val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
@@ -251,6 +257,31 @@ class Trainer:
             # A copy of the weights at the best epoch, so that no checkpoint is needed at every epoch.
             self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=self._weights())
         return metrics
+
+    def _epoch_slices(self) -> list[torch.Tensor]:
+        """The positions of the training ratings this epoch trains on, in order, as slices of shuffled passes.
+
+        Batches are gathered through one permutation per pass: no shuffled copy of the columns. An
+        epoch is one whole pass, or with `epoch_ratings` that many ratings from where the last epoch
+        stopped, a new pass drawn when one is used up (a batch does not straddle two passes).
+        """
+        size = len(self.train_part)
+        want = self.config.epoch_ratings or size
+        slices = []
+        while want > 0:
+            if self._pass_cursor >= size:
+                self._pass_rng_state = self.generator.get_state()  # what a checkpoint needs to redraw it
+                self._pass = self._draw_pass()
+                self._pass_cursor = 0
+            take = min(want, size - self._pass_cursor)
+            slices.append(self._pass[self._pass_cursor : self._pass_cursor + take])
+            self._pass_cursor += take
+            want -= take
+        return slices
+
+    def _draw_pass(self) -> torch.Tensor:
+        size = len(self.train_part)
+        return torch.randperm(size, generator=self.generator, device=self.device, dtype=torch.int32)
 
     def _autograd_step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
         """One step of the dense (adamw) or sparse (sparse_adam) path; returns the batch's squared-error sum."""
@@ -294,7 +325,9 @@ class Trainer:
 
     def settle(self) -> None:
         """Bring lazily owed weight decay into every row, so the model's weights are current."""
-        if self.lazy is not None:
+        if self.fused is not None:
+            self.fused.settle()
+        elif self.lazy is not None:
             self.lazy.settle()
 
     def _weights(self) -> dict[str, torch.Tensor]:
@@ -347,6 +380,11 @@ class Trainer:
             "history": self.history,
             "best": None if self.best is None else self.best.to_dict(),
             "generator": self.generator.get_state(),
+            # Part way through a pass (epoch_ratings): the generator's state before the pass was
+            # drawn and the position in it, so that a resumed run draws the same pass and goes on.
+            "pass": None
+            if self._pass_cursor >= len(self.train_part)
+            else {"generator": self._pass_rng_state, "cursor": self._pass_cursor},
             "n_users": self.dataset.n_users,
             "n_items": self.dataset.n_items,
             "user_ids": torch.tensor(
@@ -378,6 +416,11 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best = BestModel.from_dict(state["best"]) if state.get("best") else None
+        if state.get("pass") is not None:  # redraw the pass the saved run was part way through
+            self.generator.set_state(state["pass"]["generator"])
+            self._pass_rng_state = state["pass"]["generator"]
+            self._pass = self._draw_pass()
+            self._pass_cursor = int(state["pass"]["cursor"])
         self.generator.set_state(state["generator"])
 
     @classmethod

@@ -62,6 +62,10 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
         "use --max-epochs",
     ),
     "val_ndcg_k": ("what each epoch measures, not how the model trains", "use --val-ndcg-k"),
+    "epoch_ratings": (
+        "the unit that epochs, ASHA's rungs and max epochs count, which trials must share to be compared",
+        "use --epoch-ratings",
+    ),
     "device": _RUN,
     "threads": _RUN,
 }

@@ -75,6 +75,25 @@ def test_prefetch_compiles_and_changes_nothing():
     assert table.tolist() == np.arange(40, dtype=np.float32).reshape(10, 4).tolist()
 
 
+@pytest.mark.parametrize("idle", ["dense", "decay", "none"])
+def test_the_compiled_settle_brings_rows_up_to_date_as_lazy_adamw_settle_does(idle: str):
+    trainer = Trainer(config(), tiny_dataset(), fused=True)
+    trainer.lazy.idle = idle
+    part = trainer.train_part
+    for start in range(0, 96, 32):  # three steps and no settle: most rows owe something
+        trainer.fused(
+            part.users[start : start + 32], part.items[start : start + 32], part.ratings[start : start + 32]
+        )
+    table = trainer.lazy.table
+    owed = table.clone()
+    trainer.fused.settle()
+    compiled = table.clone()
+    table.copy_(owed)
+    trainer.lazy.settle()
+    assert not torch.equal(compiled, owed) or idle == "none"
+    torch.testing.assert_close(compiled, table, rtol=1e-5, atol=1e-7)
+
+
 def test_fused_step_is_dense_adamw_when_every_row_is_touched_every_step():
     data = tiny_dataset()
     cfg = config(batch_size=4096, epochs=20)

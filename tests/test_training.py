@@ -22,7 +22,7 @@ from tests.files import tiny_dataset as _tiny_dataset
 
 
 def _config(**changes: object) -> TrainConfig:
-    """Small and fast: a few batches per epoch of the 220 training ratings, on one CPU thread
+    """Small and fast: a few batches per epoch of the 260 training ratings, on one CPU thread
     (torch's thread pool only adds overhead here, and much more on a busy machine)."""
     base = TrainConfig(device="cpu", threads=1, emb_dim=4, batch_size=32, lr=0.05, epochs=5)
     return base.replace(**changes)
@@ -148,6 +148,32 @@ def test_trainer_checkpoint_resume_matches_an_uninterrupted_run(tmp_path: Path) 
     # ... and with the optimiser state and batch-order RNG, the next 2 epochs are the same as if
     # training had never stopped.
     assert [m[EPOCH] for m in resumed.history] == [1, 2, 3, 4, 5]
+    for got, want in zip(_without_time(resumed.history), _without_time(straight), strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_epochs_of_epoch_ratings_walk_through_whole_passes() -> None:
+    # 260 training ratings: four epochs of 130 are the same two shuffled passes, in the same
+    # batches, as two whole-pass epochs (dense AdamW, so nothing is owed between epochs).
+    data = _tiny_dataset()
+    assert len(data.train) == 260
+    whole = Trainer(_config(optimizer="adamw", batch_size=26), data)
+    halves = Trainer(_config(optimizer="adamw", batch_size=26, epoch_ratings=130), data)
+    whole.fit(epochs=2)
+    halves.fit(epochs=4)
+    assert [m[EPOCH] for m in halves.history] == [1, 2, 3, 4]
+    for name, want in whole.model.state_dict().items():
+        torch.testing.assert_close(halves.model.state_dict()[name], want)
+
+
+def test_a_run_resumed_part_way_through_a_pass_goes_on_as_if_never_stopped(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    cfg = _config(epoch_ratings=70)  # epochs end part way through a pass, and straddle two
+    straight = Trainer(cfg, data).fit(epochs=7)
+    first = Trainer(cfg, data)
+    first.fit(epochs=3)
+    resumed = Trainer.from_checkpoint(first.save_checkpoint(tmp_path / "model.pt"), data)
+    resumed.fit(epochs=7)
     for got, want in zip(_without_time(resumed.history), _without_time(straight), strict=True):
         assert got == pytest.approx(want, rel=1e-6)
 
