@@ -197,11 +197,13 @@ def read_trials(experiment: Path, grace_period: int) -> dict[str, Any]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r.get("epochs") or 0) for r in rows]
+    best = [float(r["best_val_mse"]) for r in rows if r.get("best_val_mse")]
     return {
         "trials_csv": str(path),
         "trials": sum(e > 0 for e in epochs),
         "epochs": sum(epochs),
         "at_first_rung": sum(e >= grace_period for e in epochs),
+        "best_val_mse": min(best, default=None),
         "outcomes": {
             o: sum(r.get("outcome") == o for r in rows) for o in sorted({r.get("outcome") for r in rows})
         },
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if trials.get("trials_csv"):
         print(
             f"   trials {trials['trials']}, epochs {trials['epochs']}, at ASHA's first rung (epoch {grace}) "
-            f"{trials['at_first_rung']}; outcomes {trials['outcomes']}"
+            f"{trials['at_first_rung']}; outcomes {trials['outcomes']}; best val MSE {trials['best_val_mse']}"
         )
     else:
         print(f"   no trials.csv in {storage / name}: see the log")

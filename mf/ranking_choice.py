@@ -47,6 +47,17 @@ CHOICE_PART = "val"
 MAX_USERS = 20_000
 """Users the choice scores at most (a seeded sample beyond that): ml-25m's 162k users x 59k items
 would take minutes per rule; 20,000 users keep the NDCG's standard error far below the gaps seen."""
+MAX_CELLS = 300_000_000
+"""Users x items the choice scores per rule at most: each rule ranks every candidate item of every
+sampled user, and the choice tries 26 rules, so on 150k items 20,000 users would be minutes at the
+end of every tune.run; the cap keeps it to seconds (2,000 users there), but never below MIN_USERS."""
+MIN_USERS = 1_000
+
+
+def users_to_score(n_items: int, max_users: int = MAX_USERS) -> int:
+    """How many users a ranking figure over `n_items` items samples (MAX_USERS, MAX_CELLS, MIN_USERS)."""
+    return min(max_users, max(MIN_USERS, MAX_CELLS // max(n_items, 1)))
+
 
 GRID: dict[str, tuple[float, ...]] = {
     CONFIDENCE: (0.5, 1, 2, 4, 8, 16, 32, 64),
@@ -187,6 +198,7 @@ def choose_ranking(
     Ties go to the earlier candidate (the baselines, then lower weights): the simpler ranking.
     """
     counts = item_counts(dataset.train, dataset.n_items)
+    max_users = users_to_score(dataset.n_items, max_users)
     val = sample_users(dataset.val, threshold, max_users, seed)
     candidates = {str(r): r for r in candidate_rankings(scorer)}
     tried = evaluate_rankings(

@@ -28,7 +28,14 @@ from mf.ranking import (
     ranking_scores,
     top_k,
 )
-from mf.ranking_choice import RANKING_FILE, choose_ranking, ranking_for, read_ranking, write_ranking
+from mf.ranking_choice import (
+    RANKING_FILE,
+    choose_ranking,
+    ranking_for,
+    read_ranking,
+    users_to_score,
+    write_ranking,
+)
 from mf.serving import Recommender
 from mf.training import load_model
 from tests.files import ml_latest_small, tiny_dataset
@@ -279,6 +286,13 @@ def test_factor_scorer_predict_equals_every_item_scores():
     users, items = np.array([0, 1, 2, 2]), np.array([3, 0, 1, 2])
     # The pairwise prediction is the all-items prediction at those cells.
     np.testing.assert_allclose(s.predict(users, items), s(users)[np.arange(4), items])
+
+
+def test_the_choice_samples_fewer_users_the_more_items_each_one_ranks():
+    assert users_to_score(9_742) == 20_000  # ml-latest-small: every user with a relevant rating
+    assert users_to_score(150_000) == 2_000  # 26 rules x 2,000 x 150k cells: seconds, not minutes
+    assert users_to_score(10_000_000) == 1_000  # never fewer
+    assert users_to_score(9_742, max_users=50) == 50
 
 
 def test_choose_ranking_never_looks_at_the_test_part():

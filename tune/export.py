@@ -32,12 +32,12 @@ from mf.errors import MFError, user_errors_exit
 from mf.metrics import VAL_NDCG, prefixed
 from mf.ranking import PREDICTED, RELEVANT_RATING, FactorScorer, Ranking
 from mf.ranking_choice import (
-    MAX_USERS,
     RANKING_FILE,
     RankingChoice,
     choose_ranking,
     evaluate_rankings,
     sample_users,
+    users_to_score,
     write_ranking,
 )
 from mf.training import Trainer, dataset_for, read_checkpoint
@@ -81,8 +81,8 @@ def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
 def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
     """Rating and ranking metrics of a trained model on each held-out part (val_mse, test_ndcg@10, ...).
 
-    Ranking by predicted rating, over at most MAX_USERS users with a relevant held-out rating (a
-    seeded sample, as mf.ranking_choice scores its choice): every user of ml-25m would be minutes.
+    Ranking by predicted rating, over the users with a relevant held-out rating, a seeded sample
+    past `users_to_score` (as mf.ranking_choice scores its choice): every user of ml-25m would be minutes.
     """
     scorer = FactorScorer.from_model(trainer.model)
     out: dict[str, float] = {}
@@ -90,7 +90,9 @@ def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
         if heldout is None:
             continue
         out.update(prefixed(trainer.evaluate(part), part))
-        sample = sample_users(heldout, threshold=RELEVANT_RATING, max_users=MAX_USERS, seed=0)
+        sample = sample_users(
+            heldout, threshold=RELEVANT_RATING, max_users=users_to_score(dataset.n_items), seed=0
+        )
         r = evaluate_rankings({PREDICTED: Ranking(PREDICTED)}, scorer, dataset, k=RANK_K, heldout=sample)[
             PREDICTED
         ]
