@@ -183,9 +183,10 @@ def _prefetch_row_py(table, row, row_end):  # pragma: no cover - compiled by num
     prefetch(table, row, row_end)
 
 
-def _catch_up_py(table, row, width, steps, idle, tables, lr, wd, b1, b2, eps):  # pragma: no cover
+def _catch_up_py(table, row, width, steps, idle, tables, now_bc, lr, wd, b1, b2, eps):  # pragma: no cover
     """Bring one row's weights up to date as `LazyAdamW._catch_up` does; return the factors its
-    moments owe (b1**k, b2**k), which the caller applies (the step folds them into its update)."""
+    moments owe (b1**k, b2**k), which the caller applies (the step folds them into its update).
+    `now_bc` is `_bias_corrections(steps, ...)`, computed once per call by the caller."""
     f32 = np.float32
     if idle == 0 or steps == 0:
         return f32(1.0), f32(1.0)
@@ -211,7 +212,7 @@ def _catch_up_py(table, row, width, steps, idle, tables, lr, wd, b1, b2, eps):  
         series_lr = ((decay - rk) * (r / (dfac - r)) if abs(dfac - r) > 1e-6 else owed * rk) * lr
         m_decay, v_decay = b1**owed, b2**owed
     if owed <= short_run:
-        bc1, bc2 = 1.0 / (1.0 - b1**steps), 1.0 / math.sqrt(1.0 - b2**steps)
+        bc1, bc2 = now_bc
     elif last < n_tab:
         bc1, bc2 = tables[4, int(last)], tables[5, int(last)]
     else:
@@ -227,15 +228,23 @@ def _catch_up_py(table, row, width, steps, idle, tables, lr, wd, b1, b2, eps):  
     return f32(m_decay), f32(v_decay)
 
 
+def _bias_corrections_py(steps, b1, b2):  # pragma: no cover - compiled by numba below
+    """1 / (1 - b1**steps) and 1 / sqrt(1 - b2**steps): those of the current step (1 before any)."""
+    if steps == 0:
+        return 1.0, 1.0
+    return 1.0 / (1.0 - b1**steps), 1.0 / math.sqrt(1.0 - b2**steps)
+
+
 def _settle_py(table, width, steps, idle, tables, lr, wd, b1, b2, eps):  # pragma: no cover
     """Every row brought up to date (LazyAdamW.settle), in parallel."""
     last_col = 3 * width
     row_end = table.shape[1] - 1
     n = table.shape[0]
+    now_bc = _bias_corrections(steps, b1, b2)
     for row in numba.prange(n):
         if row + _AHEAD < n:
             _prefetch_row(table, row + _AHEAD, row_end)
-        m_decay, v_decay = _catch_up(table, row, width, steps, idle, tables, lr, wd, b1, b2, eps)
+        m_decay, v_decay = _catch_up(table, row, width, steps, idle, tables, now_bc, lr, wd, b1, b2, eps)
         if m_decay != 1.0 or v_decay != 1.0:
             for c in range(width, 2 * width):
                 table[row, c] *= m_decay
@@ -288,13 +297,14 @@ def _step_py(
     # The weights now, since the gradient reads them; the moments' decay waits for step 4, which
     # writes the moments anyway (one write of them a step instead of two). Its gradient sum zeroed.
     e = f32(eps)
+    now_bc = _bias_corrections(steps, b1, b2)
     for j in numba.prange(k):
         if j + _AHEAD < k:
             _prefetch_row(table, uniq[j + _AHEAD], row_end)
         g = grads[j]
         for c in range(width):
             g[c] = f32(0.0)
-        m_decay, v_decay = _catch_up(table, uniq[j], width, steps, idle, tables, lr, wd, b1, b2, eps)
+        m_decay, v_decay = _catch_up(table, uniq[j], width, steps, idle, tables, now_bc, lr, wd, b1, b2, eps)
         row_decay[j, 0] = m_decay
         row_decay[j, 1] = v_decay
     # 3. The objective's gradient: d objective / d x of each rating (in parallel), then summed per row.
@@ -384,6 +394,7 @@ def _step_py(
 _FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
 if numba is not None:
     _prefetch_row = numba.njit(cache=True, nogil=True, inline="always")(_prefetch_row_py)
+    _bias_corrections = numba.njit(cache=True, nogil=True, inline="always")(_bias_corrections_py)
     _catch_up = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")(_catch_up_py)
     _step = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_step_py)
     _settle = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_settle_py)

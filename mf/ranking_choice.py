@@ -49,8 +49,9 @@ MAX_USERS = 20_000
 would take minutes per rule; 20,000 users keep the NDCG's standard error far below the gaps seen."""
 MAX_CELLS = 300_000_000
 """Users x items the choice scores per rule at most: each rule ranks every candidate item of every
-sampled user, and the choice tries 26 rules, so on 150k items 20,000 users would be minutes at the
-end of every tune.run; the cap keeps it to seconds (2,000 users there), but never below MIN_USERS."""
+sampled user, and the choice tries 26 rules, so on 150k items 20,000 users ran for more than 9
+minutes at the end of a tune.run; the cap scores a tenth of that there (2,000 users), but never
+fewer than MIN_USERS."""
 MIN_USERS = 1_000
 
 
