@@ -1,12 +1,14 @@
-"""One training step of MFAdvanced under LazyAdamW as one compiled pass over the batch (CPU, numba).
+"""Training steps of MFAdvanced under LazyAdamW as one compiled call over many batches (CPU, numba).
 
 The torch path (`Trainer._lazy_step`: `LazyAdamW.gather`, `MFAdvanced.row_grads`, `LazyAdamW.step`)
 runs a few dozen tensor ops a step, each a pass over the batch's rows with its own Python and
 dispatch cost; at 8192 ratings a step that overhead and the copies between ops cost more than the
-arithmetic. Here the same step is four loops in one compiled function, reading and writing the
-optimiser's table in place:
+arithmetic. Here a whole slice of a pass (`FusedStep.train`: its positions in the training columns)
+is one compiled call, which per batch runs four loops, reading and writing the optimiser's table
+in place:
 
-1. the batch's distinct rows, found through a per-row slot array (no sort);
+1. the batch's ratings, gathered from the columns through the positions, and its distinct rows,
+   found through a per-row slot array (no sort);
 2. each of them brought up to date as `LazyAdamW._catch_up` does (its `idle` rule);
 3. the objective's gradient by hand, as `MFAdvanced.row_grads` computes it, summed per row;
 4. AdamW's update of each row (torch's formula: decoupled decay, bias-corrected moments), and of
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 try:
     import numba
 
-    from mf.prefetch import prefetch
+    from mf.numba_threads import use_torch_threads
+    from mf.prefetch import prefetch, prefetch_1d
 except ImportError:  # the torch path serves
     numba = None
 
@@ -48,6 +51,7 @@ IDLE_TABLE_STEPS = 1 << 15
 """Idle runs up to this many steps are read from `idle_tables` (at 10M ratings and batch 8192, 27
 epochs; at ml-latest-small's size, thousands); longer ones are computed."""
 _AHEAD = 8  # rows (or ratings) prefetched ahead in each loop: enough to keep a few reads in flight
+_AHEAD_GATHER = 16  # ratings ahead in the gather, whose reads are single words
 
 
 def idle_tables(
@@ -63,12 +67,14 @@ def idle_tables(
     k = np.arange(steps, dtype=np.float64)
     d = 1.0 - lr * weight_decay
     r = b1 / math.sqrt(b2)
-    decay, rk = d**k, r**k
-    series = (decay - rk) * (r / (d - r)) if abs(d - r) > 1e-6 else k * rk
-    centre = k + 1.0 / (1.0 - r)
-    return np.stack(
-        [decay, series * lr, b1**k, b2**k, 1.0 / (1.0 - b1**centre), 1.0 / np.sqrt(1.0 - b2**centre)]
-    )
+    # A diverging config (lr * weight_decay > 2) overflows here as its weights will: inf, no warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        decay, rk = d**k, r**k
+        series = (decay - rk) * (r / (d - r)) if abs(d - r) > 1e-6 else k * rk
+        centre = k + 1.0 / (1.0 - r)
+        return np.stack(
+            [decay, series * lr, b1**k, b2**k, 1.0 / (1.0 - b1**centre), 1.0 / np.sqrt(1.0 - b2**centre)]
+        )
 
 
 def available(model: MFAdvanced, optimizer: LazyAdamW) -> bool:
@@ -79,7 +85,8 @@ def available(model: MFAdvanced, optimizer: LazyAdamW) -> bool:
 
 
 class FusedStep:
-    """`step(users, items, ratings)` trains one batch in place and returns its squared-error sum."""
+    """`train(users, items, ratings, positions, batch_size)` trains a slice of a pass in place;
+    calling it, `fused(users, items, ratings)`, one batch. Both return the squared-error sum."""
 
     table_steps = IDLE_TABLE_STEPS  # the idle runs read from tables (tests shorten it)
 
@@ -98,7 +105,7 @@ class FusedStep:
     def settle(self) -> None:
         """`LazyAdamW.settle()` compiled: every row of the table brought up to date, in one parallel pass."""
         opt = self.opt
-        _set_threads()
+        use_torch_threads()
         b1, b2 = opt.betas
         _settle(
             self.table,
@@ -122,33 +129,49 @@ class FusedStep:
         return self._tables
 
     def __call__(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        opt, model = self.opt, self.model
+        """One step on this batch (int32 ids, float32 ratings); its squared-error sum."""
         n = int(ratings.shape[0])
-        _set_threads()
+        return torch.tensor(self.train(users, items, ratings, torch.arange(n, dtype=torch.int32), n))
+
+    def train(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        ratings: torch.Tensor,
+        positions: torch.Tensor,
+        batch_size: int,
+    ) -> float:
+        """Train the batches `positions[s : s + batch_size]` of these columns, a step each, in order,
+        in one compiled call (no gathered copy, no Python between steps); their squared-error sum."""
+        opt, model = self.opt, self.model
+        use_torch_threads()
         b1, b2 = opt.betas
-        tables = self._idle_tables()
-        if n > self._capacity:  # the step's scratch, kept between steps
-            self._uniq = np.empty(2 * n, dtype=np.int64)
-            self._grads = np.empty((2 * n, opt.width), dtype=np.float32)
-            self._row_decay = np.empty((2 * n, 2), dtype=np.float32)
-            self._per_rating = np.empty((2, n), dtype=np.float32)
-            self._capacity = n
+        batch_size = min(int(batch_size), max(1, int(positions.shape[0])))
+        if batch_size > self._capacity:  # the step's scratch, kept between calls
+            self._batch_rows = np.empty((2, batch_size), dtype=np.int64)
+            self._batch_ratings = np.empty(batch_size, dtype=np.float32)
+            self._uniq = np.empty(2 * batch_size, dtype=np.int64)
+            self._grads = np.empty((2 * batch_size, opt.width), dtype=np.float32)
+            self._row_decay = np.empty((2 * batch_size, 2), dtype=np.float32)
+            self._capacity = batch_size
         offset = model.offset.data.numpy() if model.use_bias else np.zeros(1, dtype=np.float32)
         m, v = opt.dense_moments[0] if model.use_bias else (None, None)
         moments = np.zeros(2, dtype=np.float32) if m is None else np.array([float(m), float(v)], np.float32)
-        sq = _step(
+        sq = _train(
             self.table,
             self.slot,
             users.numpy(),
             items.numpy(),
             ratings.numpy(),
+            positions.numpy(),
+            batch_size,
             int(opt.row_offsets[1]),
             int(model.user_emb.embedding_dim),
             int(opt.width),
             bool(model.use_bias),
             bool(model.use_sigmoid),
             float(model.sigmoid_high),
-            self.l2 / n,
+            self.l2,
             offset,
             moments,
             float(opt.lr),
@@ -158,23 +181,18 @@ class FusedStep:
             float(opt.eps),
             int(opt.steps),
             IDLE_CODES[opt.idle],
-            tables,
+            self._idle_tables(),
+            self._batch_rows,
+            self._batch_ratings,
             self._uniq,
             self._grads,
             self._row_decay,
-            self._per_rating,
         )
-        opt.count_step()
+        opt.count_step(-(-int(positions.shape[0]) // batch_size))
         if m is not None:
             m.fill_(float(moments[0]))
             v.fill_(float(moments[1]))
-        return torch.tensor(sq)
-
-
-def _set_threads() -> None:
-    # As many threads as torch has (a Ray trial's CPUs): numba's own default is every core. Set per
-    # call, since the setting is the calling thread's and trials train on a thread of their own.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        return float(sq)
 
 
 def _prefetch_row_py(table, row, row_end):  # pragma: no cover - compiled by numba below
@@ -253,19 +271,21 @@ def _settle_py(table, width, steps, idle, tables, lr, wd, b1, b2, eps):  # pragm
         table[row, last_col] = steps
 
 
-def _step_py(
+def _train_py(
     table,
     slot,
-    users,
-    items,
-    ratings,
+    users_col,
+    items_col,
+    ratings_col,
+    positions,
+    batch_size,
     item_row0,
     d,
     width,
     use_bias,
     use_sigmoid,
     high,
-    l2_per_rating,
+    l2,
     offset,
     moments,
     lr,
@@ -276,118 +296,133 @@ def _step_py(
     steps,
     idle,
     tables,
+    batch_rows,
+    batch_ratings,
     uniq,
     grads,
     row_decay,
-    per_rating,
 ):  # pragma: no cover - compiled by numba below
+    """The batches `positions[s : s + batch_size]` of the columns, one step each, in order."""
     f32 = np.float32
-    n = ratings.shape[0]
+    e = f32(eps)
     last_col = 3 * width
     row_end = table.shape[1] - 1
-    # 1. The batch's distinct rows: users first, then items (their rows follow the users').
-    k = 0
-    for j in range(2 * n):
-        row = users[j] if j < n else items[j - n] + item_row0
-        if slot[row] < 0:
-            slot[row] = k
-            uniq[k] = row
-            k += 1
-    # 2. Each distinct row brought up to date (LazyAdamW._catch_up), in parallel: rows are distinct.
-    # The weights now, since the gradient reads them; the moments' decay waits for step 4, which
-    # writes the moments anyway (one write of them a step instead of two). Its gradient sum zeroed.
-    e = f32(eps)
-    now_bc = _bias_corrections(steps, b1, b2)
-    for j in numba.prange(k):
-        if j + _AHEAD < k:
-            _prefetch_row(table, uniq[j + _AHEAD], row_end)
-        g = grads[j]
-        for c in range(width):
-            g[c] = f32(0.0)
-        m_decay, v_decay = _catch_up(table, uniq[j], width, steps, idle, tables, now_bc, lr, wd, b1, b2, eps)
-        row_decay[j, 0] = m_decay
-        row_decay[j, 1] = v_decay
-    # 3. The objective's gradient: d objective / d x of each rating (in parallel), then summed per row.
-    g_of = per_rating[0]
-    sq_of = per_rating[1]
-    off = f32(offset[0]) if use_bias else f32(0.0)
-    scale = f32(2.0 * high / n) if use_sigmoid else f32(2.0 / n)
-    for j in numba.prange(n):
-        if j + _AHEAD < n:
-            for c in range(0, width, 16):
-                prefetch(table, users[j + _AHEAD], c)
-                prefetch(table, items[j + _AHEAD] + item_row0, c)
-        p = table[users[j], :d]
-        q = table[items[j] + item_row0, :d]
-        x = f32(0.0)
-        for c in range(d):
-            x += p[c] * q[c]
+    total = positions.shape[0]
+    sq_total = 0.0
+    for start in range(0, total, batch_size):
+        n = min(batch_size, total - start)
+        # 1. The batch's ratings, gathered through `positions` (in parallel), then its distinct
+        # rows: users first, then items (their rows follow the users').
+        for j in numba.prange(n):
+            if j + _AHEAD_GATHER < n:
+                ahead = positions[start + j + _AHEAD_GATHER]
+                prefetch_1d(users_col, ahead)
+                prefetch_1d(items_col, ahead)
+                prefetch_1d(ratings_col, ahead)
+            at = positions[start + j]
+            batch_rows[0, j] = users_col[at]
+            batch_rows[1, j] = items_col[at] + item_row0
+            batch_ratings[j] = ratings_col[at]
+        k = 0
+        for side in range(2):
+            for j in range(n):
+                row = batch_rows[side, j]
+                if slot[row] < 0:
+                    slot[row] = k
+                    uniq[k] = row
+                    k += 1
+        # 2. Each distinct row brought up to date (LazyAdamW._catch_up), in parallel: rows are
+        # distinct. The weights now, since the gradient reads them; the moments' decay waits for
+        # step 4, which writes the moments anyway (one write of them a step instead of two).
+        now_bc = _bias_corrections(steps, b1, b2)
+        for j in numba.prange(k):
+            if j + _AHEAD < k:
+                _prefetch_row(table, uniq[j + _AHEAD], row_end)
+            g = grads[j]
+            for c in range(width):
+                g[c] = f32(0.0)
+            m_decay, v_decay = _catch_up(
+                table, uniq[j], width, steps, idle, tables, now_bc, lr, wd, b1, b2, eps
+            )
+            row_decay[j, 0] = m_decay
+            row_decay[j, 1] = v_decay
+        # 3. The objective's gradient, summed per row: users' rows and items' rows are distinct, so
+        # one thread takes each side, and each computes every rating's prediction itself (a second
+        # pass over the rows to share them between the threads costs more than the dot products).
+        off = f32(offset[0]) if use_bias else f32(0.0)
+        scale = f32(2.0 * high / n) if use_sigmoid else f32(2.0 / n)
+        two_l2 = f32(2.0 * l2 / n)
+        sums = np.zeros((2, 2))  # per side: squared errors, d objective / d offset
+        for side in numba.prange(2):
+            other_side = 1 - side
+            sq_side = 0.0
+            g_side = 0.0
+            for j in range(n):
+                if j + _AHEAD < n:
+                    mine_ahead = batch_rows[side, j + _AHEAD]
+                    for c in range(0, width, 16):
+                        prefetch(table, mine_ahead, c)
+                        prefetch(table, batch_rows[other_side, j + _AHEAD], c)
+                        prefetch(grads, slot[mine_ahead], c)
+                mine = batch_rows[side, j]
+                a = table[mine, :d]
+                b = table[batch_rows[other_side, j], :d]
+                x = f32(0.0)
+                for c in range(d):
+                    x += a[c] * b[c]
+                if use_bias:
+                    x += table[mine, d] + table[batch_rows[other_side, j], d] + off
+                if use_sigmoid:
+                    s = f32(1.0) / (f32(1.0) + np.exp(-x))
+                    err = s * f32(high) - batch_ratings[j]
+                    g = err * (s * (f32(1.0) - s)) * scale
+                else:
+                    err = x - batch_ratings[j]
+                    g = err * scale
+                sq_side += err * err
+                g_side += g
+                acc = grads[slot[mine]]
+                for c in range(d):
+                    acc[c] += g * b[c] + two_l2 * a[c]
+                if use_bias:
+                    acc[d] += g
+            sums[side, 0] = sq_side
+            sums[side, 1] = g_side
+        # 4. AdamW (torch's formula) on each distinct row, in parallel, then on the offset.
+        t = steps + 1
+        step_size = f32(lr / (1.0 - b1**t))
+        inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2**t))
+        keep, one_b1, one_b2, fb2 = f32(1.0 - lr * wd), f32(1.0 - b1), f32(1.0 - b2), f32(b2)
+        for j in numba.prange(k):
+            if j + _AHEAD < k:
+                _prefetch_row(table, uniq[j + _AHEAD], row_end)
+            row = uniq[j]
+            w = table[row, :width]
+            m = table[row, width : 2 * width]
+            v = table[row, 2 * width : 3 * width]
+            gr = grads[j]
+            md, vd = row_decay[j, 0], row_decay[j, 1]
+            for c in range(width):
+                mo = m[c] * md
+                mc = mo + (gr[c] - mo) * one_b1
+                vc = v[c] * vd * fb2 + one_b2 * gr[c] * gr[c]
+                m[c] = mc
+                v[c] = vc
+                w[c] = w[c] * keep - step_size * mc / (np.sqrt(vc) * inv_sqrt_bc2 + e)
+            table[row, last_col] = t
+            slot[row] = -1
         if use_bias:
-            x += table[users[j], d] + table[items[j] + item_row0, d] + off
-        if use_sigmoid:
-            s = f32(1.0) / (f32(1.0) + np.exp(-x))
-            err = s * f32(high) - ratings[j]
-            g_of[j] = err * (s * (f32(1.0) - s)) * scale
-        else:
-            err = x - ratings[j]
-            g_of[j] = err * scale
-        sq_of[j] = err * err
-    two_l2 = f32(2.0 * l2_per_rating)
-    for side in numba.prange(2):  # users' rows and items' rows are distinct: one thread each
-        for j in range(n):
-            if j + _AHEAD < n:
-                mine_ahead = users[j + _AHEAD] if side == 0 else items[j + _AHEAD] + item_row0
-                other_ahead = items[j + _AHEAD] + item_row0 if side == 0 else users[j + _AHEAD]
-                for c in range(0, width, 16):
-                    prefetch(table, other_ahead, c)
-                    prefetch(grads, slot[mine_ahead], c)
-            g = g_of[j]
-            u, i = users[j], items[j] + item_row0
-            mine, other = (u, i) if side == 0 else (i, u)
-            acc = grads[slot[mine]]
-            a = table[mine, :d]
-            b = table[other, :d]
-            for c in range(d):
-                acc[c] += g * b[c] + two_l2 * a[c]
-            if use_bias:
-                acc[d] += g
-    # 4. AdamW (torch's formula) on each distinct row, in parallel, then on the offset.
-    t = steps + 1
-    step_size = f32(lr / (1.0 - b1**t))
-    inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2**t))
-    keep, one_b1, one_b2, fb2 = f32(1.0 - lr * wd), f32(1.0 - b1), f32(1.0 - b2), f32(b2)
-    for j in numba.prange(k):
-        if j + _AHEAD < k:
-            _prefetch_row(table, uniq[j + _AHEAD], row_end)
-        row = uniq[j]
-        w = table[row, :width]
-        m = table[row, width : 2 * width]
-        v = table[row, 2 * width : 3 * width]
-        gr = grads[j]
-        md, vd = row_decay[j, 0], row_decay[j, 1]
-        for c in range(width):
-            mo = m[c] * md
-            mc = mo + (gr[c] - mo) * one_b1
-            vc = v[c] * vd * fb2 + one_b2 * gr[c] * gr[c]
-            m[c] = mc
-            v[c] = vc
-            w[c] = w[c] * keep - step_size * mc / (np.sqrt(vc) * inv_sqrt_bc2 + e)
-        table[row, last_col] = t
-        slot[row] = -1
-    g_offset = 0.0
-    sq = 0.0
-    for j in range(n):
-        g_offset += g_of[j]
-        sq += sq_of[j]
-    if use_bias:
-        mo = moments[0] + (g_offset - moments[0]) * (1.0 - b1)
-        vo = moments[1] * b2 + (1.0 - b2) * g_offset * g_offset
-        moments[0] = mo
-        moments[1] = vo
-        offset[0] = offset[0] * (1.0 - lr * wd) - (lr / (1.0 - b1**t)) * mo / (
-            math.sqrt(vo) / math.sqrt(1.0 - b2**t) + eps
-        )
-    return sq
+            g_offset = sums[0, 1]
+            mo = moments[0] + (g_offset - moments[0]) * (1.0 - b1)
+            vo = moments[1] * b2 + (1.0 - b2) * g_offset * g_offset
+            moments[0] = mo
+            moments[1] = vo
+            offset[0] = offset[0] * (1.0 - lr * wd) - (lr / (1.0 - b1**t)) * mo / (
+                math.sqrt(vo) / math.sqrt(1.0 - b2**t) + eps
+            )
+        sq_total += sums[0, 0]
+        steps = t
+    return sq_total
 
 
 # No nnan / ninf: a diverging run must still show its NaN (the trainer checks every epoch's loss).
@@ -396,5 +431,5 @@ if numba is not None:
     _prefetch_row = numba.njit(cache=True, nogil=True, inline="always")(_prefetch_row_py)
     _bias_corrections = numba.njit(cache=True, nogil=True, inline="always")(_bias_corrections_py)
     _catch_up = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")(_catch_up_py)
-    _step = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_step_py)
+    _train = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_train_py)
     _settle = numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(_settle_py)

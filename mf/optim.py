@@ -161,9 +161,9 @@ class LazyAdamW:
         """(exp_avg, exp_avg_sq) of each dense parameter, for a step taken elsewhere (mf.fused_step)."""
         return self._dense_moments
 
-    def count_step(self) -> None:
-        """Count a step that mf.fused_step took on the table in place of `gather` and `step`."""
-        self.steps += 1
+    def count_step(self, n: int = 1) -> None:
+        """Count `n` steps that mf.fused_step took on the table in place of `gather` and `step`."""
+        self.steps += n
         for t in self._step_tensors:
             t.fill_(self.steps)
 

@@ -60,19 +60,22 @@ def test_prefetch_compiles_and_changes_nothing():
     import numba
     import numpy as np
 
-    from mf.prefetch import prefetch
+    from mf.prefetch import prefetch, prefetch_1d
 
     @numba.njit
-    def total(table):
+    def total(table, column):
         s = 0.0
         for i in range(table.shape[0]):
             prefetch(table, min(i + 4, table.shape[0] - 1), 0)
-            s += table[i].sum()
+            prefetch_1d(column, min(i + 4, table.shape[0] - 1))
+            s += table[i].sum() + column[i]
         return s
 
     table = np.arange(40, dtype=np.float32).reshape(10, 4)
-    assert total(table) == table.sum()
+    column = np.arange(10, dtype=np.int32)
+    assert total(table, column) == table.sum() + column.sum()
     assert table.tolist() == np.arange(40, dtype=np.float32).reshape(10, 4).tolist()
+    assert column.tolist() == list(range(10))
 
 
 @pytest.mark.parametrize("idle", ["dense", "decay", "none"])
