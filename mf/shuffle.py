@@ -10,8 +10,8 @@ uniform permutation of the whole.
 
 The random numbers are splitmix64 of (seed, index), a counter-based generator, so the result depends
 on the seed alone, not on the number of threads. Drawing a position below i + 1 takes the high bits
-of the product (Lemire's method without its rejection step): each position is off from uniform by
-at most (i + 1) / 2**32, below 2**-9 for a bucket of the sizes used here.
+of the product (Lemire's method without its rejection step): each position's probability is off
+from uniform by a relative (i + 1) / 2**32 at most, below 2**-16 for buckets of BUCKET_SIZE.
 """
 
 from __future__ import annotations
