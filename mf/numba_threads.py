@@ -8,11 +8,10 @@ thread's, and trials train on threads of their own, so it is set at every call.
 
 from __future__ import annotations
 
+import numba
 import torch
 
 
 def use_torch_threads() -> None:
     """Set numba's thread count for this thread to torch's (at most numba's pool size)."""
-    import numba
-
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))

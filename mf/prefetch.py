@@ -3,7 +3,8 @@ from numba-compiled code.
 
 Why: a LazyAdamW step (mf.fused_step) gathers its batch's ratings from the training columns at
 random and reads and writes the few thousand table rows the batch touches, scattered over tables far
-larger than the caches; a loop over them otherwise waits on one memory read after another. Asking for the rows a few iterations ahead lets those reads overlap.
+larger than the caches; a loop over them otherwise waits on one memory read after another. Asking
+for them a few iterations ahead lets those reads overlap.
 numba has no prefetch of its own, so this emits LLVM's `llvm.prefetch` intrinsic through numba's
 public extension API (`numba.extending.intrinsic`). The intrinsic's name carries the pointer type
 (`p0`: LLVM 15's opaque pointers, numba 0.60 and later); tests/test_fused_step.py compiles and runs

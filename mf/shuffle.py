@@ -27,6 +27,7 @@ except ImportError:  # torch.randperm serves
 
 BUCKET_SIZE = 1 << 15
 """About how many indices a bucket holds (128 KB of int32: an L2 cache's share)."""
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
 _BLOCKS = 64  # fixed blocks of the counting sort: as many as threads could use, independent of them
 
 
@@ -53,10 +54,17 @@ def _mix_py(z):  # pragma: no cover - compiled by numba below
     return z ^ (z >> np.uint64(31))
 
 
+def _bucket_py(base, i, shift, log2_buckets):  # pragma: no cover - compiled by numba below
+    """Index i's bucket: the top log2_buckets bits of its random number (0 with one bucket)."""
+    if log2_buckets == 0:
+        return np.uint64(0)
+    return _mix(base + np.uint64(i) * np.uint64(_GOLDEN)) >> shift
+
+
 def _permutation_py(out, seed, log2_buckets):  # pragma: no cover - compiled by numba below
     n = out.shape[0]
     n_buckets = 1 << log2_buckets
-    golden = np.uint64(0x9E3779B97F4A7C15)
+    golden = np.uint64(_GOLDEN)
     base = _mix(seed)
     shift = np.uint64(64 - log2_buckets) if log2_buckets > 0 else np.uint64(0)
     block = (n + _BLOCKS - 1) // _BLOCKS
@@ -64,7 +72,7 @@ def _permutation_py(out, seed, log2_buckets):  # pragma: no cover - compiled by 
     # 1. Count each block's indices per bucket.
     for b in numba.prange(_BLOCKS):
         for i in range(b * block, min(n, (b + 1) * block)):
-            bucket = _mix(base + np.uint64(i) * golden) >> shift if log2_buckets > 0 else np.uint64(0)
+            bucket = _bucket(base, i, shift, log2_buckets)
             counts[b, bucket] += 1
     # 2. Where each (block, bucket) writes: buckets in order, blocks in order within a bucket.
     starts = np.empty((_BLOCKS, n_buckets), dtype=np.int64)
@@ -79,7 +87,7 @@ def _permutation_py(out, seed, log2_buckets):  # pragma: no cover - compiled by 
     # 3. Scatter, recomputing each index's bucket (cheaper than storing it).
     for b in numba.prange(_BLOCKS):
         for i in range(b * block, min(n, (b + 1) * block)):
-            bucket = _mix(base + np.uint64(i) * golden) >> shift if log2_buckets > 0 else np.uint64(0)
+            bucket = _bucket(base, i, shift, log2_buckets)
             out[starts[b, bucket]] = i
             starts[b, bucket] += 1
     # 4. Fisher-Yates within each bucket, from a stream of its own.
@@ -97,4 +105,5 @@ def _permutation_py(out, seed, log2_buckets):  # pragma: no cover - compiled by 
 
 if numba is not None:
     _mix = numba.njit(cache=True, nogil=True, inline="always")(_mix_py)
+    _bucket = numba.njit(cache=True, nogil=True, inline="always")(_bucket_py)
     _permutation = numba.njit(cache=True, nogil=True, parallel=True)(_permutation_py)
