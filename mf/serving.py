@@ -8,8 +8,8 @@
 `python -m mf.recommend` and `python -m mf.serve` both answer through a `Recommender`, so the CLI and
 the HTTP routes give the same movies in the same order. Everything a request needs is computed at
 load (the numpy factors, each user's train items, titles by item, the ranking's per-item terms):
-a request is one user's scores (a (D,) x (D, I) product), a partition and a few lookups, with no
-torch and no pandas.
+a request is one user's scores (a (D,) x (D, I) product), a top k and a few lookups, with no
+autograd and no pandas.
 
 "Not rated" means not rated in the training part: the model learnt from train only, and
 `mf.recommend --evaluate` judges exactly this list against the held-out part. A user's validation
