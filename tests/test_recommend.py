@@ -290,7 +290,7 @@ def test_factor_scorer_predict_equals_every_item_scores():
 
 def test_the_choice_samples_fewer_users_the_more_items_each_one_ranks():
     assert users_to_score(9_742) == 20_000  # ml-latest-small: every user with a relevant rating
-    assert users_to_score(150_000) == 2_000  # 26 rules x 2,000 x 150k cells: seconds, not minutes
+    assert users_to_score(150_000) == 2_000  # 26 rules x 2,000 x 150k cells: under a minute
     assert users_to_score(10_000_000) == 1_000  # never fewer
     assert users_to_score(9_742, max_users=50) == 50
 
