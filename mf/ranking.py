@@ -94,8 +94,9 @@ class FactorScorer:
         return _zscore(self(users), axis=1)
 
     def last_batch_memo(self) -> FactorScorer:
-        """A copy that keeps its last batch's logits and ratings: many rankings scored on one batch
-        of users (as `ranking_metrics_many` does) then share one matrix multiply and one sigmoid."""
+        """A copy that keeps its last batch's logits, ratings and standardised ratings: many rankings
+        scored on one batch of users (as `ranking_metrics_many` does) then share one matrix multiply,
+        one sigmoid and one z-score."""
         return _LastBatchScorer(*(getattr(self, f.name) for f in fields(self)))
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -226,9 +227,8 @@ def ranking_scores(ranking: Ranking, scorer: FactorScorer, counts: np.ndarray) -
     if rule == SHRUNK_BIAS:
         if scorer.item_bias is None:
             raise ConfigError("ranking shrunk-bias: the model has no item bias (bias: false)")
-        shift = (scorer.item_bias * (counts / (counts + w) - 1.0)).astype(
-            dtype
-        )  # (I,): b_i -> b_i n / (n + w)
+        # (I,): b_i -> b_i * n / (n + w)
+        shift = (scorer.item_bias * (counts / (counts + w) - 1.0)).astype(dtype)
         return lambda users: scorer.squash(scorer.logits(users) + shift)
     # BLEND: per-user standardised so that w means the same for every user and every model.
     log_pop = (w * _zscore(np.log1p(counts))).astype(dtype)  # (I,)
