@@ -216,7 +216,7 @@ def ranking_scores(ranking: Ranking, scorer: FactorScorer, counts: np.ndarray) -
     part never sees that part. Per-item terms are computed here once, not per call.
     """
     rule, w = ranking.rule, ranking.weight
-    dtype = scorer.item_factors.dtype  # per-item terms in the scores' precision: float32 ranks twice as fast
+    dtype = scorer.item_factors.dtype  # per-item terms in the scores' precision: no float64 for float32
     if rule == PREDICTED:
         return scorer
     if rule == POPULAR:
@@ -256,8 +256,9 @@ class RankingMetrics:
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Indices (B, k') of the k highest scores per row, best first, never an excluded item.
 
-    k' = min(k, n_items); a row with fewer than k' candidates is padded with -1. `torch.topk`
-    (threaded, a heap per row) is 5-9x faster here than numpy's argpartition and a sort.
+    k' = min(k, n_items); a row with fewer than k' candidates is padded with -1. By `torch.topk`
+    (threaded, one pass per row) rather than numpy's argpartition and a sort, which took most of an
+    export's time at 150k items (bench/README.md, Scale).
     """
     k = min(k, scores.shape[1])
     values, top = torch.topk(torch.from_numpy(np.where(exclude, -np.inf, scores)), k, dim=1)
