@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         grid = extra.get("grid", {})
         if "grid" in only:
             print(f"hand grid best of {len(grid['configs'])}: val {_cell(rows[-1].best_val_mse, 0)}")
-        tutorial = next(iter(extra["tutorial"].values()), None)
+        # With --confirm-top 0 the tutorial's reference run is skipped (it runs in the confirmation's share).
+        tutorial = next((t for t in extra["tutorial"].values() if "val_mse" in t), None)
         if tutorial:
             print(
                 f"the tutorial's configuration on this split: val {tutorial['val_mse']:.4f}"

@@ -8,9 +8,10 @@
 2. Scale: synthetic MovieLens-shaped sets (1M, 10M and 25M ratings by default, dim 32, batch 8192),
    each optimiser path (`adamw`, `sparse_adam`, `lazy_adamw`) trained on the same data in one
    process per size, epochs interleaved (adamw 1, sparse_adam 1, lazy_adamw 1, adamw 2, ...), so a
-   busy neighbour slows every path alike. Printed: ratings/s per path and size, each path's cost per
-   rating relative to its cost at the smallest size, and the targets: lazy_adamw >= 5M ratings/s
-   and >= 3x adamw at 10M, its cost per rating at 25M within 1.3x of that at 1M.
+   busy neighbour slows every path alike. Printed: ratings/s per path and size, each path's cost
+   per rating relative to its cost at the smallest size, the distinct rows a batch touches per
+   rating, and the targets: lazy_adamw >= 5M ratings/s and >= 3x adamw at 10M, its cost per rating
+   at 25M within 1.3x of that at 1M.
 
     python -m bench.trainer                                  # both parts, about 10 minutes on 2 idle cores
     python -m bench.trainer --sizes 1M,10M --epochs 1        # a shorter scale part
@@ -321,6 +322,7 @@ def run_scale_size(n_ratings: int, *, paths: list[str], epochs: int) -> dict[str
         "users": dataset.n_users,
         "items": dataset.n_items,
         "generate_s": generate_s,
+        "rows_per_rating": rows_per_rating(dataset.train, batch_size=TrainConfig().batch_size),
         "data_rss_mb": before.get("rss", float("nan")),
         "init": init,
         "epochs": rows,
@@ -329,6 +331,17 @@ def run_scale_size(n_ratings: int, *, paths: list[str], epochs: int) -> dict[str
         "device": str(next(iter(trainers.values())).device),
         "load_average": os.getloadavg()[0],
     }
+
+
+def rows_per_rating(part: Interactions, *, batch_size: int, batches: int = 20) -> float:
+    """Distinct user and item rows a uniformly drawn batch touches, per rating in it: the work of a
+    row-sparse step that no cache helps with, which grows with the tables at a fixed batch size."""
+    rng = np.random.default_rng(0)
+    touched = []
+    for _ in range(batches):
+        batch = rng.integers(0, len(part), min(batch_size, len(part)))
+        touched.append((len(np.unique(part.users[batch])) + len(np.unique(part.items[batch]))) / len(batch))
+    return float(np.mean(touched))
 
 
 def _rate(size: dict[str, Any], path: str) -> float:
@@ -365,7 +378,10 @@ def scale(*, sizes: list[int], paths: list[str], epochs: int) -> dict[str, Any]:
                 f" {size['epochs'][path][-1]['val_mse']:8.4f} {size['init'][path]['seconds']:7.2f}"
                 f" {size['init'][path]['mb']:6.0f} {growth:23.2f}x"
             )
-        print(f"   {'':>6} peak RSS {size['peak_rss_mb']:,.0f} MB, load average {size['load_average']:.2f}")
+        print(
+            f"   {'':>6} peak RSS {size['peak_rss_mb']:,.0f} MB, load average {size['load_average']:.2f}, "
+            f"a batch touches {size['rows_per_rating']:.2f} distinct rows per rating"
+        )
     _check_targets(results, paths)
     return {"sizes": results}
 

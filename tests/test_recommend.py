@@ -26,6 +26,7 @@ from mf.ranking import (
     Ranking,
     ranking_metrics,
     ranking_scores,
+    rows_by_user,
     top_k,
 )
 from mf.ranking_choice import (
@@ -227,6 +228,20 @@ def test_top_k_never_returns_excluded_items_and_pads():
     # Only one candidate: it comes first, then -1 for the missing places.
     assert top_k(scores, exclude, 3).tolist() == [[1, -1, -1]]
     assert top_k(scores, np.zeros_like(exclude), 2).tolist() == [[0, 1]]
+
+
+def test_rows_by_user_groups_each_users_items_and_keeps_the_grouping_of_a_part():
+    part = Interactions(
+        users=np.array([2, 0, 2, 1], dtype=np.int32),
+        items=np.array([5, 6, 7, 8], dtype=np.int32),
+        ratings=np.ones(4, dtype=np.float32),
+    )
+    items, starts = rows_by_user(part, n_users=4)
+    assert [items[starts[u] : starts[u + 1]].tolist() for u in range(4)] == [[6], [8], [5, 7], []]
+    again, _ = rows_by_user(part, n_users=4)
+    assert again is items  # the same part: its grouping is not sorted again
+    other = Interactions(users=part.users.copy(), items=part.items[::-1].copy(), ratings=part.ratings)
+    assert rows_by_user(other, n_users=4)[0].tolist() == [7, 5, 8, 6]  # another part: its own
 
 
 # ---------------------------------------------------------------- ranking rules and the choice
