@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import shutil
@@ -98,7 +99,7 @@ def experiment(tmp_path_factory) -> Path:
                 "--grace-period", "1",
                 "--reduction-factor", "2",
                 "--max-concurrent", "1",
-                "--seed", "3",
+                "--seed", "1",
                 "--confirm-top", "2",
                 "--confirm-seeds", "2",
             ]
@@ -106,6 +107,10 @@ def experiment(tmp_path_factory) -> Path:
     finally:
         ray.shutdown()
     assert code == 0
+    # The importance figure needs 2 trials that ran to max epochs: seed 1 gives 3 (seed 3 gave enough before
+    # init_range's floor went to 1e-3, and 1 after). A change of the default space may need another seed.
+    outcomes = [row["outcome"] for row in csv.DictReader((storage / "small" / "trials.csv").open())]
+    assert outcomes.count("COMPLETE") >= 2, outcomes
     return storage / "small"
 
 
