@@ -79,6 +79,13 @@ class TrainConfig:
         "cosine: the epochs the schedule spans (0: `epochs`); a trial's is ASHA's max epochs, kept "
         "when its config is exported with fewer epochs, so that a retrain repeats it.",
     )
+    swa_start: int = key(
+        0,
+        "Stochastic weight averaging (SWA): from this epoch on, the model that is evaluated, kept as the "
+        "best and exported is the mean of the weights at the end of each epoch since; training goes on "
+        "from the current weights. 0: off. At a high constant lr the weights wander around a minimum, "
+        "and their mean predicts held-out ratings better than any one epoch's weights.",
+    )
     weight_decay: float = key(
         0.01, "AdamW's decoupled weight decay on every parameter (PyTorch's default 0.01, as the tutorial)."
     )
@@ -170,6 +177,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("epochs", cfg.epochs >= 1, ">= 1"),
         ("epoch_ratings", cfg.epoch_ratings >= 0, ">= 0"),
         ("schedule_epochs", cfg.schedule_epochs >= 0, ">= 0"),
+        ("swa_start", cfg.swa_start >= 0, ">= 0"),
         ("threads", cfg.threads >= 0, ">= 0"),
         ("val_ndcg_k", cfg.val_ndcg_k >= 0, ">= 0"),
     ]
@@ -201,6 +209,7 @@ TUTORIAL_RUN: dict[str, Any] = {
     "batch_size": 8192,
     "epochs": 10,
     "lr_schedule": "constant",
+    "swa_start": 0,
 }
 """The tutorial's own run, spelt out so that it stays the tutorial's whatever the defaults become."""
 

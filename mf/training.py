@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from mf import fused_step, shuffle
 from mf.atomic import atomic_write
@@ -199,6 +200,8 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best: BestModel | None = None
+        # The running mean of the weights since epoch swa_start (None before it, or when off).
+        self.average: AveragedModel | None = None
         # The shuffled pass epochs are drawn from, and how far into it they are (a whole pass: used up).
         self._pass = torch.empty(0, dtype=torch.int32, device=self.device)
         self._pass_cursor = len(self.train_part)
@@ -239,6 +242,10 @@ class Trainer:
         train_loss = float(loss_sum) / trained
         self.epoch += 1
         self.settle()
+        if 0 < cfg.swa_start <= self.epoch:
+            if self.average is None:
+                self.average = self._new_average()
+            self.average.update_parameters(self.model)
         val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
         if not (math.isfinite(train_loss) and math.isfinite(val["mse"])):
             raise TrainingDiverged(
@@ -253,13 +260,26 @@ class Trainer:
             VAL_MAE: val["mae"],
         }
         if self.val_ndcg is not None:
-            metrics[VAL_NDCG] = self.val_ndcg(self.model)
+            metrics[VAL_NDCG] = self.val_ndcg(self.scoring_model)
         metrics[EPOCH_SECONDS] = time.perf_counter() - started
         self.history.append(metrics)
         if self.best is None or val["mse"] < self.best.val_mse:
             # A copy of the weights at the best epoch, so that no checkpoint is needed at every epoch.
-            self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=self._weights())
+            self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=_copy(self.scoring_model))
         return metrics
+
+    @property
+    def scoring_model(self) -> MFAdvanced:
+        """The model whose predictions count (evaluated, kept as the best, exported): the running mean
+        of the weights once averaging has begun (swa_start), else the weights being trained."""
+        return self.model if self.average is None else self.average.module
+
+    def _new_average(self) -> AveragedModel:
+        """An empty running mean: torch's AveragedModel around a model of its own (a copy of
+        `self.model` would also copy the optimiser's table that LazyAdamW keeps the weights in)."""
+        with torch.random.fork_rng(devices=[]):  # its throwaway init leaves the global RNG alone
+            shell = build_model(self.config, self.dataset.n_users, self.dataset.n_items)
+        return AveragedModel(shell.to(self.device))
 
     def _epoch_slices(self) -> list[torch.Tensor]:
         """The positions of the training ratings this epoch trains on, in order, as slices of shuffled passes.
@@ -336,13 +356,6 @@ class Trainer:
         elif self.lazy is not None:
             self.lazy.settle()
 
-    def _weights(self) -> dict[str, torch.Tensor]:
-        """A contiguous copy of the model's weights (with LazyAdamW they are views of its table)."""
-        return {
-            k: v.detach().clone(memory_format=torch.contiguous_format)
-            for k, v in self.model.state_dict().items()
-        }
-
     def fit(
         self, *, epochs: int | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None
     ) -> list[dict[str, float]]:
@@ -357,9 +370,11 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def predict_part(self, part: TensorPart) -> np.ndarray:
-        self.model.eval()
+        """The scoring model's predictions for every rating of `part`."""
+        model = self.scoring_model
+        model.eval()
         chunks = [
-            self.model(part.users[s : s + EVAL_BATCH], part.items[s : s + EVAL_BATCH])
+            model(part.users[s : s + EVAL_BATCH], part.items[s : s + EVAL_BATCH])
             for s in range(0, len(part), EVAL_BATCH)
         ]
         return torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0, dtype=np.float32)
@@ -380,7 +395,11 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
-            "model": self._weights(),
+            "model": _copy(self.model),
+            # The running mean (swa_start) and how many epochs it holds, for a resume and for load_model.
+            "average": None
+            if self.average is None
+            else {"weights": _copy(self.average.module), "epochs": int(self.average.n_averaged)},
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "epoch": self.epoch,
             "history": self.history,
@@ -406,10 +425,12 @@ class Trainer:
         return atomic_write(path, lambda f: torch.save(state, f), fsync=fsync)
 
     def rewind_to_best(self) -> None:
-        """Put back the weights of the best epoch (what an export serves), with fresh optimiser moments."""
+        """Put back the weights of the best epoch (what an export serves), with fresh optimiser moments;
+        with swa_start, those are the running mean's, and an epoch trained after this starts a new one."""
         if self.best is None:
             raise MFError("rewind_to_best: no epoch has been trained yet")
         self.model.load_state_dict(self.best.weights)
+        self.average = None
         self._build_optimizers()
         self.history = self.history[: self.best.epoch]
         self.epoch = self.best.epoch
@@ -422,6 +443,11 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best = BestModel.from_dict(state["best"]) if state.get("best") else None
+        self.average = None
+        if state.get("average"):
+            self.average = self._new_average()
+            self.average.module.load_state_dict(state["average"]["weights"])
+            self.average.n_averaged.fill_(int(state["average"]["epochs"]))
         if state.get("pass") is not None:  # redraw the pass the saved run was part way through
             self.generator.set_state(state["pass"]["generator"])
             self._pass_rng_state = state["pass"]["generator"]
@@ -468,9 +494,15 @@ def check_matches(state: dict[str, Any], dataset: Dataset, *, source: str) -> No
 
 
 def load_model(path: str | os.PathLike, *, device: str = "cpu") -> tuple[MFAdvanced, dict[str, Any]]:
-    """The trained model of a checkpoint, for serving, with the checkpoint's state (config, id maps)."""
+    """The trained model of a checkpoint, for serving, with the checkpoint's state (config, id maps):
+    the running mean of its weights where it has one (swa_start), as the trainer scores with."""
     state = read_checkpoint(path)
     config = from_dict(state["config"], where=f"{path} (config)")
     model = build_model(config, state["n_users"], state["n_items"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["average"]["weights"] if state.get("average") else state["model"])
     return model.to(device).eval(), state
+
+
+def _copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A contiguous copy of a model's weights (with LazyAdamW they are views of its table)."""
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}

@@ -32,6 +32,7 @@ TUNABLE_KEYS: tuple[str, ...] = (
     "optimizer",
     "lr",
     "lr_schedule",
+    "swa_start",
     "weight_decay",
     "l2",
     "batch_size",

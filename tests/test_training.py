@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mf.config import TrainConfig, lr_at
-from mf.data import Interactions
+from mf.data import Dataset, Interactions
 from mf.errors import MFError
 from mf.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_MAE, VAL_MSE, VAL_NDCG, VAL_RMSE
 from mf.ranking import FactorScorer, ranking_metrics
@@ -384,3 +384,75 @@ def test_a_checkpoint_resumes_a_cosine_schedule_where_it_was(tmp_path: Path) -> 
     resumed = Trainer.from_checkpoint(first.save_checkpoint(tmp_path / "model.pt"), data)
     resumed.fit()
     assert _without_time(resumed.history) == _without_time(straight)
+
+
+def _weights_after_each_epoch(cfg: TrainConfig, data: Dataset) -> list[dict[str, torch.Tensor]]:
+    trainer, seen = Trainer(cfg, data), []
+    trainer.fit(on_epoch=lambda m: seen.append({k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    return seen
+
+
+@pytest.mark.parametrize("optimizer", ["lazy_adamw", "adamw"])
+def test_swa_start_scores_with_the_mean_of_the_weights_since_that_epoch(optimizer: str) -> None:
+    data = _tiny_dataset()
+    cfg = _config(epochs=5, optimizer=optimizer, weight_decay=0.1)
+    # Averaging changes what is scored, not how the weights train.
+    raw = _weights_after_each_epoch(cfg, data)
+    averaged = Trainer(cfg.replace(swa_start=3), data)
+    plain = Trainer(cfg, data)
+    for epoch in range(1, 6):
+        got, want = averaged.run_epoch(), plain.run_epoch()
+        assert got[TRAIN_LOSS] == want[TRAIN_LOSS]
+        if epoch < 3:  # before swa_start the trained weights are scored
+            assert got[VAL_MSE] == want[VAL_MSE]
+            assert averaged.scoring_model is averaged.model
+    # From epoch 3 on: the mean of the weights at the ends of epochs 3, 4 and 5.
+    mean = {k: sum(w[k] for w in raw[2:]) / 3 for k in raw[0]}
+    for name, tensor in averaged.scoring_model.state_dict().items():
+        torch.testing.assert_close(tensor, mean[name])
+    users, items = torch.tensor(data.val.users), torch.tensor(data.val.items)
+    with torch.no_grad():
+        mse = float(((averaged.scoring_model(users, items) - torch.tensor(data.val.ratings)) ** 2).mean())
+    assert averaged.history[-1][VAL_MSE] == pytest.approx(mse, rel=1e-5)
+    assert averaged.history[-1][VAL_MSE] != plain.history[-1][VAL_MSE]
+
+
+def test_an_averaging_run_resumes_its_running_mean_from_a_checkpoint(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    cfg = _config(epochs=6, swa_start=2)
+    straight = Trainer(cfg, data).fit()
+    first = Trainer(cfg, data)
+    first.fit(epochs=4)  # three epochs in the mean
+    resumed = Trainer.from_checkpoint(first.save_checkpoint(tmp_path / "model.pt"), data)
+    resumed.fit()
+    for got, want in zip(_without_time(resumed.history), _without_time(straight), strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_an_averaging_runs_best_export_and_served_model_are_the_running_mean(tmp_path: Path) -> None:
+    data = _tiny_dataset()
+    trainer = Trainer(_config(epochs=4, swa_start=2), data)
+    trainer.fit()
+    users, items = torch.tensor(data.val.users), torch.tensor(data.val.items)
+    averaged = trainer.scoring_model(users, items).detach()
+    assert not torch.equal(averaged, trainer.model(users, items))
+    # load_model (mf.recommend, mf.serve) serves what the trainer scored with ...
+    served, _ = load_model(trainer.save_checkpoint(tmp_path / "model.pt"))
+    assert torch.equal(served(users, items), averaged)
+    # ... and rewinding to the best epoch puts that epoch's mean into the model itself.
+    best = trainer.best
+    trainer.rewind_to_best()
+    assert trainer.scoring_model is trainer.model
+    assert trainer.evaluate("val")["mse"] == pytest.approx(best.val_mse, rel=1e-6)
+
+
+def test_retraining_an_averaging_run_to_its_best_epoch_repeats_its_best_val_mse() -> None:
+    # What `mf.train --config best/config.yaml` does with an export: the config's epochs are the best epoch.
+    data = _tiny_dataset()
+    cfg = _config(epochs=8, swa_start=3, lr=0.1)
+    search = Trainer(cfg, data)
+    search.fit()
+    assert search.best.epoch > cfg.swa_start  # the best is a mean of several epochs
+    retrain = Trainer(cfg.replace(epochs=search.best.epoch), data)
+    retrain.fit()
+    assert retrain.evaluate("val")["mse"] == pytest.approx(search.best.val_mse, rel=1e-6)
