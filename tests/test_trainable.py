@@ -83,3 +83,26 @@ def test_a_batched_report_unpacks_into_one_result_per_epoch():
     assert "earlier_epochs" not in unpacked[-1]
     # A result of one epoch is itself.
     assert epoch_rows(rows[0]) == [rows[0]] and batched(rows[:1]) == rows[0]
+
+
+def test_own_trial_seeds_are_fixed_by_the_parameters_and_keep_the_split():
+    from mf.config import TrainConfig
+    from mf.errors import ConfigError
+    from tune.settings import trial_config
+
+    base = TrainConfig(seed=3, split="random")
+    a, b = {"lr": 0.05, "emb_dim": 16}, {"lr": 0.0500001, "emb_dim": 16}
+    # Shared (the default): every trial trains with the experiment's seed.
+    assert trial_config(base, a, 30).seed == trial_config(base, b, 30).seed == 3
+    # Own: a seed from the experiment's seed and the parameters, the same on every call (a resumed
+    # trial, the export), another for other parameters or another experiment seed ...
+    own = trial_config(base, a, 30, own_seed=True)
+    assert own.seed == trial_config(base, dict(reversed(a.items())), 30, own_seed=True).seed
+    assert own.seed != trial_config(base, b, 30, own_seed=True).seed
+    assert own.seed != trial_config(base.replace(seed=4), a, 30, own_seed=True).seed
+    assert len({trial_config(base, {"lr": x / 100}, 30, own_seed=True).seed for x in range(1, 101)}) == 100
+    # ... while the random split stays the experiment's, as the confirmation keeps it.
+    assert own.split_seed == 3 and own.lr == 0.05 and own.epochs == 30
+    assert ExperimentSettings(trial_seed="own").trial_seed == "own"
+    with pytest.raises(ConfigError, match="--trial-seed: 'mine' must be one of shared, own"):
+        ExperimentSettings(trial_seed="mine")

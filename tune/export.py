@@ -260,8 +260,10 @@ def export_best_ranking(
         return None
     experiment = read_experiment(folder)
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
-    max_epochs = int(experiment["settings"]["max_epochs"])
-    config = trial_config(base, best.params, max_epochs).replace(epochs=best.ndcg_epoch, device="auto")
+    settings = experiment["settings"]
+    own_seed = settings.get("trial_seed", "shared") == "own"
+    config = trial_config(base, best.params, int(settings["max_epochs"]), own_seed=own_seed)
+    config = config.replace(epochs=best.ndcg_epoch, device="auto")
     trainer = Trainer(config, dataset_for(base), device="cpu")
     trainer.fit()
     retrained = float(trainer.history[-1][VAL_NDCG])

@@ -7,6 +7,8 @@ and resume read the same settings the run used.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from mf.config import TrainConfig
 from mf.errors import ConfigError
 
 EXPERIMENT_FILE = "experiment.yaml"
+TRIAL_SEEDS = ("shared", "own")
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -46,6 +49,12 @@ class ExperimentSettings:
         1,
         "ASHA brackets (Hyperband-style): bracket s has its first rung at grace_period * "
         "reduction_factor**s; each trial is put in one at random.",
+    )
+    trial_seed: str = setting(
+        "shared",
+        "`shared`: every trial trains with the config's seed (one init and batch order for all); `own`: "
+        "each trial with a seed derived from that seed and its parameters, so that a lucky init or batch "
+        "order favours one trial, not a neighbourhood of configurations that TPE then concentrates on.",
     )
     startup_trials: int = setting(
         10, "Trials TPE proposes at random before it models the results (Optuna's n_startup_trials)."
@@ -112,6 +121,7 @@ class ExperimentSettings:
                 f"in [1, max_epochs={self.max_epochs}]",
             ),
             ("reduction_factor", self.reduction_factor >= 2, ">= 2"),
+            ("trial_seed", self.trial_seed in TRIAL_SEEDS, f"one of {', '.join(TRIAL_SEEDS)}"),
             ("startup_trials", self.startup_trials >= 1, ">= 1"),
             ("report_every", self.report_every >= 1, ">= 1"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
@@ -219,7 +229,16 @@ def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
 
 
-def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
+def trial_config(
+    base: TrainConfig, params: dict[str, Any], max_epochs: int, *, own_seed: bool = False
+) -> TrainConfig:
     """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
-    (also the span of a cosine learning-rate schedule, unless the base sets one)."""
-    return base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
+    (also the span of a cosine learning-rate schedule, unless the base sets one) and, with
+    `own_seed` (--trial-seed own), a seed of the trial's own, derived from the base's seed and the
+    parameters, so that a resumed trial and its export keep it; the split stays the base's."""
+    config = base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
+    if not own_seed:
+        return config
+    key = json.dumps([base.seed, sorted(params.items())], default=str)
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
+    return config.replace(seed=seed, split_seed=base.seed if base.split_seed is None else base.split_seed)

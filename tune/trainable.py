@@ -133,6 +133,7 @@ def train_trial(
     run_ahead: RunAhead,
     experiment_dir: Path,
     reports: ReportPolicy | None = None,
+    own_seed: bool = False,
 ) -> None:
     reports = reports or ReportPolicy(run_ahead.decision_epochs, max_epochs)
     trial_dir = experiment_dir / trial_dirname(tune.get_context().get_trial_id())
@@ -145,7 +146,7 @@ def train_trial(
         last = {k: v for k, v in reported[-1].items() if k in OWN_RESULT_KEYS}
         tune.report({**last, ALREADY_LOGGED: 1})
         return
-    config = trial_config(base, params, max_epochs)
+    config = trial_config(base, params, max_epochs, own_seed=own_seed)
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(threads)  # match torch to the CPUs this trial holds
     trainer = Trainer(config, data)
