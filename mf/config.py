@@ -123,6 +123,11 @@ class TrainConfig:
         _check_types(self)
         _check_ranges(self)
 
+    @property
+    def effective_split_seed(self) -> int:
+        """What seeds the random split: `split_seed`, or `seed` where it is not set."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -114,7 +114,7 @@ def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset
         test_n=config.test_n,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
-        seed=config.seed if config.split_seed is None else config.split_seed,
+        seed=config.effective_split_seed,
         cache_dir=cache_dir,
     )
 

@@ -98,8 +98,8 @@ def affordable(costs: Sequence[float], *, seeds: int, slots: int, seconds: float
 def run_config(base: TrainConfig, candidate: Candidate, *, seed: int, max_epochs: int) -> TrainConfig:
     """The training config of one confirmation run: a new seed for the init and the batch order, the
     experiment's split (split_seed keeps it, for a retrain from the exported config too)."""
-    split_seed = base.seed if base.split_seed is None else base.split_seed
-    return trial_config(base, candidate.params, max_epochs).replace(seed=seed, split_seed=split_seed)
+    config = trial_config(base, candidate.params, max_epochs)
+    return config.replace(seed=seed, split_seed=base.effective_split_seed)
 
 
 def run_file(folder: Path, trial_id: str, seed: int) -> Path:

@@ -241,4 +241,4 @@ def trial_config(
         return config
     key = json.dumps([base.seed, sorted(params.items())], default=str)
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") >> 1
-    return config.replace(seed=seed, split_seed=base.seed if base.split_seed is None else base.split_seed)
+    return config.replace(seed=seed, split_seed=base.effective_split_seed)
