@@ -92,10 +92,9 @@ def test_own_trial_seeds_are_fixed_by_the_parameters_and_keep_the_split():
 
     base = TrainConfig(seed=3, split="random")
     a, b = {"lr": 0.05, "emb_dim": 16}, {"lr": 0.0500001, "emb_dim": 16}
-    # Shared (the default): every trial trains with the experiment's seed.
-    assert trial_config(base, a, 30).seed == trial_config(base, b, 30).seed == 3
-    # Own: a seed from the experiment's seed and the parameters, the same on every call (a resumed
-    # trial, the export), another for other parameters or another experiment seed ...
+    # Own (the default): a seed from the experiment's seed and the parameters, the same on every
+    # call (a resumed trial, the export), another for other parameters or another experiment seed ...
+    assert ExperimentSettings().trial_seed == "own"
     own = trial_config(base, a, 30, own_seed=True)
     assert own.seed == trial_config(base, dict(reversed(a.items())), 30, own_seed=True).seed
     assert own.seed != trial_config(base, b, 30, own_seed=True).seed
@@ -103,6 +102,23 @@ def test_own_trial_seeds_are_fixed_by_the_parameters_and_keep_the_split():
     assert len({trial_config(base, {"lr": x / 100}, 30, own_seed=True).seed for x in range(1, 101)}) == 100
     # ... while the random split stays the experiment's, as the confirmation keeps it.
     assert own.split_seed == 3 and own.lr == 0.05 and own.epochs == 30
-    assert ExperimentSettings(trial_seed="own").trial_seed == "own"
+    # Shared: every trial trains with the experiment's seed.
+    assert trial_config(base, a, 30).seed == trial_config(base, b, 30).seed == 3
+    assert ExperimentSettings(trial_seed="shared").trial_seed == "shared"
     with pytest.raises(ConfigError, match="--trial-seed: 'mine' must be one of shared, own"):
         ExperimentSettings(trial_seed="mine")
+
+
+def test_an_experiment_recorded_before_a_default_changed_keeps_what_it_ran_with():
+    from tune.settings import recorded_settings
+
+    # An experiment.yaml of a version before --trial-seed: its trials shared the seed, so its
+    # resume and its export must too, whatever today's default is.
+    older = {"settings": {k: v for k, v in ExperimentSettings().to_dict().items() if k != "trial_seed"}}
+    assert recorded_settings(older).trial_seed == "shared"
+    # What a run recorded wins.
+    for value in ("own", "shared"):
+        assert (
+            recorded_settings({"settings": ExperimentSettings(trial_seed=value).to_dict()}).trial_seed
+            == value
+        )

@@ -19,6 +19,7 @@ from mf.training import Trainer, dataset_for
 from tests.files import ml_latest_small
 from tune import run as tune_run
 from tune.export import export_best
+from tune.settings import read_experiment, recorded_settings
 from tune.study_storage import JOURNAL_FILE, open_storage
 from tune.trainable import RunAhead, trial_config
 from tune.trial_files import read_results
@@ -205,11 +206,13 @@ def test_a_trial_trains_what_the_trainer_alone_trains(experiment: Path):
     assert longest["epochs"] == 4  # so its epoch 4 ran ahead
     folder = experiment / f"trial_{longest['trial_id']}"
     params = json.loads((folder / "params.json").read_text())
-    base = from_dict(yaml.safe_load((experiment / "experiment.yaml").read_text())["base_config"])
+    recorded = read_experiment(experiment)
+    base, settings = from_dict(recorded["base_config"]), recorded_settings(recorded)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran: one CPU, one thread
     try:
-        trainer = Trainer(trial_config(base, params, int(longest["epochs"])), dataset_for(base))
+        config = trial_config(base, params, int(longest["epochs"]), own_seed=settings.trial_seed == "own")
+        trainer = Trainer(config, dataset_for(base))
         alone = [m["val_mse"] for m in trainer.fit()]
     finally:
         torch.set_num_threads(threads)

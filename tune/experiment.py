@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -49,7 +49,7 @@ from tune.results import collect_trials
 from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import StudySearcher, settle_stopped_trials
-from tune.settings import EXPERIMENT_FILE, ExperimentSettings, RunOptions, read_experiment
+from tune.settings import EXPERIMENT_FILE, ExperimentSettings, RunOptions, read_experiment, recorded_settings
 from tune.study_storage import load_experiment_study, mend_journal, open_storage, study_location
 from tune.tracking import MlflowTracking
 from tune.trainable import (
@@ -260,7 +260,9 @@ def resume_experiment(folder: Path, *, address: str | None = None, options: RunO
     """Continue an experiment whose driver died: finished trials stay, unfinished ones resume from
     their checkpoints, the searcher, the study and ASHA's rungs carry on where they were saved."""
     experiment = read_experiment(folder)
-    settings = ExperimentSettings(**{**experiment["settings"], **({"address": address} if address else {})})
+    settings = recorded_settings(experiment)
+    if address:
+        settings = replace(settings, address=address)
     if settings.experiment_dir != folder.resolve():
         raise ConfigError(
             f"--resume: {folder} was moved from {settings.experiment_dir}; resume it where it ran"

@@ -51,7 +51,7 @@ from tune.confirmation import (
     run_config,
 )
 from tune.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
-from tune.settings import read_experiment, trial_config
+from tune.settings import read_experiment, recorded_settings, trial_config
 from tune.study_storage import load_experiment_study
 from tune.trial_files import newest_checkpoint
 
@@ -260,9 +260,8 @@ def export_best_ranking(
         return None
     experiment = read_experiment(folder)
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
-    settings = experiment["settings"]
-    own_seed = settings.get("trial_seed", "shared") == "own"
-    config = trial_config(base, best.params, int(settings["max_epochs"]), own_seed=own_seed)
+    settings = recorded_settings(experiment)
+    config = trial_config(base, best.params, settings.max_epochs, own_seed=settings.trial_seed == "own")
     config = config.replace(epochs=best.ndcg_epoch, device="auto")
     trainer = Trainer(config, dataset_for(base), device="cpu")
     trainer.fit()

@@ -34,7 +34,7 @@ from tune.fidelity import PruningFidelity, pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.report_figures import ReportFigure, build_figures
 from tune.results import TrialRecord, best_trial, collect_trials
-from tune.settings import ExperimentSettings, read_experiment
+from tune.settings import ExperimentSettings, read_experiment, recorded_settings
 from tune.study_storage import load_experiment_study
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
@@ -252,7 +252,7 @@ def render(
     )
     split = f"split {base.get('split')} (val_n {base.get('val_n')}, test_n {base.get('test_n')})"
     figs = {f.key: _figure_html(f) for f in figures}
-    settings = ExperimentSettings(**s)
+    settings = recorded_settings(experiment)
     fidelity = fidelity_html(pruning_fidelity(records, settings), settings)
     confirmation = confirmation_html(read_summary(folder))
     if isinstance(comparison, Comparison):
@@ -272,7 +272,7 @@ def render(
 {counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAIL]} failed; {state}.</p>
 <p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(str(s["space"]))}
 ({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {s["grace_period"]},
-reduction factor {s["reduction_factor"]}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"] or "none"}.</p>
+reduction factor {s["reduction_factor"]}; trial seeds {settings.trial_seed}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"] or "none"}.</p>
 <h2>The tutorial's configuration against the best one</h2>{compare}
 <h2>Trials</h2>{figs["val-mse-per-epoch"]}{figs["best-so-far"]}
 <h3>Top trials</h3>{top_trials_table(records, tuned)}

@@ -28,7 +28,7 @@ from mf.metrics import EPOCH, VAL_MSE
 from tune.keys import RAY_TRIAL_ID
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord
-from tune.settings import ExperimentSettings
+from tune.settings import ExperimentSettings, recorded_settings
 
 COLOURS = {COMPLETE: "#1f77b4", PRUNED: "#ff7f0e", FAIL: "#d62728"}
 UNFINISHED = "#7f7f7f"  # RUNNING / PENDING / PAUSED
@@ -334,7 +334,7 @@ def _figure(key: str, title: str, caption: str, draw: Callable[[], Any]) -> Repo
 def build_figures(
     records: list[TrialRecord], study: optuna.Study | None, experiment: dict[str, Any]
 ) -> list[ReportFigure]:
-    settings = ExperimentSettings(**experiment["settings"])
+    settings = recorded_settings(experiment)
     max_epochs, rf, grace = settings.max_epochs, settings.reduction_factor, settings.grace_period
     rungs = asha_rungs(settings)
     scored = [r for r in records if r.outcome != FAIL and math.isfinite(r.best_val_mse)]

@@ -32,7 +32,7 @@ from tune.export import (
 from tune.fidelity import pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
-from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment
+from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment, recorded_settings
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "confirm_top": 2, "confirm_seeds": 1}
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
         folder = Path(args.resume) if args.resume else settings.experiment_dir
         outcome = resume_experiment(folder, address=getattr(args, "address", None), options=options)
-        settings = ExperimentSettings(**read_experiment(folder)["settings"])
+        settings = recorded_settings(read_experiment(folder))
     else:
         fixed = explicit_keys(args)
         space = load_space(settings.space)

@@ -21,6 +21,9 @@ from mf.errors import ConfigError
 
 EXPERIMENT_FILE = "experiment.yaml"
 TRIAL_SEEDS = ("shared", "own")
+SETTINGS_OF_OLDER_RUNS = {"trial_seed": "shared"}
+"""Settings whose default changed, with the value an experiment.yaml written before they existed
+means: resuming or exporting an older experiment must do what its run did, not today's default."""
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -51,7 +54,7 @@ class ExperimentSettings:
         "reduction_factor**s; each trial is put in one at random.",
     )
     trial_seed: str = setting(
-        "shared",
+        "own",
         "`shared`: every trial trains with the config's seed (one init and batch order for all); `own`: "
         "each trial with a seed derived from that seed and its parameters, so that a lucky init or batch "
         "order favours one trial, not a neighbourhood of configurations that TPE then concentrates on.",
@@ -229,12 +232,17 @@ def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
 
 
+def recorded_settings(experiment: dict[str, Any]) -> ExperimentSettings:
+    """The settings an experiment ran with, from its `experiment.yaml` (see SETTINGS_OF_OLDER_RUNS)."""
+    return ExperimentSettings(**{**SETTINGS_OF_OLDER_RUNS, **experiment["settings"]})
+
+
 def trial_config(
     base: TrainConfig, params: dict[str, Any], max_epochs: int, *, own_seed: bool = False
 ) -> TrainConfig:
     """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
     (also the span of a cosine learning-rate schedule, unless the base sets one) and, with
-    `own_seed` (--trial-seed own), a seed of the trial's own, derived from the base's seed and the
+    `own_seed` (--trial-seed own, the default), a seed of the trial's own, derived from the base's seed and the
     parameters, so that a resumed trial and its export keep it; the split stays the base's."""
     config = base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
     if not own_seed:
