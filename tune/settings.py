@@ -242,8 +242,9 @@ def trial_config(
 ) -> TrainConfig:
     """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
     (also the span of a cosine learning-rate schedule, unless the base sets one) and, with
-    `own_seed` (--trial-seed own, the default), a seed of the trial's own, derived from the base's seed and the
-    parameters, so that a resumed trial and its export keep it; the split stays the base's."""
+    `own_seed` (--trial-seed own, the default), a seed of the trial's own, derived from the base's
+    seed and the parameters, so that a resumed trial and its export keep it; the split stays the
+    base's."""
     config = base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
     if not own_seed:
         return config
