@@ -211,7 +211,7 @@ def test_a_trial_trains_what_the_trainer_alone_trains(experiment: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the trial ran: one CPU, one thread
     try:
-        config = trial_config(base, params, int(longest["epochs"]), own_seed=settings.trial_seed == "own")
+        config = trial_config(base, params, int(longest["epochs"]), own_seed=settings.own_trial_seeds)
         trainer = Trainer(config, dataset_for(base))
         alone = [m["val_mse"] for m in trainer.fit()]
     finally:

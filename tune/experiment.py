@@ -127,7 +127,7 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
         ),
         run_ahead=RunAhead(settings.decision_epochs),
         reports=ReportPolicy(settings.decision_epochs, settings.max_epochs, every=settings.report_every),
-        own_seed=settings.trial_seed == "own",
+        own_seed=settings.own_trial_seeds,
         experiment_dir=settings.experiment_dir,
     )
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})

@@ -261,7 +261,7 @@ def export_best_ranking(
     experiment = read_experiment(folder)
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
     settings = recorded_settings(experiment)
-    config = trial_config(base, best.params, settings.max_epochs, own_seed=settings.trial_seed == "own")
+    config = trial_config(base, best.params, settings.max_epochs, own_seed=settings.own_trial_seeds)
     config = config.replace(epochs=best.ndcg_epoch, device="auto")
     trainer = Trainer(config, dataset_for(base), device="cpu")
     trainer.fit()

@@ -158,6 +158,11 @@ class ExperimentSettings:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"--name: {self.name!r} must be a plain folder name (no '/', not hidden)")
 
+    @property
+    def own_trial_seeds(self) -> bool:
+        """Whether each trial trains with a seed of its own (trial_config's `own_seed`)."""
+        return self.trial_seed == "own"
+
     def bracket_rungs(self, bracket: int) -> tuple[int, ...]:
         """The epochs below max_epochs at which ASHA compares the trials of `bracket`:
         grace_period * reduction_factor**(bracket + k), k = 0, 1, ... (ASHAScheduler's own rule)."""
