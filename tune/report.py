@@ -241,8 +241,8 @@ def render(
     figures: list[ReportFigure],
     comparison: Comparison | str,
 ) -> str:
-    s, base = experiment["settings"], experiment["base_config"]
-    max_epochs, tuned = int(s["max_epochs"]), list(experiment.get("space", {}).get("params", {}))
+    settings, base = recorded_settings(experiment), experiment["base_config"]
+    max_epochs, tuned = settings.max_epochs, list(experiment.get("space", {}).get("params", {}))
     counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
     unfinished = len(records) - sum(counts.values())
     state = (
@@ -252,7 +252,6 @@ def render(
     )
     split = f"split {base.get('split')} (val_n {base.get('val_n')}, test_n {base.get('test_n')})"
     figs = {f.key: _figure_html(f) for f in figures}
-    settings = recorded_settings(experiment)
     fidelity = fidelity_html(pruning_fidelity(records, settings), settings)
     confirmation = confirmation_html(read_summary(folder))
     if isinstance(comparison, Comparison):
@@ -265,14 +264,15 @@ def render(
     else:
         compare = f'<p class="note">Not available: {html.escape(comparison)}</p>'
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mf-tune report: {html.escape(s["name"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>mf-tune report: {html.escape(settings.name)}</title>
 <style>{CSS}</style></head><body>
-<h1>Tuning report: {html.escape(s["name"])}</h1>
+<h1>Tuning report: {html.escape(settings.name)}</h1>
 <p>{html.escape(str(folder))}; written {time.strftime("%Y-%m-%d %H:%M:%S")}. {len(records)} trials:
 {counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAIL]} failed; {state}.</p>
-<p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(str(s["space"]))}
-({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {s["grace_period"]},
-reduction factor {s["reduction_factor"]}; trial seeds {settings.trial_seed}; num_samples {s["num_samples"]}, time budget {s["time_budget_s"] or "none"}.</p>
+<p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(settings.space)}
+({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {settings.grace_period},
+reduction factor {settings.reduction_factor}; trial seeds {settings.trial_seed}; num_samples
+{settings.num_samples}, time budget {settings.time_budget_s or "none"}.</p>
 <h2>The tutorial's configuration against the best one</h2>{compare}
 <h2>Trials</h2>{figs["val-mse-per-epoch"]}{figs["best-so-far"]}
 <h3>Top trials</h3>{top_trials_table(records, tuned)}
