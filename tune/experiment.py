@@ -65,8 +65,11 @@ from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
 
 QUIET = RunOptions()
-CONFIRM_START_S = 5.0
-"""What the confirmation's workers take to start (a new process imports torch), kept from its share."""
+CONFIRM_START_S = 10.0
+"""What the confirmation takes before its first run can end (its worker processes start and import
+torch), kept from its share before any run is planned into it, so that a share too small for a run
+plans none. On 2 cores the first run ended 5-10 s after the start (bench/README.md, the
+confirmation's size)."""
 
 
 def study_location_of(settings: ExperimentSettings) -> str:
