@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench.replicates import Export, dataset_of, replicate
+from bench.replicates import Export, Replicates, dataset_of, replicate
 from mf.config import from_dict
 from tune.confirmation import Candidate, candidates, confirm, confirmation_seeds, run_config
 from tune.results import collect_trials
@@ -56,7 +56,7 @@ def experiments_in(path: Path) -> list[Path]:
 
 
 def replay(
-    folder: Path, sizes: list[tuple[int, int]], fresh: list[int], datasets: dict
+    folder: Path, sizes: list[tuple[int, int]], fresh: list[int], datasets: dict[tuple, Any]
 ) -> list[dict[str, Any]]:
     """Each size's pick on `folder`'s search, and what it is worth on the fresh seeds."""
     experiment = read_experiment(folder)
@@ -67,7 +67,7 @@ def replay(
     pool = candidates(records, max(top for top, _ in sizes) or 1)
     seeds = confirmation_seeds(base.seed, max(n for _, n in sizes))
     curves: dict[tuple[str, int], dict[int, float]] = {}
-    worth: dict[str, Any] = {}
+    worth: dict[str, Replicates] = {}
     rows = []
     for top, n in sizes:
         if top == 0:

@@ -36,6 +36,7 @@ import yaml
 from mf.config import TrainConfig, from_dict, load_config
 from mf.metrics import VAL_MSE
 from mf.training import Trainer, TrainingDiverged, dataset_for
+from tune.export import SPLIT_KEYS
 from tune.settings import read_experiment, recorded_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,11 +109,12 @@ def exports_in(path: Path, *, data: str, max_epochs: int) -> list[Export]:
 
 
 def dataset_of(config: TrainConfig, datasets: dict[tuple, Any]) -> Any:
-    """`config`'s data and split, loaded once per distinct split (`datasets` is the cache)."""
-    c = config
-    key = (c.data, c.split, c.val_n, c.test_n, c.val_fraction, c.test_fraction, c.effective_split_seed)
+    """`config`'s data and split, loaded once per distinct split (`datasets` is the cache): the
+    split keys the export's reference uses, with the seed that splits in place of the two seeds."""
+    key = tuple(getattr(config, k) for k in SPLIT_KEYS if k not in ("seed", "split_seed"))
+    key += (config.effective_split_seed,)
     if key not in datasets:
-        datasets[key] = dataset_for(c)
+        datasets[key] = dataset_for(config)
     return datasets[key]
 
 
