@@ -345,27 +345,37 @@ def test_test_n_0_runs_on_the_tutorials_split_with_no_test_part(tmp_path: Path):
     assert metrics["val_mse"] == pytest.approx(metrics["search_best_val_mse"], abs=1e-6)
 
 
-def test_time_budget_leaves_no_trial_running_in_the_study(tmp_path: Path):
+def test_a_time_budget_is_shared_by_the_search_and_the_confirmation_of_its_best(tmp_path: Path):
     code = tune_run.main(
         [
             "--data", str(DATA),
             "--storage-path", str(tmp_path),
             "--name", "budget",
             "--num-samples", "-1",
-            "--time-budget-s", "15",
-            "--max-epochs", "30",
-            "--emb-dim", "256",
+            "--time-budget-s", "40",
+            "--max-epochs", "4",
+            "--emb-dim", "16",
             "--space", "ablation",
-            "--confirm-top", "0",
+            "--confirm-top", "2",
+            "--confirm-seeds", "2",
+            "--confirm-share", "0.6",
         ]
     )  # fmt: skip
     assert code == 0
-    study = load_study(tmp_path / "budget")
-    trials = pd.read_csv(tmp_path / "budget" / "trials.csv").set_index("optuna_number")
+    folder = tmp_path / "budget"
+    study = load_study(folder)
+    trials = pd.read_csv(folder / "trials.csv").set_index("optuna_number")
     # Trials cut off by the budget are PRUNED (or FAIL without an epoch): none stays RUNNING.
     assert all(t.state.is_finished() for t in study.trials)
     for t in study.trials:
         assert t.state.name == trials.loc[t.number, "outcome"]
+    # The confirmation's runs of these configurations take a second or two, so the search went on
+    # well past the 16 s that a fixed share of 0.6 would have left it: it kept only what confirming
+    # its best needs.
+    times = [r["wall_time"] for f in folder.glob("trial_*") for r in read_results(f)]
+    assert max(times) - min(times) > 20.0
+    summary = json.loads((folder / "confirm" / "summary.json").read_text())
+    assert summary["planned_runs"] == 4 and summary["confirmed"]
 
 
 def test_report_every_batches_the_epochs_between_rungs_and_every_epoch_is_still_recorded(tmp_path: Path):

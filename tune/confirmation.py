@@ -26,6 +26,10 @@ from tune.outcome import FAIL
 from tune.results import TrialRecord
 from tune.settings import trial_config
 
+CONFIRM_START_S = 10.0
+"""What the confirmation takes before its first run can end (its worker processes start and import
+torch), kept before any run is planned, so that time too short for a run plans none. On 2 cores the
+first run ended 5-10 s after the start (bench/README.md, the confirmation's size)."""
 CONFIRM_DIR = "confirm"
 SUMMARY_FILE = "summary.json"
 REFERENCE_FILE = "tutorial.json"
@@ -82,15 +86,19 @@ def run_seconds(record: TrialRecord, max_epochs: int) -> float:
     return float(seconds.median()) * max_epochs if len(seconds) else math.nan
 
 
+def confirmation_seconds(costs: Sequence[float], *, seeds: int, slots: int) -> float:
+    """What confirming the candidates takes (costs: one run's seconds each; unknown ones count 0):
+    `seeds` runs each, spread over `slots` trial slots."""
+    return seeds * sum(c for c in costs if math.isfinite(c)) / max(slots, 1)
+
+
 def affordable(costs: Sequence[float], *, seeds: int, slots: int, seconds: float | None) -> int:
     """How many of the candidates (costs: one run's seconds each, best candidate first) can be
     confirmed with `seeds` runs each on `slots` trial slots within `seconds` (None: all of them)."""
     if seconds is None:
         return len(costs)
-    spent = 0.0
-    for n, cost in enumerate(costs):
-        spent += seeds * (cost if math.isfinite(cost) else 0.0)
-        if spent / max(slots, 1) > seconds:
+    for n in range(len(costs)):
+        if confirmation_seconds(costs[: n + 1], seeds=seeds, slots=slots) > seconds:
             return n
     return len(costs)
 

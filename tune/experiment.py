@@ -25,6 +25,7 @@ from mf.training import dataset_for
 from search_spaces import SearchSpace
 from tune._ray import without_default_loggers
 from tune.confirmation import (
+    CONFIRM_START_S,
     Candidate,
     Confirmed,
     affordable,
@@ -40,6 +41,7 @@ from tune.confirmation import (
     save_run,
     write_summary,
 )
+from tune.confirmation_reserve import ConfirmationReserve
 from tune.dashboard import start_dashboard
 from tune.export import reference_config
 from tune.keys import EPOCH, METRIC, MODE
@@ -65,11 +67,6 @@ from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
 
 QUIET = RunOptions()
-CONFIRM_START_S = 10.0
-"""What the confirmation takes before its first run can end (its worker processes start and import
-torch), kept from its share before any run is planned into it, so that a share too small for a run
-plans none. On 2 cores the first run ended 5-10 s after the start (bench/README.md, the
-confirmation's size)."""
 
 
 def study_location_of(settings: ExperimentSettings) -> str:
@@ -155,7 +152,7 @@ def make_run_config(settings: ExperimentSettings, options: RunOptions, output: R
     callbacks.append(
         LiveProgress(
             max_epochs=settings.max_epochs,
-            time_budget_s=settings.search_budget_s,
+            time_budget_s=settings.time_budget_s,
             tty=False if options.verbose else None,
         )
     )
@@ -167,7 +164,24 @@ def make_run_config(settings: ExperimentSettings, options: RunOptions, output: R
         # resume from the newest there (tune/trial_files.py); CheckpointRetention deletes the
         # ones no one needs (tune/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        stop=confirmation_reserve(settings),
         verbose=output.run_config_verbose,
+    )
+
+
+def confirmation_reserve(settings: ExperimentSettings) -> ConfirmationReserve | None:
+    """The stopper that ends the search once the time left of --time-budget-s is what confirming its
+    best will take (tune.confirmation_reserve); None without a budget or a confirmation, where
+    the search may take it all (Tune's time_budget_s ends it)."""
+    if settings.time_budget_s is None or settings.confirm_top == 0:
+        return None
+    return ConfirmationReserve(
+        budget_s=settings.time_budget_s,
+        most_s=settings.confirm_share * settings.time_budget_s,
+        top=settings.confirm_top,
+        seeds=settings.confirm_seeds,
+        slots=concurrent_trials(settings),
+        max_epochs=settings.max_epochs,
     )
 
 
@@ -250,7 +264,7 @@ def run_experiment(
             scheduler=make_scheduler(settings, seed=base.seed),
             num_samples=settings.num_samples,
             max_concurrent_trials=concurrent_trials(settings),
-            time_budget_s=settings.search_budget_s,
+            time_budget_s=settings.time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),

@@ -101,8 +101,9 @@ class ExperimentSettings:
     )
     confirm_seeds: int = setting(3, "Fresh seeds per configuration in the confirmation.")
     confirm_share: float = setting(
-        0.1,
-        "With --time-budget-s: the share of the budget kept for the confirmation (the search gets the rest).",
+        0.25,
+        "With --time-budget-s: the most of the budget kept for the confirmation. The search ends when "
+        "the time left is what confirming its best needs, by its own measurements (at most this share).",
     )
     keep_checkpoints: int = setting(
         3,
@@ -182,14 +183,6 @@ class ExperimentSettings:
         """The epochs after which ASHA may stop a trial: its rungs and max_epochs. After any other
         epoch it lets the trial go on, which is what lets a trial train its next epoch early."""
         return frozenset((*self.rung_epochs, self.max_epochs))
-
-    @property
-    def search_budget_s(self) -> float | None:
-        """The time the search may take: the budget less the confirmation's share of it."""
-        if self.time_budget_s is None:
-            return None
-        share = self.confirm_share if self.confirm_top > 0 else 0.0
-        return self.time_budget_s * (1.0 - share)
 
     @property
     def is_remote_storage(self) -> bool:

@@ -1,0 +1,81 @@
+"""The search's end under a time budget: it keeps what confirming its best will take, no more."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from tune.confirmation import CONFIRM_START_S
+from tune.confirmation_reserve import MARGIN, READ_BACK_S_PER_TRIAL, ConfirmationReserve
+
+
+def reserve(**overrides) -> ConfirmationReserve:
+    settings = {"budget_s": 300.0, "most_s": 60.0, "top": 2, "seeds": 3, "slots": 2, "max_epochs": 10}
+    return ConfirmationReserve(**(settings | overrides))
+
+
+def report(
+    stopper: ConfirmationReserve, trial_id: str, val_mse: float, epoch_seconds: float, **config
+) -> None:
+    stopper(
+        trial_id, {"val_mse": val_mse, "epoch_seconds": epoch_seconds, "config": config or {"lr": val_mse}}
+    )
+
+
+def estimate(stopper: ConfirmationReserve) -> float:
+    stopper.stop_all()
+    return stopper.reserve_s()
+
+
+def test_before_any_result_only_the_confirmations_start_is_kept():
+    assert estimate(reserve()) == CONFIRM_START_S
+
+
+def test_the_best_distinct_configurations_runs_are_kept_spread_over_the_slots():
+    stopper = reserve()
+    report(stopper, "a", 0.84, 0.2, lr=0.01)  # best: 10 epochs of 0.2 s
+    report(stopper, "b", 0.85, 0.2, lr=0.01)  # the same configuration again: not a second candidate
+    report(stopper, "c", 0.86, 0.5, lr=0.02)  # second: 10 epochs of 0.5 s
+    report(stopper, "d", 0.90, 9.0, lr=0.03)  # outside the top 2: its cost does not count
+    runs = 3 * (2.0 + 5.0) / 2  # 3 seeds of each, on 2 slots
+    assert estimate(stopper) == pytest.approx(CONFIRM_START_S + MARGIN * (4 * READ_BACK_S_PER_TRIAL + runs))
+
+
+def test_a_trial_is_costed_at_its_median_epoch_and_ranked_by_its_best():
+    stopper = reserve(top=1)
+    for val_mse, seconds in [(0.95, 0.1), (0.84, 0.3), (0.88, 5.0)]:
+        report(stopper, "a", val_mse, seconds, lr=0.01)
+    report(stopper, "b", 0.85, 1.0, lr=0.02)
+    assert estimate(stopper) == pytest.approx(
+        CONFIRM_START_S + MARGIN * (2 * READ_BACK_S_PER_TRIAL + 3 * 3.0 / 2)
+    )
+
+
+def test_the_search_always_keeps_the_rest_of_the_budget():
+    stopper = reserve(most_s=20.0)
+    report(stopper, "slow", 0.84, 30.0)  # one run would take 300 s
+    assert estimate(stopper) == 20.0
+
+
+def test_the_search_ends_when_the_time_left_is_the_reserve(monkeypatch: pytest.MonkeyPatch):
+    clock = [1000.0]
+    monkeypatch.setattr("tune.confirmation_reserve.time.time", lambda: clock[0])
+    stopper = reserve(budget_s=100.0)  # the budget's clock starts here
+    report(stopper, "a", 0.84, 1.0)
+    # The start, then the read-back and 3 runs of 10 s on 2 slots, with their margin.
+    kept = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL + 3 * 10.0 / 2)
+    clock[0] += 100.0 - kept - 0.5
+    assert not stopper.stop_all()
+    clock[0] += 1.0
+    assert stopper.stop_all()
+
+
+def test_a_restored_search_counts_its_budget_again(monkeypatch: pytest.MonkeyPatch):
+    clock = [1000.0]
+    monkeypatch.setattr("tune.confirmation_reserve.time.time", lambda: clock[0])
+    stopper = reserve(budget_s=100.0)
+    clock[0] += 95.0
+    assert stopper.stop_all()
+    restored = pickle.loads(pickle.dumps(stopper))  # as Tuner.restore brings it back
+    assert not restored.stop_all()

@@ -1,0 +1,123 @@
+"""When the search ends: as soon as the time left is what the confirmation of its best will need.
+
+With --time-budget-s the budget is shared by the search and the confirmation after it
+(tune.confirmation). A fixed share is wrong both ways: after a short search the read-back and the
+confirmation's start alone outlast it, and no candidate is confirmed; after a long one on small
+data the runs take a fraction of it, and the rest is idle. So this stopper keeps, from the end of
+the budget, what the confirmation of the search's current best `top` distinct configurations would
+take, from the search's own measurements:
+
+- `CONFIRM_START_S` for the confirmation's workers to start,
+- `READ_BACK_S_PER_TRIAL` for each trial the driver reads back between the search and the
+  confirmation (Tune's final read, the study's settling, trials.csv's records), and
+- `seeds` runs of each candidate to max_epochs at its own median epoch time, spread over the trial
+  slots (`tune.confirmation.confirmation_seconds`, the rule the confirmation plans with),
+
+but never more than `most_s` (--confirm-share of the budget): the search always gets the rest. The
+confirmation then plans its runs into whatever is left, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from typing import Any
+
+from ray.tune import Stopper
+
+from tune.confirmation import CONFIRM_START_S, confirmation_seconds
+from tune.keys import EPOCH_SECONDS, METRIC
+from tune.trial_files import epoch_rows
+
+READ_BACK_S_PER_TRIAL = 0.005
+"""The driver's read-back between the search's end and the confirmation's start, per trial (Tune's
+final read, the study's settling, the confirmation's read of the trials): 13 s after 2,928 trials,
+1.8 s after 409, on 2 cores (bench/README.md, the confirmation's reserve)."""
+MARGIN = 1.25
+"""The measured parts (the read-back, the runs) are kept a quarter larger: the confirmation plans a
+candidate only if all its runs fit, and a read-back a little slower than its estimate would cost
+one."""
+ESTIMATE_EVERY_S = 1.0
+"""How often the reserve is estimated again: it sorts every trial, and Tune checks the stopper
+at every step of its loop."""
+
+
+class ConfirmationReserve(Stopper):
+    """Ends the search `reserve_s()` before the end of `budget_s`, counted from its creation.
+
+    It is created (or, by `Tuner.restore`, unpickled) just before the Tuner runs, where
+    tune.experiment starts the budget's clock for the confirmation: Tune's own setup, a second or
+    more, then counts against the search, not the confirmation. A restored experiment starts its
+    budget again, as Tune's TimeoutStopper does, and knows only the trials that report after the
+    restore."""
+
+    def __init__(
+        self, *, budget_s: float, most_s: float, top: int, seeds: int, slots: int, max_epochs: int
+    ) -> None:
+        self.budget_s, self.most_s = budget_s, most_s
+        self.top, self.seeds, self.slots, self.max_epochs = top, seeds, slots, max_epochs
+        self._started = time.time()
+        self._trials: dict[str, _TrialCost] = {}
+        self._reserve_s = self._estimate()
+        self._estimated_at = -math.inf
+        self._changed = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._started = time.time()
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        trial = self._trials.setdefault(trial_id, _TrialCost(_config_key(result.get("config", {}))))
+        for row in epoch_rows(result):
+            trial.add(row.get(METRIC), row.get(EPOCH_SECONDS))
+        self._changed = True
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.time()
+        if self._changed and now - self._estimated_at >= ESTIMATE_EVERY_S:
+            self._reserve_s, self._estimated_at, self._changed = self._estimate(), now, False
+        return now - self._started >= self.budget_s - self._reserve_s
+
+    def reserve_s(self) -> float:
+        """The seconds kept for the confirmation, as the search's results stood at the last estimate."""
+        return self._reserve_s
+
+    def _estimate(self) -> float:
+        costs, seen = [], set()
+        for trial in sorted(
+            (t for t in self._trials.values() if math.isfinite(t.best)), key=lambda t: t.best
+        ):
+            if len(costs) == self.top:
+                break
+            if trial.config not in seen:
+                seen.add(trial.config)
+                costs.append(trial.run_seconds(self.max_epochs))
+        runs = confirmation_seconds(costs, seeds=self.seeds, slots=self.slots)
+        needed = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL * len(self._trials) + runs)
+        return min(needed, self.most_s)
+
+
+class _TrialCost:
+    """One trial's best val MSE so far and its epochs' seconds."""
+
+    def __init__(self, config: str) -> None:
+        self.config = config
+        self.best = math.inf
+        self.epoch_seconds: list[float] = []
+
+    def add(self, value: Any, seconds: Any) -> None:
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.best = min(self.best, float(value))
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            self.epoch_seconds.append(float(seconds))
+
+    def run_seconds(self, max_epochs: int) -> float:
+        """As tune.confirmation.run_seconds reads it from the trial's files: max_epochs of its median epoch."""
+        return statistics.median(self.epoch_seconds) * max_epochs if self.epoch_seconds else math.nan
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
