@@ -26,7 +26,7 @@ import torch
 
 from bench.replicates import Export, Replicates, dataset_of, replicate
 from mf.config import from_dict
-from tune.confirmation import Candidate, candidates, confirm, confirmation_seeds, run_config
+from tune.confirmation import Candidate, candidates, confirm, confirmation_seeds, ranked, run_config
 from tune.results import collect_trials
 from tune.settings import read_experiment, recorded_settings
 from tune.study_storage import load_experiment_study
@@ -85,7 +85,7 @@ def replay(
                 result = confirm(c, {s: curves[c.trial_id, s] for s in seeds[:n]})
                 if result is not None:
                     confirmed.append(result)
-            best = min(confirmed, key=lambda r: r.mean)
+            best = ranked(confirmed)[0]  # the confirmation's own winner rule
             pick, mean = next(c for c in pool if c.trial_id == best.trial_id), best.mean
         if pick.trial_id not in worth:
             worth[pick.trial_id] = replicate(

@@ -170,12 +170,20 @@ def confirm(candidate: Candidate, curves: dict[int, dict[int, float]]) -> Confir
     )
 
 
+def ranked(results: Sequence[Confirmed]) -> list[Confirmed]:
+    """The confirmed candidates, best mean first: the winner rule (the export takes the first)."""
+    return sorted(results, key=lambda c: c.mean)
+
+
 def write_summary(folder: Path, results: Sequence[Confirmed], *, planned: int, seconds: float) -> Path:
-    """The confirmed candidates, best mean first; `planned` runs were asked for."""
-    ranked = sorted(results, key=lambda c: c.mean)
+    """The confirmed candidates, ranked; `planned` runs were asked for."""
     return write_json(
         folder / CONFIRM_DIR / SUMMARY_FILE,
-        {"planned_runs": planned, "seconds": round(seconds, 2), "confirmed": [asdict(c) for c in ranked]},
+        {
+            "planned_runs": planned,
+            "seconds": round(seconds, 2),
+            "confirmed": [asdict(c) for c in ranked(results)],
+        },
     )
 
 

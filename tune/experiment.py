@@ -62,7 +62,7 @@ from tune.trainable import (
     reference_run,
     train_trial,
 )
-from tune.trial_files import trial_dirname
+from tune.trial_files import trial_dirname, trial_id_of
 from tune.trial_logger import TrialFolderLogger
 from tune.warm_start import warm_start_trials
 
@@ -313,8 +313,8 @@ def _fit(
         dashboard = start_dashboard(study_location_of(settings), port=options.dashboard_port, log_path=log)
     try:
         with without_default_loggers():
-            tuner.fit()
-        settle_ended_trials(settings)
+            grid = tuner.fit()
+        settle_ended_trials(settings, grid)
         run_confirmation(settings, base, dataset, deadline=deadline)
     finally:
         if dashboard is not None:
@@ -322,13 +322,16 @@ def _fit(
     return RunOutcome(settings.experiment_dir, time.monotonic() - started)
 
 
-def settle_ended_trials(settings: ExperimentSettings) -> int:
+def settle_ended_trials(settings: ExperimentSettings, grid: tune.ResultGrid) -> int:
     """Tell the study about the trials Tune ended without telling the searcher (see
-    `tune.searcher.settle_stopped_trials`), as Tune's final snapshot of the experiment has them."""
-    analysis = tune.ExperimentAnalysis(str(settings.experiment_dir), default_metric=METRIC, default_mode=MODE)
-    ended = {
-        t.trial_id: dict(t.last_result or {}) for t in analysis.trials if t.status in ("TERMINATED", "ERROR")
-    }
+    `tune.searcher.settle_stopped_trials`), from their last results in the grid `Tuner.fit`
+    returned (not a second read of every trial's results: 5.6 s after 2,900 trials on 2 cores).
+
+    Only once every trial has ended: a run interrupted with Ctrl-C returns with trials that
+    `--resume` goes on with, and its own end settles them."""
+    if grid.num_terminated + grid.num_errors < len(grid):
+        return 0
+    ended = {trial_id_of(Path(r.path)): dict(r.metrics or {}) for r in grid}
     study = optuna.load_study(study_name=settings.name, storage=open_storage(study_location_of(settings)))
     return settle_stopped_trials(study, ended, max_epochs=settings.max_epochs)
 
