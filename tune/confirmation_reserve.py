@@ -9,7 +9,7 @@ take, from the search's own measurements:
 
 - `CONFIRM_START_S` for the confirmation's workers to start,
 - `READ_BACK_S_PER_TRIAL` for each trial the driver reads back between the search and the
-  confirmation (Tune's final read, the study's settling, trials.csv's records), and
+  confirmation (Tune's final read of the results, the confirmation's read of the trials), and
 - `seeds` runs of each candidate to max_epochs at its own median epoch time, spread over the trial
   slots (`tune.confirmation.confirmation_seconds`, the rule the confirmation plans with),
 
@@ -32,9 +32,10 @@ from tune.keys import EPOCH_SECONDS, METRIC
 from tune.trial_files import epoch_rows
 
 READ_BACK_S_PER_TRIAL = 0.005
-"""The driver's read-back between the search's end and the confirmation's start, per trial (Tune's
-final read, the study's settling, the confirmation's read of the trials): 13 s after 2,928 trials,
-1.8 s after 409, on 2 cores (bench/README.md, the confirmation's reserve)."""
+"""The driver's read-back between the search's end and the confirmation's start, per trial: on 2
+cores 4.4 ms while the settling read every trial a second time, 2.6 ms since (7.0 s after 2,698
+trials; bench/README.md, the confirmation's reserve). Kept at the higher figure: a slower disk or
+a busier driver reads slower, and the search loses only what is left over."""
 MARGIN = 1.25
 """The measured parts (the read-back, the runs) are kept a quarter larger: the confirmation plans a
 candidate only if all its runs fit, and a read-back a little slower than its estimate would cost
