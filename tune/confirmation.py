@@ -79,11 +79,16 @@ def candidates(records: Sequence[TrialRecord], top: int) -> list[Candidate]:
 
 
 def run_seconds(record: TrialRecord, max_epochs: int) -> float:
-    """What one confirmation run of `record`'s configuration costs: max_epochs of its median epoch."""
+    """What one confirmation run of `record`'s configuration costs (see `run_cost`)."""
     if record.history is None or EPOCH_SECONDS not in record.history:
         return math.nan
-    seconds = record.history[EPOCH_SECONDS].dropna()
-    return float(seconds.median()) * max_epochs if len(seconds) else math.nan
+    return run_cost(record.history[EPOCH_SECONDS].dropna().tolist(), max_epochs)
+
+
+def run_cost(epoch_seconds: Sequence[float], max_epochs: int) -> float:
+    """One confirmation run of a configuration whose epochs took `epoch_seconds`: max_epochs of its
+    median epoch (nan without an epoch)."""
+    return statistics.median(epoch_seconds) * max_epochs if epoch_seconds else math.nan
 
 
 def confirmation_seconds(costs: Sequence[float], *, seeds: int, slots: int) -> float:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from typing import Any
 
 from ray.tune import Stopper
 
-from tune.confirmation import CONFIRM_START_S, confirmation_seconds
+from tune.confirmation import CONFIRM_START_S, confirmation_seconds, run_cost
 from tune.keys import EPOCH_SECONDS, METRIC
 from tune.trial_files import epoch_rows
 
@@ -95,7 +94,7 @@ class ConfirmationReserve(Stopper):
                 break
             if trial.config not in seen:
                 seen.add(trial.config)
-                costs.append(trial.run_seconds(self.max_epochs))
+                costs.append(run_cost(trial.epoch_seconds, self.max_epochs))
         runs = confirmation_seconds(costs, seeds=self.seeds, slots=self.slots)
         needed = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL * len(self._trials) + runs)
         return min(needed, self.most_s)
@@ -114,10 +113,6 @@ class _TrialCost:
             self.best = min(self.best, float(value))
         if isinstance(seconds, (int, float)) and math.isfinite(seconds):
             self.epoch_seconds.append(float(seconds))
-
-    def run_seconds(self, max_epochs: int) -> float:
-        """As tune.confirmation.run_seconds reads it from the trial's files: max_epochs of its median epoch."""
-        return statistics.median(self.epoch_seconds) * max_epochs if self.epoch_seconds else math.nan
 
 
 def _config_key(config: dict[str, Any]) -> str:
