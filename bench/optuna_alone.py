@@ -5,7 +5,10 @@ the same `Trainer` one epoch at a time and reporting every epoch; the budget is 
 trials, as `study.optimize(timeout=...)` does. torch keeps its own thread count (one per core), which
 is what a user gets by default; the trials run one at a time, so nothing competes for them. At the
 end the best trial's model at its best epoch is evaluated on the test part, where the split has one:
-what the user of Optuna alone would take away.
+what the user of Optuna alone would take away; and, outside the budget, its configuration is
+trained again on train + validation for that many epochs (what tune.run's export does, --refit
+train+val) and evaluated on the test part too, so that the refit's gain and the search's are told
+apart.
 
     python -m bench.optuna_alone --data ../shared/data/ml-latest-small --budget-s 60 --seed 0 --out b.json
 """
@@ -37,6 +40,9 @@ class OptunaAloneRun:
     params: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     """The best trial: params, epoch, val_mse and, with a test part, the test metrics of its model."""
+    refit: dict[str, Any] = field(default_factory=dict)
+    """With a test part: the best configuration trained on train + validation for its best epoch
+    count, its test metrics and seconds."""
     torch_threads: int = 0
 
 
@@ -56,7 +62,7 @@ def optuna_alone(
     deadline = time.monotonic() + budget_s
     while time.monotonic() < deadline:
         trial = study.ask(distributions)
-        trainer = Trainer(base.replace(**trial.params, epochs=max_epochs), dataset)
+        trainer = Trainer(trial_config(base, trial.params, max_epochs), dataset)
         curve: list[dict[str, float]] = []
         run.curves.append(curve)
         state = optuna.trial.TrialState.COMPLETE
@@ -81,12 +87,23 @@ def optuna_alone(
     run.params = [t.params for t in study.trials]
     if best_weights is not None:
         params, epoch, weights = best_weights
-        trainer = Trainer(base.replace(**params, epochs=epoch), dataset)
+        trainer = Trainer(trial_config(base, params, max_epochs).replace(epochs=epoch), dataset)
         trainer.model.load_state_dict(weights)
         run.best = {"params": params, "epoch": epoch, "val_mse": best_value}
         if dataset.test is not None:
             run.best.update(prefixed(trainer.evaluate("test"), "test"))
+            started = time.monotonic()
+            refit = trial_config(base, params, max_epochs).replace(epochs=epoch, train_on="train+val")
+            trainer = Trainer(refit, dataset.training_on("train+val"))
+            trainer.fit()
+            run.refit = {**prefixed(trainer.evaluate("test"), "test"), "seconds": time.monotonic() - started}
     return run
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
+    """A trial's config as an Optuna user writes it: the base, the sampled parameters, max_epochs
+    (which a learning-rate schedule spans, kept when fewer epochs are trained again)."""
+    return base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,20 @@
-"""`python -m bench.quality`: does the tuner find, in every run, the config a careful person would?
+"""`python -m bench.quality`: is the model tune.run exports the best on data it never saw?
 
 For each seed, one after the other on a quiet machine, each in a process of its own:
 
-  ours    `python -m tune.run` (its defaults: confirmation, a held-out test part unless --test-n 0)
-  optuna  Optuna alone (bench.optuna_alone: TPE with the same seed + HyperbandPruner)
+  ours    `python -m tune.run` (its defaults: confirmation, a held-out test part unless --test-n 0,
+          the export refit on train + validation); the same run's chosen model before its refit
+          (`train_only` in its metrics.json, what --refit none exports) is the row `ours-train`
+  optuna  Optuna alone (bench.optuna_alone: TPE with the same seed + HyperbandPruner), its best
+          trial's model as its users take it; `optuna-refit`, that configuration refit the same way
 
 on the same data, split, search space and budget; then once, the hand grid: about a dozen sensible
 configurations run to max_epochs without pruning (a careful person's afternoon). It prints a row per
-seed and tool (the search's best val MSE; the exported model's test MSE where the split has a test
-part; for ours the confirmed mean), the median and the worst over seeds, the hand grid's best, the
-tutorial's configuration on the same split and, on the planted data set, the oracle MSE (the truth's
-own error, the floor no model beats).
+seed and tool, the headline column first: the exported model's test MSE where the split has a test
+part; then the confirmed mean (ours) and the search's best val MSE (a selection figure); the median
+and the worst over seeds; and ours' paired difference by seed with each other row, its median with a
+bootstrap interval over the seeds. Also the tutorial's configuration on the same split and, on the
+planted data set, the oracle MSE (the truth's own error, the floor no model beats).
 
     python -m bench.quality                                 # ml-latest-small, 5 seeds x 2 x 420 s
     python -m bench.quality --test-n 0                      # the tutorial's split, no test part
@@ -33,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +69,9 @@ class Row:
     best_val_mse: float | None
     """The search's best val MSE (its minimum over trials and epochs); the grid's best config's."""
     test_mse: float | None
-    """The exported model's test MSE (where the split has a test part)."""
+    """The model's test MSE (where the split has a test part): the headline figure."""
     exported_val_mse: float | None = None
+    """The val MSE of the chosen model before any refit (a selection figure)."""
     confirmed_val_mse: float | None = None
     """Ours: the exported config's mean val MSE over the confirmation's fresh seeds."""
     trials: int = 0
@@ -104,17 +110,24 @@ def run_ours(args: argparse.Namespace, seed: int, work: Path) -> Row:
     folder = storage / name
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     metrics = json.loads((folder / "best" / "metrics.json").read_text())
-    return Row(
+    chosen = metrics.get("train_only", metrics)  # the chosen run's own figures (no refit: the export's)
+    ours = Row(
         tool="ours",
         seed=seed,
         best_val_mse=min(float(r["best_val_mse"]) for r in rows if r["best_val_mse"] not in ("", "nan")),
         test_mse=metrics.get("test_mse"),
-        exported_val_mse=metrics["val_mse"],
+        exported_val_mse=chosen.get("val_mse"),
         confirmed_val_mse=metrics.get("confirmation", {}).get("val_mse_mean"),
         trials=len(rows),
         epochs=sum(int(r["epochs"]) for r in rows),
         seconds=seconds,
-    ), metrics
+    )
+    rows_out = [ours]
+    if "train_only" in metrics:
+        rows_out.append(
+            Row("ours-train", seed, ours.best_val_mse, chosen.get("test_mse"), chosen.get("val_mse"))
+        )
+    return rows_out, metrics
 
 
 def run_optuna(args: argparse.Namespace, seed: int, work: Path) -> Row:
@@ -125,16 +138,22 @@ def run_optuna(args: argparse.Namespace, seed: int, work: Path) -> Row:
     seconds = launch([*cmd, "--seed", str(seed), "--out", str(out)], work / f"optuna-{seed}.log")
     record = json.loads(out.read_text())
     best = record["best"]
-    return Row(
-        tool="optuna",
-        seed=seed,
-        best_val_mse=best.get("val_mse"),
-        test_mse=best.get("test_mse"),
-        exported_val_mse=best.get("val_mse"),
-        trials=len(record["curves"]),
-        epochs=sum(len(c) for c in record["curves"]),
-        seconds=seconds,
-    )
+    rows = [
+        Row(
+            tool="optuna",
+            seed=seed,
+            best_val_mse=best.get("val_mse"),
+            test_mse=best.get("test_mse"),
+            exported_val_mse=best.get("val_mse"),
+            trials=len(record["curves"]),
+            epochs=sum(len(c) for c in record["curves"]),
+            seconds=seconds,
+        )
+    ]
+    refit = record.get("refit") or {}
+    if "test_mse" in refit:
+        rows.append(Row("optuna-refit", seed, best.get("val_mse"), refit["test_mse"], best.get("val_mse")))
+    return rows
 
 
 def hand_grid(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,31 +204,67 @@ def _cell(value: float | None, width: int = 8) -> str:
 
 def format_rows(rows: list[Row]) -> list[str]:
     lines = [
-        f"{'tool':10} {'seed':>4} {'best val':>8} {'test':>8} {'conf val':>8} {'trials':>6} {'epochs':>6} {'s':>5}"
+        f"{'tool':12} {'seed':>4} {'test':>8} {'conf val':>8} {'best val':>8} {'trials':>6} {'epochs':>6} {'s':>5}"
     ]
     for r in rows:
         seed = "" if r.seed is None else str(r.seed)
         lines.append(
-            f"{r.tool:10} {seed:>4} {_cell(r.best_val_mse)} {_cell(r.test_mse)} {_cell(r.confirmed_val_mse)}"
+            f"{r.tool:12} {seed:>4} {_cell(r.test_mse)} {_cell(r.confirmed_val_mse)} {_cell(r.best_val_mse)}"
             f" {r.trials:6d} {r.epochs:6d} {r.seconds:5.0f}"
         )
     return lines
 
 
+COLUMNS = ("test_mse", "confirmed_val_mse", "best_val_mse")
+"""The summary's columns, the headline first: the best val MSE is a selection figure."""
+
+
 def format_summary(rows: list[Row]) -> list[str]:
     """Median and worst over the seeds, per tool (lower is better for every column)."""
     lines = []
-    for tool in TOOLS:
+    for tool in dict.fromkeys(r.tool for r in rows if r.seed is not None):
         mine = [r for r in rows if r.tool == tool]
-        if not mine:
-            continue
-        for column in ("best_val_mse", "test_mse", "confirmed_val_mse"):
+        for column in COLUMNS:
             values = [getattr(r, column) for r in mine if getattr(r, column) is not None]
             if values:
                 lines.append(
-                    f"{tool:10} {column:18} median {statistics.median(values):.4f}  worst {max(values):.4f}"
+                    f"{tool:12} {column:18} median {statistics.median(values):.4f}  worst {max(values):.4f}"
                     f"  best {min(values):.4f}  ({len(values)} seeds)"
                 )
+    return lines
+
+
+def bootstrap_median(
+    values: list[float], *, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The median of `values` and a 95 % percentile-bootstrap interval of it (resampling the values,
+    which are one per seed). With 5 seeds the interval is coarse: it can only land on the values."""
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values, dtype=float)
+    medians = np.median(rng.choice(data, size=(resamples, len(data)), replace=True), axis=1)
+    return float(np.median(data)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def paired_differences(rows: list[Row], *, column: str = "test_mse", ours: str = "ours") -> list[str]:
+    """Ours minus each other tool, seed by seed on `column` (negative: ours lower, better): the
+    median with its bootstrap interval, and on how many seeds ours was lower."""
+    by_tool: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r.seed is not None and getattr(r, column) is not None:
+            by_tool.setdefault(r.tool, {})[r.seed] = getattr(r, column)
+    mine = by_tool.get(ours, {})
+    lines = []
+    for tool, values in by_tool.items():
+        seeds = sorted(set(mine) & set(values))
+        if tool == ours or not seeds:
+            continue
+        diffs = [mine[s] - values[s] for s in seeds]
+        median, lo, hi = bootstrap_median(diffs)
+        better = sum(d < 0 for d in diffs)
+        lines.append(
+            f"{ours} - {tool:12} {column}: median {median:+.4f} [95% {lo:+.4f}, {hi:+.4f}]  "
+            f"ours lower on {better} of {len(seeds)} seeds  ({', '.join(f'{d:+.4f}' for d in diffs)})"
+        )
     return lines
 
 
@@ -270,28 +325,29 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"-- seed {seed}: {tool} (load average {os.getloadavg()[0]:.2f}) ...", flush=True)
                 if tool == "ours":
-                    row, metrics = run_ours(args, seed, work)
+                    new, metrics = run_ours(args, seed, work)
                     extra["tutorial"][seed] = {k: v for k, v in metrics["tutorial"].items() if k != "config"}
                 else:
-                    row = run_optuna(args, seed, work)
-                rows.append(row)
-                print("   " + format_rows([row])[1], flush=True)
+                    new = run_optuna(args, seed, work)
+                rows += new
+                for row in new:
+                    print("   " + format_rows([row])[1], flush=True)
         if "grid" in only:
             print("-- hand grid ...", flush=True)
             row, extra["grid"] = run_grid(args, work)
             rows.append(row)
         print("\n".join(format_rows(rows)))
         print("\n".join(format_summary(rows)))
+        column = "test_mse" if any(r.test_mse is not None for r in rows) else "best_val_mse"
+        print("\n".join(paired_differences(rows, column=column)))
         grid = extra.get("grid", {})
         if "grid" in only:
             print(f"hand grid best of {len(grid['configs'])}: val {_cell(rows[-1].best_val_mse, 0)}")
         # With --confirm-top 0 the tutorial's reference run is skipped (it runs in the confirmation's share).
-        tutorial = next((t for t in extra["tutorial"].values() if "val_mse" in t), None)
+        tutorial = next((t for t in extra["tutorial"].values() if "val_mse" in t or "test_mse" in t), None)
         if tutorial:
-            print(
-                f"the tutorial's configuration on this split: val {tutorial['val_mse']:.4f}"
-                + (f", test {tutorial['test_mse']:.4f}" if "test_mse" in tutorial else "")
-            )
+            figures = [f"{p} {tutorial[f'{p}_mse']:.4f}" for p in ("test", "val") if f"{p}_mse" in tutorial]
+            print(f"the tutorial's configuration on this split: {', '.join(figures)}")
         if "oracle_val_mse" in grid:
             print(
                 f"oracle (the planted truth itself): val {grid['oracle_val_mse']:.4f}"

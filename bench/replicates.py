@@ -75,7 +75,8 @@ class Replicates:
 def ours(folder: Path, group: Path, seed: int | None = None) -> Export:
     metrics = json.loads((folder / "best" / "metrics.json").read_text())
     max_epochs = recorded_settings(read_experiment(folder)).max_epochs
-    config = load_config(folder / "best" / "config.yaml").replace(epochs=max_epochs)
+    # Judged as the search judged it: trained on the training part, read at its best epoch on val.
+    config = load_config(folder / "best" / "config.yaml").replace(epochs=max_epochs, train_on="train")
     search = metrics.get("search_best_val_mse") or metrics[VAL_MSE]
     return Export("ours", seed, config, float(search), str(folder), str(group))
 

@@ -18,7 +18,8 @@ import yaml
 
 from mf.errors import ConfigError
 
-SplitMethod = Literal["last-n", "random"]
+SplitMethod = Literal["last-n", "random", "time"]
+TrainOn = Literal["train", "train+val", "all"]
 Optimizer = Literal["adamw", "sparse_adam", "lazy_adamw"]
 Device = Literal["auto", "cpu", "cuda"]
 LrSchedule = Literal["constant", "cosine"]
@@ -45,12 +46,32 @@ class TrainConfig:
         "Path (dir, .zip, ratings file) or a data set name that is downloaded into the cache.",
     )
     split: SplitMethod = key(
-        "last-n", "`last-n`: each user's last ratings by time are held out; `random`: seeded fractions."
+        "last-n",
+        "`last-n`: each user's last ratings by time are held out; `random`: seeded fractions; `time`: the "
+        "latest fractions of the whole file by timestamp (held-out ratings of users or items with no "
+        "training rating are left out and counted).",
     )
     val_n: int = key(5, "last-n: ratings per user for validation (the tutorial: 5).")
     test_n: int = key(0, "last-n: ratings per user held out as test after validation (0: no test part).")
-    val_fraction: float = key(0.1, "random: fraction of ratings for validation.")
-    test_fraction: float = key(0.0, "random: fraction of ratings for test (0: no test part).")
+    val_fraction: float = key(0.1, "random, time: fraction of ratings for validation.")
+    test_fraction: float = key(0.0, "random, time: fraction of ratings for test (0: no test part).")
+    val_data: str | None = key(
+        None,
+        "A ratings file (any form `data` takes) that is the validation part, instead of one split from "
+        "`data`; its ids are mapped through `data`'s, and ratings of users or items `data` lacks are "
+        "left out and counted.",
+    )
+    test_data: str | None = key(
+        None,
+        "A ratings file that is the test part (a published split such as ml-100k's u1.test), mapped as "
+        "val_data is; test_n and test_fraction must then be 0.",
+    )
+    train_on: TrainOn = key(
+        "train",
+        "The parts the model trains on: `train`; `train+val`, a refit after the search selected on "
+        "validation (no held-out val part: the epochs are fixed); `all`, every rating, for serving (no "
+        "held-out part at all).",
+    )
 
     # --- model (MFAdvanced) -----------------------------------------------------------
     emb_dim: int = key(32, "Width of the user and item embeddings.")
@@ -162,6 +183,9 @@ def _check_types(cfg: TrainConfig) -> None:
         elif hint == (int | None):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name}: expected an integer or null, got {value!r}")
+        elif hint == (str | None):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}: expected a path or null, got {value!r}")
         elif hint is str and not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
 
@@ -189,6 +213,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for name, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{name}: {getattr(cfg, name)!r} breaks the rule {name} {rule}")
+    if cfg.test_data is not None and (cfg.test_n > 0 or cfg.test_fraction > 0):
+        raise ConfigError(
+            f"test_data: {cfg.test_data!r} is the test part, so test_n and test_fraction must be 0 "
+            f"(got {cfg.test_n} and {cfg.test_fraction}); drop one of them"
+        )
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise ConfigError(
             f"val_fraction + test_fraction: {cfg.val_fraction} + {cfg.test_fraction} must be < 1"
@@ -280,7 +309,7 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 
 def parse_value(name: str, raw: str) -> Any:
     """A command-line string as the value of key `name`: YAML for numbers and booleans, else as is."""
-    if _HINTS.get(name) is str:
+    if _HINTS.get(name) in (str, str | None):
         return raw
     try:
         return yaml.safe_load(raw)

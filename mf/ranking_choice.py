@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +95,29 @@ class RankingChoice:
     """The same on test, a check only, where the split holds a test part."""
     candidates: dict[str, float]
     """NDCG@k on val of every ranking tried, by `str(ranking)`."""
+    chosen_with: str | None = None
+    """Where the choice was carried to a refit of the model it was made with (`carry_choice`): the
+    fingerprint of that model, trained on train only; None: made with this model."""
+
+    @property
+    def chosen_by(self) -> str:
+        """How the ranking was chosen, in words."""
+        if not self.val:
+            return (
+                "nothing: the model trained on its val part, so no ranking was chosen (the predicted rating)"
+            )
+        how = f"ndcg@{self.k} on {CHOICE_PART} (held-out ratings >= {self.threshold:g}, {self.users} users)"
+        if self.chosen_with is not None:
+            how += ", with the model before its refit (trained on train only)"
+        return how
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "ranking": str(self.ranking),
             "description": self.ranking.describe(),
-            "chosen_by": f"ndcg@{self.k} on {CHOICE_PART} (held-out ratings >= {self.threshold:g}, {self.users} users)",
+            "chosen_by": self.chosen_by,
+            "chosen_with": self.chosen_with,
             "k": self.k,
             "threshold": self.threshold,
             "users": self.users,
@@ -127,6 +143,7 @@ class RankingChoice:
                 val=d["val"],
                 test=d.get("test"),
                 candidates=dict(d.get("candidates", {})),
+                chosen_with=d.get("chosen_with"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MFError(
@@ -166,11 +183,7 @@ def evaluate_rankings(
     per epoch for its NDCG@k (`counts` and `heldout` may be passed in, to skip recomputing them).
     """
     if heldout is None:
-        heldout = {"val": dataset.val, "test": dataset.test}.get(part)
-        if heldout is None:
-            raise MFError(
-                f"part: no {part!r} part in this split (hold one out with test_n / test_fraction, or use val)"
-            )
+        heldout = dataset.held_out(part)
     if counts is None:
         counts = item_counts(dataset.train, dataset.n_items)
     shared = scorer.last_batch_memo()
@@ -200,7 +213,7 @@ def choose_ranking(
     """
     counts = item_counts(dataset.train, dataset.n_items)
     max_users = users_to_score(dataset.n_items, max_users)
-    val = sample_users(dataset.val, threshold, max_users, seed)
+    val = sample_users(dataset.held_out(CHOICE_PART), threshold, max_users, seed)
     candidates = {str(r): r for r in candidate_rankings(scorer)}
     tried = evaluate_rankings(
         candidates, scorer, dataset, k=k, threshold=threshold, counts=counts, heldout=val
@@ -227,6 +240,22 @@ def choose_ranking(
     )
 
 
+def carry_choice(choice: RankingChoice, scorer: FactorScorer, dataset: Dataset) -> RankingChoice:
+    """`choice`, made with a model trained on train only, for `scorer`'s model, a refit of it on more
+    parts of the same data (`dataset`): the same ranking, chosen on the same val figures (a refit's
+    val part is no longer held out, so nothing is chosen with it), and the test check scored again
+    with the refit model where the split holds a test part."""
+    test = None
+    if dataset.test is not None:
+        named = {"served": choice.ranking, "popular": Ranking(POPULAR), "predicted": Ranking(PREDICTED)}
+        held = sample_users(dataset.test, choice.threshold, users_to_score(dataset.n_items), 0)
+        checked = evaluate_rankings(
+            named, scorer, dataset, k=choice.k, threshold=choice.threshold, heldout=held
+        )
+        test = {name: _metrics(m) for name, m in checked.items()}
+    return replace(choice, fingerprint=scorer.fingerprint(), test=test, chosen_with=choice.fingerprint)
+
+
 def write_ranking(folder: str | os.PathLike, choice: RankingChoice) -> Path:
     """Write `<folder>/ranking.json` atomically (a reader sees the old file or the new one, whole)."""
     return write_json(Path(folder) / RANKING_FILE, choice.to_dict())
@@ -246,15 +275,31 @@ def read_ranking(folder: str | os.PathLike) -> RankingChoice | None:
     return RankingChoice.from_dict(data, where=str(path))
 
 
+def unchosen(scorer: FactorScorer, *, k: int = CHOICE_K, threshold: float = RELEVANT_RATING) -> RankingChoice:
+    """The ranking of a model no choice can be made for, as it trained on its val part (a refit that
+    `mf.train` wrote, without the choice tune.export carries over): the predicted rating."""
+    return RankingChoice(
+        ranking=Ranking(PREDICTED),
+        k=k,
+        threshold=threshold,
+        users=0,
+        fingerprint=scorer.fingerprint(),
+        val={},
+        test=None,
+        candidates={},
+    )
+
+
 def ranking_for(
     folder: str | os.PathLike, scorer: FactorScorer, dataset: Dataset, *, write: bool = True
 ) -> RankingChoice:
     """The export's ranking choice: read from ranking.json when it was made for this model, else chosen
-    now (and written there when `write` and the folder allows it; a read-only export still serves)."""
+    now on the val part (and written there when `write` and the folder allows it; a read-only
+    export still serves); `unchosen` where the model trained on its val part."""
     choice = read_ranking(folder)
     if choice is not None and choice.fingerprint == scorer.fingerprint():
         return choice
-    choice = choose_ranking(scorer, dataset)
+    choice = choose_ranking(scorer, dataset) if dataset.val is not None else unchosen(scorer)
     if write:
         try:
             write_ranking(folder, choice)

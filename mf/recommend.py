@@ -1,6 +1,6 @@
 """`python -m mf.recommend`: use an exported model, and judge it as a recommender.
 
-    python -m mf.recommend --model runs/mf-tune/best --user 1 -k 10          # top 10 movies not rated in train
+    python -m mf.recommend --model runs/mf-tune/best --user 1 -k 10          # top 10 movies the user has not rated
     python -m mf.recommend --model runs/mf-tune/best --user 1 --json         # the same, as JSON (= GET /recommend/1)
     python -m mf.recommend --model runs/mf-tune/best --evaluate val -k 10    # precision/recall/NDCG@10, and baselines
 
@@ -10,7 +10,8 @@ checked against the data before anything is predicted.
 
 Movies are ranked the way `python -m mf.serve` ranks them: by the export's `ranking.json` (chosen on
 the validation part the first time, see mf.ranking_choice), or `--ranking`. "Not rated" means not
-rated in the training part, the candidates `--evaluate` judges (see mf.serving).
+rated at all, in any part of the data; `--exclude trained`: not rated in the parts the model trained
+on, the candidates `--evaluate` judges (see mf.serving).
 """
 
 from __future__ import annotations
@@ -24,23 +25,29 @@ from typing import Any
 from mf.errors import user_errors_exit
 from mf.ranking import POPULAR, PREDICTED, RELEVANT_RATING, Ranking, RankingMetrics
 from mf.ranking_choice import evaluate_rankings
-from mf.serving import FALLBACKS, LoadedModel, Recommendation, Recommender, load
+from mf.serving import EXCLUDES, FALLBACKS, LoadedModel, Recommendation, Recommender, load
 
 __all__ = ["LoadedModel", "Recommendation", "evaluate", "load", "recommend"]
 
 
 def recommend(
-    recommender: Recommender, raw_user_id: int, *, k: int = 10, fallback: str | None = None
+    recommender: Recommender,
+    raw_user_id: int,
+    *,
+    k: int = 10,
+    fallback: str | None = None,
+    exclude: str = "rated",
 ) -> list[Recommendation]:
-    """The k best movies for a raw MovieLens user id not rated by them in train (see Recommender)."""
-    return recommender.recommend(raw_user_id, k, fallback=fallback)
+    """The k best movies for a raw MovieLens user id, none they rated (see Recommender.recommend)."""
+    return recommender.recommend(raw_user_id, k, fallback=fallback, exclude=exclude)
 
 
 def evaluate(
     recommender: Recommender, *, part: str = "val", k: int = 10, threshold: float = RELEVANT_RATING
 ) -> dict[str, RankingMetrics]:
     """Ranking quality on `val` or `test` of the served ranking and of the two baselines (the model's
-    predicted rating, most popular in train): the same candidates (not rated in train) and relevance."""
+    predicted rating, most popular in its training part): the same candidates (not rated in the parts
+    the model trained on) and relevance. DataError where `part` is not held out from the model."""
     rankings = {"served": recommender.ranking, PREDICTED: Ranking(PREDICTED), POPULAR: Ranking(POPULAR)}
     return evaluate_rankings(
         rankings,
@@ -53,11 +60,13 @@ def evaluate(
     )
 
 
-def format_ranking(results: dict[str, RankingMetrics], part: str, served: Ranking) -> str:
+def format_ranking(
+    results: dict[str, RankingMetrics], part: str, served: Ranking, trained_on: tuple[str, ...] = ("train",)
+) -> str:
     first = next(iter(results.values()))
     lines = [
         f"{part}: over {first.users} users with held-out ratings >= {first.threshold:g} ({first.skipped} users "
-        "without one skipped; candidates: every item not rated in train)"
+        f"without one skipped; candidates: every item not rated in {'+'.join(trained_on)})"
     ]
     labels = {"served": f"served ({served})", PREDICTED: "predicted rating", POPULAR: "most popular"}
     for name, m in results.items():
@@ -85,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Ranking.parse,
         help="rank by this instead of the export's ranking.json: predicted, popular, confidence:W, "
         "shrunk-bias:W or blend:W (see mf.ranking.RULES)",
+    )
+    parser.add_argument(
+        "--exclude",
+        choices=EXCLUDES,
+        default="rated",
+        help="--user: leave out every movie the user rated (rated, the default), or only those rated in "
+        "the parts the model trained on (trained: the candidates --evaluate judges)",
     )
     parser.add_argument(
         "--fallback",
@@ -117,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     recommender = Recommender.from_export(args.model, data=args.data, ranking=args.ranking)
     output: dict[str, Any] = {}
     if args.user is not None:
-        recs = recommend(recommender, args.user, k=args.k, fallback=args.fallback)
+        recs = recommend(recommender, args.user, k=args.k, fallback=args.fallback, exclude=args.exclude)
         output["recommendations"] = [r.as_dict() for r in recs]
         if not args.json:
+            trained = "+".join(recommender.dataset.trained_on)
+            where = "at all" if args.exclude == "rated" else f"in the parts the model trained on ({trained})"
             print(
-                f"top {len(recs)} movies user {args.user} has not rated in train, ranked by "
+                f"top {len(recs)} movies user {args.user} has not rated {where}, ranked by "
                 f"{recommender.ranking} ({recommender.loaded.path}):"
             )
             for r in recs:
@@ -136,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             "baselines": {name: m.as_dict() for name, m in results.items() if name != "served"},
         }
         if not args.json:
-            print(format_ranking(results, args.evaluate, recommender.ranking))
+            print(format_ranking(results, args.evaluate, recommender.ranking, recommender.dataset.trained_on))
     if args.json:
         # --user alone: the plain list of recommendations, which is what a caller wants to loop over.
         only_recs = args.evaluate is None

@@ -9,10 +9,11 @@
 
 Routes (JSON in and out, raw MovieLens ids):
 
-- `GET /recommend/{user_id}?k=10[&fallback=popular]`: the same list as `python -m mf.recommend --json`,
-  `[{"rank", "movieId", "title", "predicted_rating"}, ...]`, best first, none rated by the user in
-  train. An unknown user is 404, or with `fallback=popular` the most popular movies
-  (`predicted_rating` null).
+- `GET /recommend/{user_id}?k=10[&fallback=popular][&exclude=trained]`: the same list as
+  `python -m mf.recommend --json`, `[{"rank", "movieId", "title", "predicted_rating"}, ...]`, best
+  first, none the user has rated at all (`exclude=trained`: none rated in the parts the model
+  trained on; see mf.serving). An unknown user is 404, or with `fallback=popular` the most popular
+  movies (`predicted_rating` null).
 - `POST /predict`, body `[{"user": id, "movie": id}, ...]` (at most 10,000 pairs, 1 MiB):
   `[{"user", "movie", "predicted_rating"}, ...]` in the same order: the model's own rating. Scoring is
   batched across concurrent requests (`@serve.batch`).
@@ -20,7 +21,7 @@ Routes (JSON in and out, raw MovieLens ids):
 
 Every bad request gets `{"detail": "<one line naming the field>", "field": ...}`: 400 for a body that
 is not JSON, 404 for an unknown user on /recommend, 413 for a body over the limits, 422 for a wrong
-type, an unknown id in a /predict body, a k outside 1..catalogue or an unknown fallback. Errors are
+type, an unknown id in a /predict body, a k outside 1..catalogue, an unknown fallback or exclude. Errors are
 answered inside the route; none reaches Ray, so no request takes a replica down.
 
 The model side lives in mf.serving (no Ray); this module holds only the deployment, the routes and
@@ -149,8 +150,10 @@ class RecommenderDeployment:
         )
 
     @app.get("/recommend/{user_id}")
-    async def recommend(self, user_id: int, k: int = 10, fallback: str | None = None) -> Response:
-        recs = self.recommender.recommend(user_id, k, fallback=fallback)
+    async def recommend(
+        self, user_id: int, k: int = 10, fallback: str | None = None, exclude: str = "rated"
+    ) -> Response:
+        recs = self.recommender.recommend(user_id, k, fallback=fallback, exclude=exclude)
         return json_response([r.as_dict() for r in recs])
 
     @app.post("/predict")

@@ -11,10 +11,12 @@ load (the numpy factors, each user's train items, titles by item, the ranking's 
 a request is one user's scores (a (D,) x (D, I) product), a top k and a few lookups, with no
 autograd and no pandas.
 
-"Not rated" means not rated in the training part: the model learnt from train only, and
-`mf.recommend --evaluate` judges exactly this list against the held-out part. A user's validation
-and test ratings can therefore appear among their recommendations (they are what the evaluation
-counts as hits).
+What is never recommended (`exclude`): by default (`rated`) any movie the user has rated at all, in
+any part of the data (train, val, test): what a served recommender must do. With `trained`, only
+the movies the user rated in the parts the model trained on (train, or train + val for a refit
+export): the candidates `mf.recommend --evaluate` judges, so that a user's held-out ratings can
+appear among the recommendations as the hits the evaluation counts. Neither ever recommends a
+movie the model learnt the user's rating of.
 
 Bad input raises `RequestError`, an MFError with the HTTP status and the field it is about, so that
 the CLI prints it as one line and the server answers it as a 4xx.
@@ -32,6 +34,7 @@ import numpy as np
 
 from mf.config import TrainConfig, from_dict
 from mf.data import Dataset
+from mf.data.encode import lookup_many
 from mf.errors import MFError
 from mf.ranking import POPULAR, FactorScorer, Ranking, item_counts, ranking_scores, rows_by_user, top_k
 from mf.ranking_choice import RankingChoice, ranking_for
@@ -41,6 +44,9 @@ MODEL_FILE, METRICS_FILE = "model.pt", "metrics.json"
 MAX_PAIRS = 10_000
 """Pairs one /predict request may hold: 10,000 pairs take about a millisecond; more is a bulk job."""
 FALLBACKS = (POPULAR,)
+EXCLUDES = ("rated", "trained")
+"""What a recommendation leaves out: every movie the user rated (the default), or those the model
+trained on (the candidates an evaluation judges)."""
 
 
 class RequestError(MFError):
@@ -143,12 +149,6 @@ def parse_pairs(body: Any) -> tuple[np.ndarray, np.ndarray]:
     return users, movies
 
 
-def _index(ids: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of raw ids in sorted `ids`, and a mask of the raw ids found."""
-    at = np.minimum(np.searchsorted(ids, raw), len(ids) - 1)
-    return at, ids[at] == raw
-
-
 class Recommender:
     """An export loaded for serving: the ranking it serves, each user's train items, titles by item."""
 
@@ -168,7 +168,10 @@ class Recommender:
         self.ranking: Ranking = ranking or choice.ranking
         self._scores = ranking_scores(self.ranking, self.scorer, self.counts)
         self._popular = ranking_scores(Ranking(POPULAR), self.scorer, self.counts)
-        self._train_items, self._train_starts = rows_by_user(d.train, d.n_users)
+        self._excluded = {
+            "trained": rows_by_user(d.train, d.n_users),
+            "rated": rows_by_user(d.all_rated(), d.n_users),
+        }
         titles = d.titles or {}
         self._titles = [titles.get(int(m), f"movie {int(m)}") for m in d.item_ids]
         self._user_ids, self._item_ids = np.asarray(d.user_ids), np.asarray(d.item_ids)
@@ -202,7 +205,7 @@ class Recommender:
         """The index of a raw user id, or None for an id the model does not know."""
         if not INT64_MIN <= user_id <= INT64_MAX:
             return None
-        at, found = _index(self._user_ids, np.array([user_id], dtype=np.int64))
+        at, found = lookup_many(self._user_ids, np.array([user_id], dtype=np.int64))
         return int(at[0]) if found[0] else None
 
     def check_k(self, k: int) -> None:
@@ -211,8 +214,11 @@ class Recommender:
                 f"k: {k!r} must be an integer from 1 to {self.dataset.n_items} (the catalogue)", field="k"
             )
 
-    def recommend(self, user_id: int, k: int = 10, *, fallback: str | None = None) -> list[Recommendation]:
-        """The user's top k items under the served ranking, none rated by them in train, best first.
+    def recommend(
+        self, user_id: int, k: int = 10, *, fallback: str | None = None, exclude: str = "rated"
+    ) -> list[Recommendation]:
+        """The user's top k items under the served ranking, best first, leaving out what `exclude`
+        says (EXCLUDES: every item the user rated, or those rated in the parts the model trained on).
 
         An unknown user is a RequestError (404), or with fallback="popular" the k most popular items
         (without a predicted rating: the model knows nothing of that user).
@@ -221,6 +227,10 @@ class Recommender:
         if fallback is not None and fallback not in FALLBACKS:
             raise RequestError(
                 f"fallback: {fallback!r} is not one; expected {', '.join(FALLBACKS)}", field="fallback"
+            )
+        if exclude not in EXCLUDES:
+            raise RequestError(
+                f"exclude: {exclude!r} is not one; expected {', '.join(EXCLUDES)}", field="exclude"
             )
         user = self.user_index(user_id)
         if user is None:
@@ -238,9 +248,10 @@ class Recommender:
                 for r, i in enumerate(top)
             ]
         scores = self._scores(np.array([user]))  # (1, I)
-        exclude = np.zeros_like(scores, dtype=bool)
-        exclude[0, self._train_items[self._train_starts[user] : self._train_starts[user + 1]]] = True
-        top = top_k(scores, exclude, k)[0]
+        items, starts = self._excluded[exclude]
+        excluded = np.zeros_like(scores, dtype=bool)
+        excluded[0, items[starts[user] : starts[user + 1]]] = True
+        top = top_k(scores, excluded, k)[0]
         top = top[top >= 0]
         predicted = self.scorer.predict(np.full(len(top), user), top)  # the model's rating, whatever ranks
         return [
@@ -250,8 +261,8 @@ class Recommender:
 
     def indices(self, users: np.ndarray, movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (user, movie) ids as indices; RequestError naming the first unknown one."""
-        u, u_ok = _index(self._user_ids, users)
-        i, i_ok = _index(self._item_ids, movies)
+        u, u_ok = lookup_many(self._user_ids, users)
+        i, i_ok = lookup_many(self._item_ids, movies)
         for ok, raw, key, n in (
             (u_ok, users, "user", self.dataset.n_users),
             (i_ok, movies, "movie", self.dataset.n_items),
@@ -284,6 +295,7 @@ class Recommender:
             "status": "ok",
             "model": str(self.loaded.path),
             "trial_id": m.get("trial_id"),
+            "trained_on": list(d.trained_on),
             "epoch": m.get("epoch", m.get("epochs")),
             "val_mse": m.get("val_mse"),
             "test_mse": m.get("test_mse"),
@@ -295,9 +307,9 @@ class Recommender:
                 "name": str(self.ranking),
                 "description": self.ranking.describe(),
                 "chosen": self.ranking == c.ranking,  # False: overridden (mf.serve --ranking)
-                "chosen_by": f"ndcg@{c.k} on val (held-out ratings >= {c.threshold:g}, {c.users} users)",
+                "chosen_by": c.chosen_by,
                 f"val_ndcg@{c.k}": c.candidates.get(str(self.ranking)),
-                f"popular_val_ndcg@{c.k}": c.val["popular"]["ndcg"],
-                f"predicted_val_ndcg@{c.k}": c.val["predicted"]["ndcg"],
+                f"popular_val_ndcg@{c.k}": c.val.get("popular", {}).get("ndcg"),
+                f"predicted_val_ndcg@{c.k}": c.val.get("predicted", {}).get("ndcg"),
             },
         }

@@ -43,14 +43,24 @@ def history_csv(history: list[dict[str, float]]) -> str:
 
 
 def train(config: TrainConfig, out: Path, *, quiet: bool = False) -> dict[str, Any]:
-    """Train, writing config.yaml, history.csv, metrics.json and model.pt into `out`."""
+    """Train, writing config.yaml, history.csv, metrics.json and model.pt into `out`; return the
+    metrics. With a val part the best epoch is reported beside the last; a config that trains on val
+    (train_on: a refit) has none, and its epochs are the model."""
     dataset = dataset_for(config)
     trainer = Trainer(config, dataset)
     if not quiet:
+        held = [
+            f"{name} {len(p)}" for name, p in (("val", dataset.val), ("test", dataset.test)) if p is not None
+        ]
         print(
             f"data {dataset.source}: {dataset.n_users} users, {dataset.n_items} items, "
-            f"train {len(dataset.train)}, val {len(dataset.val)}"
-            + (f", test {len(dataset.test)}" if dataset.test is not None else "")
+            f"trained on {'+'.join(dataset.trained_on)} {len(dataset.train)}"
+            + "".join(f", {h}" for h in held)
+            + "".join(
+                f" ({n} {part} ratings of unknown users or items left out)"
+                for part, n in dataset.unseen.items()
+                if n
+            )
             + f"; device {trainer.device}"
         )
     write_yaml(out / "config.yaml", config.to_dict())
@@ -58,31 +68,32 @@ def train(config: TrainConfig, out: Path, *, quiet: bool = False) -> dict[str, A
 
     def show(m: dict[str, float]) -> None:
         if not quiet:
-            print(
-                f"epoch {m[EPOCH]:3d}  train_loss {m[TRAIN_LOSS]:.4f}  "
-                f"val_mse {m[VAL_MSE]:.4f}  val_rmse {m[VAL_RMSE]:.4f}"
-            )
+            val = f"  val_mse {m[VAL_MSE]:.4f}  val_rmse {m[VAL_RMSE]:.4f}" if VAL_MSE in m else ""
+            print(f"epoch {m[EPOCH]:3d}  train_loss {m[TRAIN_LOSS]:.4f}{val}")
 
     history = trainer.fit(on_epoch=show)
     seconds = time.perf_counter() - started
-    best = min(history, key=lambda m: m[VAL_MSE])
-    metrics: dict[str, Any] = {
-        "epochs": trainer.epoch,
-        "seconds": round(seconds, 3),
-        **prefixed(trainer.evaluate("val"), "val"),
-        "best_epoch": best[EPOCH],
-        "best_val_mse": best[VAL_MSE],
-    }
+    metrics: dict[str, Any] = {"epochs": trainer.epoch, "seconds": round(seconds, 3)}
+    metrics["trained_on"] = list(dataset.trained_on)
+    if dataset.val is not None:
+        best = min(history, key=lambda m: m[VAL_MSE])
+        metrics.update(prefixed(trainer.evaluate("val"), "val"))
+        metrics.update(best_epoch=best[EPOCH], best_val_mse=best[VAL_MSE])
     if dataset.test is not None:
         metrics.update(prefixed(trainer.evaluate("test"), "test"))
+        metrics["test_ratings"] = len(dataset.test)
+    metrics.update({f"{part}_unseen": n for part, n in dataset.unseen.items()})
     trainer.save_checkpoint(out / "model.pt")
     atomic_write_text(out / "history.csv", history_csv(history))
     write_json(out / "metrics.json", metrics)
     if not quiet:
-        print(
-            f"done in {seconds:.2f} s: val_mse {metrics['val_mse']:.4f} (best {best[VAL_MSE]:.4f} at epoch "
-            f"{best[EPOCH]}), f1 {metrics['val_f1']:.4f}; wrote {out}"
+        held = (
+            f"val_mse {metrics['val_mse']:.4f} (best {metrics['best_val_mse']:.4f} at epoch {metrics['best_epoch']})"
+            if dataset.val is not None
+            else "no val part (trained on it)"
         )
+        test = f", test_mse {metrics['test_mse']:.4f}" if "test_mse" in metrics else ""
+        print(f"done in {seconds:.2f} s: {held}{test}; wrote {out}")
     return metrics
 
 

@@ -115,6 +115,9 @@ def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         seed=config.effective_split_seed,
+        val_data=config.val_data,
+        test_data=config.test_data,
+        train_on=config.train_on,
         cache_dir=cache_dir,
     )
 
@@ -181,7 +184,11 @@ class Trainer:
         # The batch order is drawn on the training device, so a GPU never waits for the CPU's shuffle.
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.train_part = TensorPart.from_interactions(dataset.train, self.device)
-        self.val_part = TensorPart.from_interactions(dataset.val, self.device)
+        # No val part where the model trains on it (train_on): then no epoch is judged or kept as the
+        # best, and the epochs trained are the model.
+        self.val_part = (
+            TensorPart.from_interactions(dataset.val, self.device) if dataset.val is not None else None
+        )
         self.test_part = (
             TensorPart.from_interactions(dataset.test, self.device) if dataset.test is not None else None
         )
@@ -194,7 +201,7 @@ class Trainer:
                 k=config.val_ndcg_k,
                 device=self.device,
             )
-            if config.val_ndcg_k > 0
+            if config.val_ndcg_k > 0 and dataset.val is not None
             else None
         )
         self.epoch = 0
@@ -246,26 +253,24 @@ class Trainer:
             if self.average is None:
                 self.average = self._new_average()
             self.average.update_parameters(self.model)
-        val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
-        if not (math.isfinite(train_loss) and math.isfinite(val["mse"])):
+        metrics: dict[str, float] = {EPOCH: self.epoch, TRAIN_LOSS: train_loss}
+        if self.val_part is not None:
+            val = regression_metrics(self.val_part.ratings.cpu().numpy(), self.predict_part(self.val_part))
+            metrics.update({VAL_MSE: val["mse"], VAL_RMSE: val["rmse"], VAL_MAE: val["mae"]})
+        if not all(math.isfinite(metrics[k]) for k in (TRAIN_LOSS, VAL_MSE) if k in metrics):
             raise TrainingDiverged(
-                f"epoch {self.epoch}: training loss is {train_loss}, val MSE {val['mse']} (lr={cfg.lr}, l2={cfg.l2}, "
-                f"weight_decay={cfg.weight_decay}); this configuration diverges"
+                f"epoch {self.epoch}: training loss is {train_loss}, val MSE {metrics.get(VAL_MSE)} (lr={cfg.lr}, "
+                f"l2={cfg.l2}, weight_decay={cfg.weight_decay}); this configuration diverges"
             )
-        metrics = {
-            EPOCH: self.epoch,
-            TRAIN_LOSS: train_loss,
-            VAL_MSE: val["mse"],
-            VAL_RMSE: val["rmse"],
-            VAL_MAE: val["mae"],
-        }
         if self.val_ndcg is not None:
             metrics[VAL_NDCG] = self.val_ndcg(self.scoring_model)
         metrics[EPOCH_SECONDS] = time.perf_counter() - started
         self.history.append(metrics)
-        if self.best is None or val["mse"] < self.best.val_mse:
+        if VAL_MSE in metrics and (self.best is None or metrics[VAL_MSE] < self.best.val_mse):
             # A copy of the weights at the best epoch, so that no checkpoint is needed at every epoch.
-            self.best = BestModel(epoch=self.epoch, val_mse=val["mse"], weights=_copy(self.scoring_model))
+            self.best = BestModel(
+                epoch=self.epoch, val_mse=metrics[VAL_MSE], weights=_copy(self.scoring_model)
+            )
         return metrics
 
     @property
@@ -383,9 +388,7 @@ class Trainer:
         """All metrics (MSE, RMSE, MAE, F1, precision, recall) on `val` or `test`."""
         tensors = {"val": self.val_part, "test": self.test_part, "train": self.train_part}.get(part)
         if tensors is None:
-            raise MFError(
-                f"evaluate: no {part!r} part in this split (hold one out with test_n / test_fraction)"
-            )
+            self.dataset.held_out(part)  # raises, saying why there is no such part
         return all_metrics(tensors.ratings.cpu().numpy(), self.predict_part(tensors))
 
     # ---------------------------------------------------------------- checkpoints
@@ -428,7 +431,10 @@ class Trainer:
         """Put back the weights of the best epoch (what an export serves), with fresh optimiser moments;
         with swa_start, those are the running mean's, and an epoch trained after this starts a new one."""
         if self.best is None:
-            raise MFError("rewind_to_best: no epoch has been trained yet")
+            raise MFError(
+                "rewind_to_best: no epoch has been judged on a val part yet (none trained, or the model "
+                "trains on val: train_on)"
+            )
         self.model.load_state_dict(self.best.weights)
         self.average = None
         self._build_optimizers()

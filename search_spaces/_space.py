@@ -58,6 +58,12 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
     "epochs": ("set by --max-epochs (ASHA's max_t, the most epochs a trial may train)", "use --max-epochs"),
     "seed": ("fixed for a study so that trials differ only in their hyperparameters", "set it in the config"),
     "split_seed": _SPLIT,
+    "val_data": _SPLIT,
+    "test_data": _SPLIT,
+    "train_on": (
+        "what the exported model is refit on after the search chose it on val (trials train on train)",
+        "use --refit",
+    ),
     "schedule_epochs": (
         "set by --max-epochs for every trial (the span of a cosine schedule)",
         "use --max-epochs",

@@ -1,4 +1,5 @@
-"""prepare_dataset: label encoding, the stable user/time order, and both split methods."""
+"""prepare_dataset: label encoding, the stable user/time order, and the per-user split methods
+(tests/test_own_split.py: the time split and parts given as files)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,13 @@ def _pairs(part: Interactions, data: Dataset) -> list[tuple[int, int, float]]:
     )
 
 
-def test_split_methods_names_both_methods() -> None:
-    # Other code (config schema, CLI) validates against this tuple.
-    assert SPLIT_METHODS == ("last-n", "random")
+def test_the_config_accepts_exactly_the_split_methods_the_data_layer_has() -> None:
+    from typing import get_args
+
+    from mf.config import SplitMethod
+
+    # The config's choices and the data layer's methods are written in two places: they must agree.
+    assert get_args(SplitMethod) == SPLIT_METHODS
 
 
 def test_label_encode_matches_sklearn_label_encoder() -> None:

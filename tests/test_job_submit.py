@@ -254,5 +254,9 @@ def test_job_submit_runs_tune_and_exports_the_best(head: Head, tmp_path: Path):
     assert len(trials) == 4  # the smoke test's trials
     trials = trials.set_index("trial_id")
     assert metrics["search_best_val_mse"] == pytest.approx(trials.loc[metrics["trial_id"], "best_val_mse"])
-    assert metrics["val_mse"] == pytest.approx(metrics["confirmation"]["val_mse_mean"], abs=1e-6)  # 1 seed
+    # The chosen run (1 seed) is the confirmation's; the export is its refit on train + validation.
+    assert metrics["train_only"]["val_mse"] == pytest.approx(
+        metrics["confirmation"]["val_mse_mean"], abs=1e-6
+    )
+    assert metrics["trained_on"] == ["train", "val"]
     assert yaml.safe_load((best / "config.yaml").read_text())["epochs"] == metrics["epoch"]

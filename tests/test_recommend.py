@@ -69,15 +69,18 @@ def train_ratings_of(ratings: pd.DataFrame, user: int, val_n: int = 5) -> set[in
     return set(mine["movieId"].iloc[:-val_n])
 
 
-def test_recommend_json_lists_k_movies_the_user_has_not_rated_in_train(
-    export: Path, ratings: pd.DataFrame, capsys
-):
+def ratings_of(ratings: pd.DataFrame, user: int) -> set[int]:
+    """Every movie `user` rated, in any part."""
+    return set(ratings.loc[ratings["userId"] == user, "movieId"])
+
+
+def test_recommend_json_lists_k_movies_the_user_has_not_rated(export: Path, ratings: pd.DataFrame, capsys):
     assert recommend.main(["--model", str(export), "--user", "1", "-k", "10", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     titles = pd.read_csv(DATA / "movies.csv").set_index("movieId")["title"]
-    # Ten movies, none of which user 1 rated in the training part, with their real titles.
+    # Ten movies, none of which user 1 rated in any part, with their real titles.
     assert len(recs) == 10
-    assert not {r["movieId"] for r in recs} & train_ratings_of(ratings, 1)
+    assert not {r["movieId"] for r in recs} & ratings_of(ratings, 1)
     assert [r["title"] for r in recs] == [titles[r["movieId"]] for r in recs]
     # Ranks 1..10, and ratings the model can output (sigmoid * 5.5).
     assert [r["rank"] for r in recs] == list(range(1, 11))
@@ -92,19 +95,23 @@ def test_recommend_by_predicted_rating_is_sorted_by_it(export: Path, capsys):
     assert predicted == sorted(predicted, reverse=True)
 
 
-def test_recommend_may_list_a_movie_the_user_rated_in_validation(export: Path, ratings: pd.DataFrame):
+def test_only_exclude_trained_may_list_a_movie_the_user_rated_in_validation(
+    export: Path, ratings: pd.DataFrame
+):
     rec = Recommender.from_export(export)
     d = rec.dataset
-    # Over all users, some recommendation is a movie of the user's validation part: "not rated"
-    # means not rated in train, the same candidates --evaluate judges (those are its hits).
-    hits = 0
+    hits = {"rated": 0, "trained": 0}
     for user in d.user_ids[:200]:
         u = d.user_index(int(user))
         val_movies = set(d.item_ids[d.val.items[d.val.users == u]].tolist())
-        recs = rec.recommend(int(user), 10)
-        assert not {r.movie_id for r in recs} & train_ratings_of(ratings, int(user))
-        hits += len({r.movie_id for r in recs} & val_movies)
-    assert hits > 0
+        for exclude in hits:
+            recs = {r.movie_id for r in rec.recommend(int(user), 10, exclude=exclude)}
+            assert not recs & train_ratings_of(ratings, int(user))
+            hits[exclude] += len(recs & val_movies)
+    # By default no recommendation is a movie the user rated at all; with exclude="trained" some are
+    # movies of the user's validation part: the candidates --evaluate judges (those are its hits).
+    assert hits["rated"] == 0
+    assert hits["trained"] > 0
 
 
 def test_recommend_prints_ten_titles(export: Path, capsys):
@@ -370,3 +377,23 @@ def test_served_ranking_beats_popularity_on_test_never_seen_by_the_choice(tmp_pa
     # ranking.json holds the same check, made when the choice was.
     check = json.loads((out / RANKING_FILE).read_text())["test"]
     assert check["served"]["ndcg"] == pytest.approx(ranking["ndcg"])
+
+
+def test_a_refit_model_never_recommends_what_it_trained_on_and_by_default_nothing_rated(
+    tmp_path: Path, ratings: pd.DataFrame, capsys
+):
+    # A model refit on train + validation of the default split (each user's last 5 ratings test,
+    # the 5 before them validation), as tune.run exports it.
+    out = tmp_path / "refit"
+    argv = ["--data", str(DATA), "--test-n", "5", "--train-on", "train+val", "--epochs", "3"]
+    assert mf_train.main([*argv, "--out", str(out), "--quiet"]) == 0
+    for user in (1, 42, 610):
+        mine = ratings[ratings["userId"] == user].sort_values("timestamp", kind="stable")
+        trained_on, tested = set(mine["movieId"].iloc[:-5]), set(mine["movieId"].iloc[-5:])
+        for exclude, never in (("trained", trained_on), ("rated", trained_on | tested)):
+            cli = ["--model", str(out), "--user", str(user), "-k", "300", "--json", "--exclude", exclude]
+            assert recommend.main(cli) == 0
+            recs = {r["movieId"] for r in json.loads(capsys.readouterr().out)}
+            # No movie the user rated in train or validation, the parts the model learnt; by
+            # default not their held-out test movies either.
+            assert len(recs) == 300 and not recs & never

@@ -121,6 +121,23 @@ def test_recommend_route_equals_mf_recommend_json(server: Client, export: Path, 
     assert server.get("/recommend/1")[1] == cli_recommendations(export, 1, 10, capsys)
 
 
+def test_recommend_route_leaves_out_every_movie_the_user_rated_or_with_exclude_trained_those_trained_on(
+    server: Client, recommender: Recommender
+):
+    d = recommender.dataset
+    for user in USERS:
+        u = d.user_index(user)
+        trained = set(d.item_ids[d.train.items[d.train.users == u]].tolist())
+        rated = trained | set(d.item_ids[d.val.items[d.val.users == u]].tolist())
+        for query, never in (("", rated), ("&exclude=trained", trained)):
+            status, body = server.get(f"/recommend/{user}?k=200{query}")
+            # None of the movies the user rated at all, or with exclude=trained in the part the model
+            # trained on (train: this export holds out the tutorial's validation part).
+            assert status == 200 and len(body) == 200
+            assert not {r["movieId"] for r in body} & never
+    assert server.get("/recommend/1?exclude=all")[0] == 422
+
+
 def test_predict_route_equals_the_models_own_predictions(server: Client, export: Path, recommender):
     d = recommender.dataset
     rng = np.random.default_rng(3)

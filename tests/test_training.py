@@ -255,7 +255,7 @@ def test_evaluate_gives_all_metrics_on_val_and_test() -> None:
 def test_evaluate_test_without_a_test_part_raises_mf_error() -> None:
     trainer = Trainer(_config(), _tiny_dataset(test=False))
     # The message says how to get a test part.
-    with pytest.raises(MFError, match=r"no 'test' part .*test_n / test_fraction"):
+    with pytest.raises(MFError, match=r"no 'test' part .*test_n / test_fraction / test_data"):
         trainer.evaluate("test")
 
 

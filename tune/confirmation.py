@@ -97,6 +97,18 @@ def confirmation_seconds(costs: Sequence[float], *, seeds: int, slots: int) -> f
     return seeds * sum(c for c in costs if math.isfinite(c)) / max(slots, 1)
 
 
+REFIT_RUNS = {"none": 0, "train+val": 1, "all": 2}
+"""How many runs the export trains after the confirmation, by --refit (each one of the winner)."""
+
+
+def refit_cost(costs: Sequence[float], *, refit: str, larger: float) -> float:
+    """What the export's refit will take (at most): REFIT_RUNS[refit] runs of the best candidate
+    (costs: one run's seconds each, best first), each on a training part `larger` times the search's."""
+    if not costs or not math.isfinite(costs[0]):
+        return 0.0
+    return REFIT_RUNS[refit] * costs[0] * larger
+
+
 def affordable(costs: Sequence[float], *, seeds: int, slots: int, seconds: float | None) -> int:
     """How many of the candidates (costs: one run's seconds each, best candidate first) can be
     confirmed with `seeds` runs each on `slots` trial slots within `seconds` (None: all of them)."""

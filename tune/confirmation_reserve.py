@@ -11,7 +11,8 @@ take, from the search's own measurements:
 - `READ_BACK_S_PER_TRIAL` for each trial the driver reads back between the search and the
   confirmation (Tune's final read of the results, the confirmation's read of the trials), and
 - `seeds` runs of each candidate to max_epochs at its own median epoch time, spread over the trial
-  slots (`tune.confirmation.confirmation_seconds`, the rule the confirmation plans with),
+  slots (`tune.confirmation.confirmation_seconds`, the rule the confirmation plans with), and
+- the export's refit of the best of them (`tune.confirmation.refit_cost`),
 
 but never more than `most_s` (--confirm-share of the budget): the search always gets the rest. The
 confirmation then plans its runs into whatever is left, as before.
@@ -26,7 +27,7 @@ from typing import Any
 
 from ray.tune import Stopper
 
-from tune.confirmation import CONFIRM_START_S, confirmation_seconds, run_cost
+from tune.confirmation import CONFIRM_START_S, confirmation_seconds, refit_cost, run_cost
 from tune.keys import EPOCH_SECONDS, METRIC
 from tune.trial_files import epoch_rows
 
@@ -54,10 +55,22 @@ class ConfirmationReserve(Stopper):
     restore."""
 
     def __init__(
-        self, *, budget_s: float, most_s: float, top: int, seeds: int, slots: int, max_epochs: int
+        self,
+        *,
+        budget_s: float,
+        most_s: float,
+        top: int,
+        seeds: int,
+        slots: int,
+        max_epochs: int,
+        refit: str = "none",
+        refit_larger: float = 1.0,
     ) -> None:
+        """`refit`, `refit_larger`: the --refit rule, and how much larger its training part is than the
+        search's (see tune.confirmation.refit_cost)."""
         self.budget_s, self.most_s = budget_s, most_s
         self.top, self.seeds, self.slots, self.max_epochs = top, seeds, slots, max_epochs
+        self.refit, self.refit_larger = refit, refit_larger
         self._started = time.time()
         self._trials: dict[str, _TrialCost] = {}
         self._reserve_s = self._estimate()
@@ -96,6 +109,7 @@ class ConfirmationReserve(Stopper):
                 seen.add(trial.config)
                 costs.append(run_cost(trial.epoch_seconds, self.max_epochs))
         runs = confirmation_seconds(costs, seeds=self.seeds, slots=self.slots)
+        runs += refit_cost(costs, refit=self.refit, larger=self.refit_larger)
         needed = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL * len(self._trials) + runs)
         return min(needed, self.most_s)
 

@@ -35,6 +35,7 @@ from tune.confirmation import (
     confirmation_seeds,
     read_reference,
     read_run,
+    refit_cost,
     run_config,
     run_seconds,
     save_reference,
@@ -43,7 +44,7 @@ from tune.confirmation import (
 )
 from tune.confirmation_reserve import ConfirmationReserve
 from tune.dashboard import start_dashboard
-from tune.export import reference_config
+from tune.export import reference_config, reference_train_on
 from tune.keys import EPOCH, METRIC, MODE
 from tune.progress import LiveProgress, RayOutput, ray_output
 from tune.ray_session import end_leftovers_in, start_private_ray
@@ -133,7 +134,9 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
-def make_run_config(settings: ExperimentSettings, options: RunOptions, output: RayOutput) -> tune.RunConfig:
+def make_run_config(
+    settings: ExperimentSettings, options: RunOptions, output: RayOutput, dataset: Dataset
+) -> tune.RunConfig:
     callbacks: list[tune.Callback] = [
         TrialFolderLogger(),
         CheckpointRetention(metric=METRIC, mode=MODE, keep_best=settings.keep_checkpoints),
@@ -164,12 +167,12 @@ def make_run_config(settings: ExperimentSettings, options: RunOptions, output: R
         # resume from the newest there (tune/trial_files.py); CheckpointRetention deletes the
         # ones no one needs (tune/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        stop=confirmation_reserve(settings),
+        stop=confirmation_reserve(settings, dataset),
         verbose=output.run_config_verbose,
     )
 
 
-def confirmation_reserve(settings: ExperimentSettings) -> ConfirmationReserve | None:
+def confirmation_reserve(settings: ExperimentSettings, dataset: Dataset) -> ConfirmationReserve | None:
     """The stopper that ends the search once the time left of --time-budget-s is what confirming its
     best will take (tune.confirmation_reserve); None without a budget or a confirmation, where
     the search may take it all (Tune's time_budget_s ends it)."""
@@ -182,7 +185,14 @@ def confirmation_reserve(settings: ExperimentSettings) -> ConfirmationReserve | 
         seeds=settings.confirm_seeds,
         slots=concurrent_trials(settings),
         max_epochs=settings.max_epochs,
+        refit=settings.refit,
+        refit_larger=refit_larger(dataset),
     )
+
+
+def refit_larger(dataset: Dataset) -> float:
+    """How much larger the export's refit's training part (train + validation) is than the search's."""
+    return len(dataset.training_on("train+val").train) / max(len(dataset.train), 1)
 
 
 def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
@@ -232,6 +242,8 @@ def concurrent_trials(settings: ExperimentSettings) -> int:
 class RunOutcome:
     experiment_dir: Path
     seconds: float
+    deadline: float | None = None
+    """The end of --time-budget-s (epoch seconds), which the export's refit must also fit in."""
 
 
 def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space: SearchSpace) -> None:
@@ -268,7 +280,7 @@ def run_experiment(
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),
-        run_config=make_run_config(settings, options, output),
+        run_config=make_run_config(settings, options, output, dataset),
     )
     return _fit(tuner, settings, base, dataset, options)
 
@@ -319,7 +331,7 @@ def _fit(
     finally:
         if dashboard is not None:
             dashboard.stop()
-    return RunOutcome(settings.experiment_dir, time.monotonic() - started)
+    return RunOutcome(settings.experiment_dir, time.monotonic() - started, deadline)
 
 
 def settle_ended_trials(settings: ExperimentSettings, grid: tune.ResultGrid) -> int:
@@ -341,8 +353,11 @@ def run_confirmation(
 ) -> list[Confirmed]:
     """Train the best `confirm_top` configurations again with fresh seeds, and the tutorial's
     configuration once for reference, as Ray tasks on the cluster's trial slots, until done or
-    `deadline` (epoch seconds). Only as many candidates as the time left affords are run; runs a
-    resumed experiment finished before are not run again. Writes `confirm/` (tune.confirmation)."""
+    `deadline` (epoch seconds) less what the export's refit will take. Only as many candidates as
+    the time left affords after CONFIRM_START_S are run, and where that is none but the best
+    candidate's runs themselves fit, those are tried (what has not ended by the deadline is
+    cancelled); runs a resumed experiment finished before are not run again. Writes `confirm/`
+    (tune.confirmation)."""
     folder = settings.experiment_dir
     threads = max(1, int(settings.cpus_per_trial))
     study = load_experiment_study(folder, settings.to_dict())
@@ -351,8 +366,17 @@ def run_confirmation(
     seeds = confirmation_seeds(base.seed, settings.confirm_seeds)
     by_id = {r.trial_id: r for r in records}
     costs = [run_seconds(by_id[c.trial_id], settings.max_epochs) for c in chosen]
-    left = None if deadline is None else deadline - time.time() - CONFIRM_START_S
-    fits = affordable(costs, seeds=len(seeds), slots=concurrent_trials(settings), seconds=left)
+    refit_s = refit_cost(costs, refit=settings.refit, larger=refit_larger(dataset))
+    end = None if deadline is None else deadline - refit_s  # the rest is the export's refit's
+    left = None if end is None else end - time.time() - CONFIRM_START_S
+    slots = concurrent_trials(settings)
+    fits = affordable(costs, seeds=len(seeds), slots=slots, seconds=left)
+    if (
+        fits == 0
+        and end is not None
+        and affordable(costs[:1], seeds=len(seeds), slots=slots, seconds=end - time.time())
+    ):
+        fits = 1  # the workers may start sooner than CONFIRM_START_S: a try, cut at the deadline
     if fits < len(chosen):
         print(
             f"confirmation: {len(seeds)} runs each of the top {len(chosen)} would not fit in the "
@@ -375,10 +399,12 @@ def run_confirmation(
             config = run_config(base, c, seed=seed, max_epochs=settings.max_epochs)
             keep = str(checkpoint_file(folder, c.trial_id, seed)) if seed == seeds[0] else None
             pending[confirm_task.remote(config, data, threads, keep)] = (c, seed)
-    if read_reference(folder, reference_config(base).to_dict()) is None:
-        pending[ray.remote(**resources)(reference_run).remote(base, data, threads)] = None  # last in line
+    reference_on = reference_train_on(settings.refit, dataset)
+    if read_reference(folder, reference_config(base, train_on=reference_on).to_dict()) is None:
+        reference = ray.remote(**resources)(reference_run)
+        pending[reference.remote(base, data, threads, reference_on)] = None  # last in line
     while pending:
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        timeout = None if end is None else max(0.0, end - time.time())
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
         if not ready:
             break  # out of time: the candidates with every seed run are judged, the others dropped

@@ -29,7 +29,7 @@ from typing import Any
 from mf.atomic import atomic_write, atomic_write_text
 from mf.errors import MFError, user_errors_exit
 from tune.confirmation import Confirmed, read_summary
-from tune.export import BEST_DIR, METRICS_FILE, RANK_K
+from tune.export import BEST_DIR, METRICS_FILE, RANK_K, headline
 from tune.fidelity import PruningFidelity, pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.report_figures import ReportFigure, build_figures
@@ -63,6 +63,8 @@ class Comparison:
     tutorial_metrics: dict[str, float]
     best_metrics: dict[str, float]
     source: str
+    headline: str
+    """The exported model's test error, the figure to judge the run by (tune.export.headline)."""
 
 
 def compare_with_tutorial(folder: Path, records: list[TrialRecord]) -> Comparison:
@@ -79,13 +81,20 @@ def compare_with_tutorial(folder: Path, records: list[TrialRecord]) -> Compariso
     if best_trial(records).trial_id != metrics["trial_id"]:
         note = " (a better trial has ended since: export again to compare that one)"
     tutorial = metrics["tutorial"]
+    figures = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if not any(k.startswith(("val_", "test_")) for k in figures):
+        # A refit with no test part has no held-out figure: show the chosen model's, on val, beside
+        # the tutorial's (which then trained on train too).
+        figures = {k: v for k, v in metrics.get("train_only", {}).items() if isinstance(v, float)}
     return Comparison(
         tutorial_config=tutorial["config"],
         best_config={**tutorial["config"], **metrics.get("params", {})},
         best_epoch=int(metrics["epoch"]),
         tutorial_metrics={k: v for k, v in tutorial.items() if isinstance(v, float)},
-        best_metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
-        source=f"the export {BEST_DIR}/: trial {metrics['trial_id']} at epoch {metrics['epoch']}{note}",
+        best_metrics=figures,
+        source=f"the export {BEST_DIR}/: trial {metrics['trial_id']}'s configuration trained on "
+        f"{'+'.join(metrics.get('trained_on', ['train']))} for {metrics['epoch']} epochs{note}",
+        headline=headline(metrics),
     )
 
 
@@ -254,11 +263,14 @@ def render(
     figs = {f.key: _figure_html(f) for f in figures}
     fidelity = fidelity_html(pruning_fidelity(records, settings), settings)
     confirmation = confirmation_html(read_summary(folder))
+    lead = ""
     if isinstance(comparison, Comparison):
+        lead = f'<p id="headline"><b>{html.escape(comparison.headline)}</b></p>'
         compare = (
             f'<p class="note">{html.escape(comparison.source)}. The search selected on the validation '
-            "part, so the best config's val numbers flatter it; a test part (--test-n) was never seen "
-            f"by the search. Ranking metrics: top {RANK_K} of the items a user did not rate in train, "
+            "part, so val figures flatter what they were chosen by; a test part (--test-n) was never seen "
+            "by the search, and both configurations are judged on it trained on the same parts. Ranking "
+            f"metrics: top {RANK_K} of the items a user did not rate in the parts the model trained on, "
             "relevant = held-out ratings >= 4.</p>" + comparison_table(comparison, tuned)
         )
     else:
@@ -269,6 +281,7 @@ def render(
 <h1>Tuning report: {html.escape(settings.name)}</h1>
 <p>{html.escape(str(folder))}; written {time.strftime("%Y-%m-%d %H:%M:%S")}. {len(records)} trials:
 {counts[COMPLETE]} ran to max_epochs, {counts[PRUNED]} stopped by ASHA, {counts[FAIL]} failed; {state}.</p>
+{lead}
 <p class="note">data {html.escape(str(base.get("data")))}, {html.escape(split)}; space {html.escape(settings.space)}
 ({html.escape(", ".join(tuned))}); ASHA on val_mse: max_epochs {max_epochs}, grace period {settings.grace_period},
 reduction factor {settings.reduction_factor}; trial seeds {settings.trial_seed}; num_samples

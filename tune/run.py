@@ -28,6 +28,7 @@ from tune.export import (
     export_best_ranking,
     format_export,
     format_ranking_export,
+    headline,
 )
 from tune.fidelity import pruning_fidelity
 from tune.outcome import COMPLETE, FAIL, PRUNED
@@ -36,9 +37,10 @@ from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment, 
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "confirm_top": 2, "confirm_seeds": 1}
-HELD_OUT_TEST = {"last-n": ("test_n", 5), "random": ("test_fraction", 0.1)}
+HELD_OUT_TEST = {"last-n": ("test_n", 5), "random": ("test_fraction", 0.1), "time": ("test_fraction", 0.1)}
 """The test part tune.run holds out unless told otherwise (--test-n 0 / --test-fraction 0: none, the
-tutorial's split): the search selects on validation, so only a part it never saw tells the truth."""
+tutorial's split; --test-data: a file of its own): the search selects on validation, so only a part
+it never saw tells the truth."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,13 +124,15 @@ def format_summary(
     ranking_export: dict[str, Any] | None = None,
     top: int = 5,
 ) -> str:
-    """The end-of-run summary: trials and epochs, the top trials, how well ASHA's rungs ranked
-    them, the confirmation, and what was exported against the tutorial's configuration."""
+    """The end-of-run summary: its headline (the exported model's error on data it never saw), then
+    trials and epochs, the top trials, how well ASHA's rungs ranked them, the confirmation, and what
+    was exported against the tutorial's configuration."""
     counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
     # A trial the budget stopped before its first epoch is FAIL too (tune.outcome); say which they are.
     unstarted = sum(r.outcome == FAIL and r.epochs == 0 and not r.error for r in records)
     spent, fifo = epochs_spent(records), len(records) * settings.max_epochs
-    lines = [
+    lines = [headline(exported)] if exported is not None else []
+    lines += [
         f"{len(records)} trials in {seconds:.0f} s: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned by ASHA, "
         f"{counts[FAIL]} failed"
         + (f" ({unstarted} of them stopped by the budget before their first epoch)" if unstarted else ""),
@@ -181,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         fixed = explicit_keys(args)
         space = load_space(settings.space)
         space.check_against(fixed)
-        if "data" in fixed and Path(fixed["data"]).exists():
-            # Trials, the export and a later retrain may run elsewhere: keep no relative path.
-            fixed["data"] = str(Path(fixed["data"]).resolve())
-        if fixed.get("split", "last-n") in HELD_OUT_TEST:  # an unknown split is refused just below
+        for key in ("data", "val_data", "test_data"):
+            if fixed.get(key) is not None and Path(fixed[key]).exists():
+                # Trials, the export and a later retrain may run elsewhere: keep no relative path.
+                fixed[key] = str(Path(fixed[key]).resolve())
+        if fixed.get("split", "last-n") in HELD_OUT_TEST and fixed.get("test_data") is None:
             key, value = HELD_OUT_TEST[fixed.get("split", "last-n")]
             fixed.setdefault(key, value)
         base = from_dict(fixed, where="command line")
@@ -197,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_export:
         # Bound by a budget, the run does not train the tutorial's reference after it (see export_best).
         exported = export_best(
-            folder, records=records, quiet=True, train_reference=settings.time_budget_s is None
+            folder,
+            records=records,
+            quiet=True,
+            train_reference=settings.time_budget_s is None,
+            deadline=outcome.deadline,
         )
         ranking_export = export_best_ranking(folder, records=records, quiet=True)
     if exported is not None and options.mlflow_uri is not None:

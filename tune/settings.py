@@ -21,7 +21,9 @@ from mf.errors import ConfigError
 
 EXPERIMENT_FILE = "experiment.yaml"
 TRIAL_SEEDS = ("shared", "own")
-SETTINGS_OF_OLDER_RUNS = {"trial_seed": "shared"}
+REFITS = {"none": "train", "train+val": "train+val", "all": "all"}
+"""--refit: the TrainConfig.train_on of the exported model."""
+SETTINGS_OF_OLDER_RUNS = {"trial_seed": "shared", "refit": "none"}
 """Settings whose default changed, with the value an experiment.yaml written before they existed
 means: resuming or exporting an older experiment must do what its run did, not today's default."""
 
@@ -105,6 +107,14 @@ class ExperimentSettings:
         "With --time-budget-s: the most of the budget kept for the confirmation. The search ends when "
         "the time left is what confirming its best needs, by its own measurements (at most this share).",
     )
+    refit: str = setting(
+        "train+val",
+        "What the exported model trains on once the search and its confirmation chose it: `train+val`, "
+        "the chosen configuration trained again on the training and validation parts for its chosen "
+        "epochs (the test figure is this model's); `none`, the chosen run's own model (trained on "
+        "train); `all`, as train+val, and then a model for serving trained on every rating (its test "
+        "figure is the train+val model's: none can exist for it).",
+    )
     keep_checkpoints: int = setting(
         3,
         "Ended trials that keep their last checkpoint: the best N by val MSE (the export uses the "
@@ -137,6 +147,7 @@ class ExperimentSettings:
             ("confirm_top", self.confirm_top >= 0, ">= 0"),
             ("confirm_seeds", self.confirm_seeds >= 1, ">= 1"),
             ("confirm_share", 0 <= self.confirm_share < 1, "in [0, 1)"),
+            ("refit", self.refit in REFITS, f"one of {', '.join(REFITS)}"),
             (
                 "keep_checkpoints",
                 self.keep_checkpoints == -1 or self.keep_checkpoints >= 1,

@@ -232,11 +232,13 @@ def confirmation_run(
     return curve
 
 
-def reference_run(base: TrainConfig, data: Dataset, threads: int) -> tuple[dict[str, Any], dict[str, float]]:
-    """The tutorial's configuration on the experiment's split (a Ray task beside the confirmation):
-    its config and held-out metrics, as tune.export reports them."""
+def reference_run(
+    base: TrainConfig, data: Dataset, threads: int, train_on: str = "train"
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The tutorial's configuration on the experiment's split, trained on `train_on` (a Ray task
+    beside the confirmation): its config and held-out metrics, as tune.export reports them."""
     from tune.export import tutorial_metrics
 
     torch.set_num_threads(max(1, threads))
-    config, metrics = tutorial_metrics(base.to_dict(), data)
+    config, metrics = tutorial_metrics(base.to_dict(), data, train_on=train_on)
     return config.to_dict(), metrics

@@ -53,3 +53,13 @@ def lookup(ids: np.ndarray, raw_id: int) -> int | None:
     """Index of `raw_id` in sorted `ids` by binary search (no dict to pickle), or None if absent."""
     i = int(np.searchsorted(ids, raw_id))
     return i if i < len(ids) and int(ids[i]) == raw_id else None
+
+
+def lookup_many(ids: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of raw ids in sorted `ids` (int64), and a mask of the ones found (where it is False
+    the index is meaningless)."""
+    raw = np.asarray(raw, dtype=np.int64)
+    if len(ids) == 0:
+        return np.zeros(len(raw), dtype=np.int64), np.zeros(len(raw), dtype=bool)
+    at = np.minimum(np.searchsorted(ids, raw), len(ids) - 1)
+    return at.astype(np.int64), ids[at] == raw
