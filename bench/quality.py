@@ -2,23 +2,24 @@
 
 For each seed, one after the other on a quiet machine, each in a process of its own:
 
-  ours    `python -m tune.run` (its defaults: confirmation, a held-out test part unless --test-n 0,
-          the export refit on train + validation); the same run's chosen model before its refit
-          (`train_only` in its metrics.json, what --refit none exports) is the row `ours-train`
-  optuna  Optuna alone (bench.optuna_alone: TPE with the same seed + HyperbandPruner), its best
-          trial's model as its users take it; `optuna-refit`, that configuration refit the same way
+  ours     `python -m tune.run` (its defaults: confirmation, a held-out test part unless --test-n 0,
+           the export refit on train + validation); the same run's chosen model before its refit
+           (`train_only` in its metrics.json, what --refit none exports) is the row `ours-train`
+  optuna   Optuna alone (bench.optuna_alone: TPE with the same seed + HyperbandPruner), its best
+           trial's model as its users take it; `optuna-refit`, that configuration refit the same way
+  recipes  each published recipe of bench.recipes (fastai's collab recipe, Surprise's SVD and SVD++,
+           the tutorial's run), run by its own library on train + validation with the seed
 
-on the same data, split, search space and budget; then once, the hand grid: about a dozen sensible
-configurations run to max_epochs without pruning (a careful person's afternoon). It prints a row per
-seed and tool, the headline column first: the exported model's test MSE where the split has a test
-part; then the confirmed mean (ours) and the search's best val MSE (a selection figure); the median
-and the worst over seeds; and ours' paired difference by seed with each other row, its median with a
-bootstrap interval over the seeds. Also the tutorial's configuration on the same split and, on the
-planted data set, the oracle MSE (the truth's own error, the floor no model beats).
+on the same data, split (the seed splits a random one), search space and budget. It prints a row
+per seed and tool, the headline column first: the test MSE where the split has a test part; then
+the confirmed mean (ours) and the search's best val MSE (a selection figure); the median and the
+worst over seeds; and ours' paired difference by seed with each other row, its median with a
+bootstrap interval over the seeds, and against the best recipe by median. On the planted data set
+it adds the oracle MSE (the truth's own error, the floor no model beats).
 
-    python -m bench.quality                                 # ml-latest-small, 5 seeds x 2 x 420 s
-    python -m bench.quality --test-n 0                      # the tutorial's split, no test part
-    python -m bench.quality --data planted --budget-s 180   # the planted biased low-rank set
+    python -m bench.quality                                 # ml-latest-small, 5 seeds, 420 s a run
+    python -m bench.quality --data ../shared/data/ml-100k --split random --budget-s 300
+    python -m bench.quality --data planted --budget-s 300   # the planted biased low-rank set
     python -m bench.quality --seeds 0,1 --budget-s 60 --only ours --tune-arg=--brackets --tune-arg=2
 """
 
@@ -40,26 +41,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench.recipes import RECIPES, Recipe
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
 TOOLS = ("ours", "optuna")
-
-HAND_GRID: list[dict[str, Any]] = [
-    # The tutorial's run, and the neighbourhoods a person who read the MF literature would try:
-    # moderate width, an L2 penalty, AdamW's weight decay, small and large batches.
-    {"emb_dim": 32, "lr": 0.005, "weight_decay": 0.01, "l2": 0.0, "batch_size": 8192, "optimizer": "adamw"},
-    {"emb_dim": 32, "lr": 0.034, "l2": 0.135, "weight_decay": 0.25, "init_range": 0.001},
-    {"emb_dim": 64, "lr": 0.03, "l2": 0.2, "weight_decay": 0.3, "init_range": 0.001},
-    {"emb_dim": 128, "lr": 0.03, "l2": 0.135, "weight_decay": 0.25, "init_range": 0.001},
-    {"emb_dim": 32, "lr": 0.01, "l2": 0.1, "weight_decay": 0.25, "init_range": 0.001, "batch_size": 1024},
-    {"emb_dim": 64, "lr": 0.01, "l2": 0.1, "weight_decay": 0.25, "init_range": 0.001, "batch_size": 1024},
-    {"emb_dim": 128, "lr": 0.01, "l2": 0.1, "weight_decay": 0.25, "init_range": 0.001, "batch_size": 1024},
-    {"emb_dim": 16, "lr": 0.01, "l2": 0.05, "weight_decay": 0.25, "init_range": 0.001, "batch_size": 1024},
-    {"emb_dim": 32, "lr": 0.01, "l2": 0.2, "weight_decay": 0.5, "init_range": 0.001, "batch_size": 1024},
-    {"emb_dim": 32, "lr": 0.005, "l2": 0.05, "weight_decay": 0.1, "init_range": 0.001, "batch_size": 1024},
-    {"emb_dim": 32, "lr": 0.02, "l2": 0.1, "weight_decay": 0.1, "init_range": 0.001, "batch_size": 2048},
-    {"emb_dim": 32, "lr": 0.003, "l2": 0.02, "weight_decay": 0.01, "init_range": 0.01, "batch_size": 256},
-]
+RECIPE_NAMES = tuple(r.name for r in RECIPES)
 
 
 @dataclass
@@ -67,7 +54,7 @@ class Row:
     tool: str
     seed: int | None
     best_val_mse: float | None
-    """The search's best val MSE (its minimum over trials and epochs); the grid's best config's."""
+    """The search's best val MSE (its minimum over trials and epochs); none for a recipe."""
     test_mse: float | None
     """The model's test MSE (where the split has a test part): the headline figure."""
     exported_val_mse: float | None = None
@@ -156,45 +143,25 @@ def run_optuna(args: argparse.Namespace, seed: int, work: Path) -> Row:
     return rows
 
 
-def hand_grid(args: argparse.Namespace) -> dict[str, Any]:
-    """The child: every hand configuration to max_epochs, no pruning; each one's best epoch."""
+def run_recipe(args: argparse.Namespace, recipe: str, seed: int, work: Path) -> list[Row]:
+    config, out = work / "split.yaml", work / f"{recipe}-{seed}.json"
+    config.write_text(yaml.safe_dump(split_keys(args)))
+    cmd = [sys.executable, "-m", "bench.recipes", "--recipe", recipe, "--data", str(args.data)]
+    cmd += ["--config", str(config), "--seed", str(seed), "--out", str(out)]
+    seconds = launch(cmd, work / f"{recipe}-{seed}.log")
+    return [Row(recipe, seed, None, json.loads(out.read_text())["test_mse"], seconds=seconds)]
+
+
+def oracle(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    """On the planted set, the truth's own MSE on the seed's held-out parts."""
+    from bench.planted import read_truth
     from mf.config import TrainConfig
-    from mf.metrics import prefixed
-    from mf.training import Trainer, dataset_for
+    from mf.training import dataset_for
 
-    base = TrainConfig(data=str(args.data), epochs=args.max_epochs, **split_keys(args))
-    dataset = dataset_for(base)
-    results = []
-    for values in HAND_GRID:
-        trainer = Trainer(base.replace(**values), dataset)
-        trainer.fit()
-        trainer.rewind_to_best()
-        result = {"config": values, "epoch": trainer.epoch, "val_mse": trainer.best.val_mse}
-        if dataset.test is not None:
-            result.update(prefixed(trainer.evaluate("test"), "test"))
-        results.append(result)
-    out: dict[str, Any] = {"configs": results}
-    if (Path(args.data) / "truth.npz").is_file():
-        from bench.planted import read_truth
-
-        truth = read_truth(Path(args.data))
-        out["oracle_val_mse"] = truth.oracle_mse(dataset, "val")
-        if dataset.test is not None:
-            out["oracle_test_mse"] = truth.oracle_mse(dataset, "test")
-    return out
-
-
-def run_grid(args: argparse.Namespace, work: Path) -> tuple[Row, dict[str, Any]]:
-    out = work / "grid.json"
-    cmd = [sys.executable, "-m", "bench.quality", "--child-grid", str(out), "--data", str(args.data)]
-    cmd += ["--max-epochs", str(args.max_epochs), "--split", args.split, "--test-n", str(args.test_n)]
-    cmd += ["--val-fraction", str(args.val_fraction), "--test-fraction", str(args.test_fraction)]
-    seconds = launch(cmd, work / "grid.log")
-    record = json.loads(out.read_text())
-    best = min(record["configs"], key=lambda r: r["val_mse"])
-    row = Row("hand grid", None, best["val_mse"], best.get("test_mse"), best["val_mse"], seconds=seconds)
-    row.trials, row.epochs = len(record["configs"]), len(record["configs"]) * args.max_epochs
-    return row, record
+    truth = read_truth(Path(args.data))
+    dataset = dataset_for(TrainConfig(data=str(args.data), seed=seed, **split_keys(args)))
+    parts = ("val", "test") if dataset.test is not None else ("val",)
+    return {f"oracle_{p}_mse": truth.oracle_mse(dataset, p) for p in parts}
 
 
 # ------------------------------------------------------------------ the table
@@ -245,6 +212,24 @@ def bootstrap_median(
     return float(np.median(data)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
+def against_the_best_recipe(rows: list[Row], recipes: list[str], *, ours: str = "ours") -> list[str]:
+    """Ours against the recipe whose median test MSE is lowest: the margin of ours' median below it,
+    and whether ours' worst seed is below it too."""
+    medians = {
+        t: statistics.median(v)
+        for t in (ours, *recipes)
+        if (v := [r.test_mse for r in rows if r.tool == t and r.test_mse is not None])
+    }
+    if ours not in medians or len(medians) < 2:
+        return []
+    best = min((t for t in medians if t != ours), key=medians.get)
+    worst = max(r.test_mse for r in rows if r.tool == ours and r.test_mse is not None)
+    return [
+        f"the best recipe by median: {best} {medians[best]:.4f}; ours' median {medians[ours]:.4f} "
+        f"({medians[ours] - medians[best]:+.4f}), ours' worst {worst:.4f} ({worst - medians[best]:+.4f})"
+    ]
+
+
 def paired_differences(rows: list[Row], *, column: str = "test_mse", ours: str = "ours") -> list[str]:
     """Ours minus each other tool, seed by seed on `column` (negative: ours lower, better): the
     median with its bootstrap interval, and on how many seeds ours was lower."""
@@ -277,28 +262,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--space", default="default")
     parser.add_argument("--max-epochs", type=int, default=30)
-    parser.add_argument("--split", default="last-n", choices=("last-n", "random"))
+    parser.add_argument("--split", default="last-n", choices=("last-n", "random", "time"))
     parser.add_argument(
         "--test-n", type=int, default=5, help="last-n: test ratings per user (0: the tutorial's split)"
     )
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--only", default="ours,optuna,grid", help="of ours, optuna, grid (default all)")
+    parser.add_argument(
+        "--only",
+        default=",".join((*TOOLS, *RECIPE_NAMES)),
+        help=f"of {', '.join((*TOOLS, *RECIPE_NAMES))} (default all)",
+    )
     parser.add_argument("--tune-arg", action="append", default=[], help="an extra flag for tune.run (repeat)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--work-dir", type=Path, help="keep the runs here (default: a temp dir)")
-    parser.add_argument("--child-grid", type=Path, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.child_grid:
-        args.child_grid.write_text(json.dumps(hand_grid(args)))
-        return 0
-    only = {x.strip() for x in args.only.split(",") if x.strip()}
-    if not only or not only <= {*TOOLS, "grid"}:
-        print(f"error: --only: {args.only!r} must list some of ours, optuna, grid", file=sys.stderr)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if not only or not set(only) <= {*TOOLS, *RECIPE_NAMES}:
+        print(
+            f"error: --only: {args.only!r} must list some of {', '.join((*TOOLS, *RECIPE_NAMES))}",
+            file=sys.stderr,
+        )
+        return 2
+    missing = missing_libraries([r for r in RECIPES if r.name in only])
+    if missing:
+        print(
+            f"error: the recipes need {', '.join(missing)}: see bench/README.md, the references",
+            file=sys.stderr,
+        )
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
@@ -312,46 +307,39 @@ def main(argv: list[str] | None = None) -> int:
                 write_planted(args.data)
         args.data = Path(args.data).resolve()
         print(
-            f"bench.quality: {args.data.name}, split {args.split} (test_n {args.test_n}), space {args.space}, "
-            f"{args.budget_s:g} s per run, seeds {seeds}, {os.cpu_count()} CPUs, extra tune.run flags "
-            f"{args.tune_arg or 'none'}",
+            f"bench.quality: {args.data.name}, split {args.split} (test_n {args.test_n}, fractions "
+            f"{args.val_fraction}/{args.test_fraction}), space {args.space}, {args.budget_s:g} s per run, "
+            f"seeds {seeds}, {os.cpu_count()} CPUs, extra tune.run flags {args.tune_arg or 'none'}",
             flush=True,
         )
         rows: list[Row] = []
-        extra: dict[str, Any] = {"tutorial": {}}
+        extra: dict[str, Any] = {"tutorial": {}, "oracle": {}}
         for seed in seeds:
-            for tool in TOOLS:
-                if tool not in only:
-                    continue
+            for tool in only:
                 print(f"-- seed {seed}: {tool} (load average {os.getloadavg()[0]:.2f}) ...", flush=True)
                 if tool == "ours":
                     new, metrics = run_ours(args, seed, work)
                     extra["tutorial"][seed] = {k: v for k, v in metrics["tutorial"].items() if k != "config"}
-                else:
+                elif tool == "optuna":
                     new = run_optuna(args, seed, work)
+                else:
+                    new = run_recipe(args, tool, seed, work)
                 rows += new
                 for row in new:
                     print("   " + format_rows([row])[1], flush=True)
-        if "grid" in only:
-            print("-- hand grid ...", flush=True)
-            row, extra["grid"] = run_grid(args, work)
-            rows.append(row)
+            if (args.data / "truth.npz").is_file():
+                extra["oracle"][seed] = oracle(args, seed)
         print("\n".join(format_rows(rows)))
         print("\n".join(format_summary(rows)))
         column = "test_mse" if any(r.test_mse is not None for r in rows) else "best_val_mse"
         print("\n".join(paired_differences(rows, column=column)))
-        grid = extra.get("grid", {})
-        if "grid" in only:
-            print(f"hand grid best of {len(grid['configs'])}: val {_cell(rows[-1].best_val_mse, 0)}")
-        # With --confirm-top 0 the tutorial's reference run is skipped (it runs in the confirmation's share).
-        tutorial = next((t for t in extra["tutorial"].values() if "val_mse" in t or "test_mse" in t), None)
-        if tutorial:
-            figures = [f"{p} {tutorial[f'{p}_mse']:.4f}" for p in ("test", "val") if f"{p}_mse" in tutorial]
-            print(f"the tutorial's configuration on this split: {', '.join(figures)}")
-        if "oracle_val_mse" in grid:
+        print("\n".join(against_the_best_recipe(rows, [t for t in only if t in RECIPE_NAMES])))
+        if extra["oracle"]:
+            tests = [o["oracle_test_mse"] for o in extra["oracle"].values() if "oracle_test_mse" in o]
+            vals = [o["oracle_val_mse"] for o in extra["oracle"].values()]
             print(
-                f"oracle (the planted truth itself): val {grid['oracle_val_mse']:.4f}"
-                + (f", test {grid['oracle_test_mse']:.4f}" if "oracle_test_mse" in grid else "")
+                f"oracle (the planted truth itself), median over the seeds' splits: val {statistics.median(vals):.4f}"
+                + (f", test {statistics.median(tests):.4f}" if tests else "")
             )
         if args.json:
             settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -360,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
                 + "\n"
             )
     return 0
+
+
+def missing_libraries(recipes: list[Recipe]) -> list[str]:
+    """The libraries `recipes` need that are not installed here."""
+    import importlib.util
+
+    return sorted(
+        {r.library for r in recipes if r.library != "mf-tune" and importlib.util.find_spec(r.library) is None}
+    )
 
 
 if __name__ == "__main__":

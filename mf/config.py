@@ -22,7 +22,7 @@ SplitMethod = Literal["last-n", "random", "time"]
 TrainOn = Literal["train", "train+val", "all"]
 Optimizer = Literal["adamw", "sparse_adam", "lazy_adamw"]
 Device = Literal["auto", "cpu", "cuda"]
-LrSchedule = Literal["constant", "cosine"]
+LrSchedule = Literal["constant", "cosine", "linear", "one-cycle"]
 
 
 def key(default: Any, doc: str) -> Any:
@@ -93,12 +93,18 @@ class TrainConfig:
     lr: float = key(0.005, "Learning rate.")
     lr_schedule: LrSchedule = key(
         "constant",
-        "`constant`, or `cosine`: epoch e + 1 trains at lr * (1 + cos(pi * e / schedule_epochs)) / 2.",
+        "How the learning rate moves over the schedule's span (schedule_epochs): `constant`; `cosine` and "
+        "`linear` fall from lr to lr * lr_floor; `one-cycle`, fastai's fit_one_cycle: up from lr / 25 to lr "
+        "over the first quarter, then down to lr / 2.5e6 (half cosines). It moves in SCHEDULE_PIECES "
+        "steps over the span, each piece a run of optimiser steps at one lr.",
     )
     schedule_epochs: int = key(
         0,
-        "cosine: the epochs the schedule spans (0: `epochs`); a trial's is ASHA's max epochs, kept "
-        "when its config is exported with fewer epochs, so that a retrain repeats it.",
+        "The epochs the schedule spans (0: `epochs`); a trial's is ASHA's max epochs, kept when its config "
+        "is exported with fewer epochs, so that a retrain repeats it. Past it the lr stays at its end.",
+    )
+    lr_floor: float = key(
+        0.0, "cosine, linear: the learning rate at the schedule's end, as a fraction of lr."
     )
     swa_start: int = key(
         0,
@@ -109,6 +115,14 @@ class TrainConfig:
     )
     weight_decay: float = key(
         0.01, "AdamW's decoupled weight decay on every parameter (PyTorch's default 0.01, as the tutorial)."
+    )
+    epoch_decay: float = key(
+        0.0,
+        "When > 0, AdamW's weight decay is set from it so that its decoupled decay over an epoch at the "
+        "base lr is this much: weight_decay = epoch_decay * batch_size / (lr * ratings an epoch). A step "
+        "decays by lr * weight_decay, and an epoch takes ratings / batch_size steps, so the same "
+        "weight_decay regularises a small batch many times more: tuned this way, one value serves every "
+        "batch size and lr. 0: weight_decay as given.",
     )
     l2: float = key(
         0.0, "L2 penalty on the embeddings of each batch: l2 * mean(|p_u|^2 + |q_i|^2) added to the MSE."
@@ -202,10 +216,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("lr", cfg.lr > 0, "> 0"),
         ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
         ("l2", cfg.l2 >= 0, ">= 0"),
+        ("epoch_decay", cfg.epoch_decay >= 0, ">= 0"),
         ("batch_size", cfg.batch_size >= 1, ">= 1"),
         ("epochs", cfg.epochs >= 1, ">= 1"),
         ("epoch_ratings", cfg.epoch_ratings >= 0, ">= 0"),
         ("schedule_epochs", cfg.schedule_epochs >= 0, ">= 0"),
+        ("lr_floor", 0 <= cfg.lr_floor <= 1, "in [0, 1]"),
         ("swa_start", cfg.swa_start >= 0, ">= 0"),
         ("threads", cfg.threads >= 0, ">= 0"),
         ("val_ndcg_k", cfg.val_ndcg_k >= 0, ">= 0"),
@@ -221,6 +237,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise ConfigError(
             f"val_fraction + test_fraction: {cfg.val_fraction} + {cfg.test_fraction} must be < 1"
+        )
+    if cfg.optimizer == "sparse_adam" and cfg.epoch_decay > 0:
+        raise ConfigError(
+            f"epoch_decay: {cfg.epoch_decay} cannot be used with optimizer 'sparse_adam' (SparseAdam has no "
+            "weight decay); set epoch_decay: 0 and regularise with l2"
         )
     if cfg.optimizer == "sparse_adam" and cfg.weight_decay > 0:
         raise ConfigError(
@@ -248,12 +269,39 @@ TUTORIAL_RUN: dict[str, Any] = {
 """The tutorial's own run, spelt out so that it stays the tutorial's whatever the defaults become."""
 
 
-def lr_at(config: TrainConfig, epochs_done: int) -> float:
-    """The learning rate of the epoch after `epochs_done` epochs, as `lr_schedule` says."""
+def weight_decay_for(config: TrainConfig, epoch_ratings: int) -> float:
+    """AdamW's weight decay for `config` where an epoch trains `epoch_ratings` ratings: weight_decay,
+    or the one that decays by epoch_decay an epoch at the base lr (see the key)."""
+    if config.epoch_decay <= 0:
+        return config.weight_decay
+    return config.epoch_decay * config.batch_size / (config.lr * max(epoch_ratings, 1))
+
+
+SCHEDULE_PIECES = 100
+"""A schedule's span is trained in this many pieces of constant lr (each a multiple of the batch, and
+at least one a pass): smooth to the eye, and LazyAdamW, whose owed decay is counted at one lr,
+settles every row only this often."""
+ONE_CYCLE_WARMUP, ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV = 0.25, 25.0, 1e5
+"""fastai's fit_one_cycle defaults: pct_start, div, div_final."""
+
+
+def lr_at(config: TrainConfig, progress: float) -> float:
+    """The learning rate at `progress` through the schedule (0: its start, 1: its end; beyond it,
+    the end's), as `lr_schedule` says."""
+    t, lr = min(max(progress, 0.0), 1.0), config.lr
     if config.lr_schedule == "constant":
-        return config.lr
-    span = config.schedule_epochs or config.epochs
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(epochs_done, span) / span))
+        return lr
+    if config.lr_schedule == "cosine":
+        return lr * (config.lr_floor + (1.0 - config.lr_floor) * (1.0 + math.cos(math.pi * t)) / 2.0)
+    if config.lr_schedule == "linear":
+        return lr * (config.lr_floor + (1.0 - config.lr_floor) * (1.0 - t))
+    start = lr / ONE_CYCLE_DIV
+    if t < ONE_CYCLE_WARMUP:  # one-cycle: a half cosine up, then one down
+        return start + (lr - start) * (1.0 - math.cos(math.pi * t / ONE_CYCLE_WARMUP)) / 2.0
+    end = start / ONE_CYCLE_FINAL_DIV
+    return (
+        end + (lr - end) * (1.0 + math.cos(math.pi * (t - ONE_CYCLE_WARMUP) / (1.0 - ONE_CYCLE_WARMUP))) / 2.0
+    )
 
 
 def tutorial_config(**keys: Any) -> TrainConfig:
@@ -332,6 +380,8 @@ __all__ = [
     "parse_value",
     "TUTORIAL_RUN",
     "lr_at",
+    "SCHEDULE_PIECES",
+    "weight_decay_for",
     "tutorial_config",
     "yaml_number",
 ]

@@ -11,7 +11,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from mf import fused_step, shuffle
 from mf.atomic import atomic_write
-from mf.config import TrainConfig, from_dict, lr_at
+from mf.config import SCHEDULE_PIECES, TrainConfig, from_dict, lr_at, weight_decay_for
 from mf.data import Dataset, Interactions, prepare_dataset
 from mf.epoch_ndcg import EpochNDCG
 from mf.errors import MFError
@@ -136,25 +136,21 @@ def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:
     )
 
 
-def build_optimizers(config: TrainConfig, model: MFAdvanced) -> list[Any]:
-    """The optimiser(s) of `config.optimizer`, over `model`'s parameters.
+def build_optimizers(config: TrainConfig, model: MFAdvanced, epoch_ratings: int) -> list[Any]:
+    """The optimiser(s) of `config.optimizer`, over `model`'s parameters (an epoch trains
+    `epoch_ratings` ratings: see weight_decay_for).
 
     `lazy_adamw`: LazyAdamW over the user rows and item rows (factors and bias side by side) and the
     offset, idle rows brought up to date as dense AdamW would have moved them (the model's tables then
     live in the optimiser's table, see mf.optim); `adamw`: dense AdamW over everything (the
     tutorial); `sparse_adam`: SparseAdam for the tables + Adam for the offset.
     """
+    decay = weight_decay_for(config, epoch_ratings)
     if config.optimizer == "lazy_adamw":
         users, items = model.row_tables()
-        return [
-            LazyAdamW(
-                [users, items], model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay
-            )
-        ]
+        return [LazyAdamW([users, items], model.dense_parameters(), lr=config.lr, weight_decay=decay)]
     if config.optimizer == "adamw":
-        return [
-            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        ]
+        return [torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=decay, fused=True)]
     sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     dense = [p for n, p in model.named_parameters() if n == "offset"]
     optimizers: list[Any] = [torch.optim.SparseAdam(sparse, lr=config.lr)]
@@ -215,7 +211,8 @@ class Trainer:
         self._pass_rng_state = self.generator.get_state()
 
     def _build_optimizers(self) -> None:
-        self.optimizers = build_optimizers(self.config, self.model)
+        epoch = self.config.epoch_ratings or len(self.dataset.train)
+        self.optimizers = build_optimizers(self.config, self.model, epoch)
         lazy = self.lazy
         use = lazy is not None and self._want_fused is not False and fused_step.available(self.model, lazy)
         self.fused = fused_step.FusedStep(self.model, lazy, l2=self.config.l2) if use else None
@@ -232,11 +229,18 @@ class Trainer:
         cfg, part = self.config, self.train_part
         started = time.perf_counter()
         self.model.train()
-        self._set_lr(lr_at(cfg, self.epoch))  # every row is settled between epochs: safe for LazyAdamW
         step = self._lazy_step if self.lazy is not None else self._autograd_step
         loss_sum = torch.zeros((), device=self.device)
         trained = 0
-        for order in self._epoch_slices():
+        slices = self._epoch_slices()
+        pieces = self._pieces(sum(len(s) for s in slices))
+        lr = None
+        for k, order in _cut(slices, [n for n, _ in pieces]):
+            if pieces[k][1] != lr:
+                if lr is not None:
+                    self.settle()  # LazyAdamW counts the decay a row owes at one lr
+                lr = pieces[k][1]
+                self._set_lr(lr)
             if self.fused is not None:  # the whole slice in one compiled call
                 loss_sum += self.fused.train(part.users, part.items, part.ratings, order, cfg.batch_size)
             else:
@@ -285,6 +289,24 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # its throwaway init leaves the global RNG alone
             shell = build_model(self.config, self.dataset.n_users, self.dataset.n_items)
         return AveragedModel(shell.to(self.device))
+
+    def _pieces(self, size: int) -> list[tuple[int, float]]:
+        """This epoch's `size` ratings in runs of one learning rate, in order: (ratings, lr).
+
+        The schedule's span (schedule_epochs, else epochs) is cut into about SCHEDULE_PIECES pieces,
+        so many a pass, each a whole number of batches, each at the lr of its middle."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            return [(size, cfg.lr)]
+        span = cfg.schedule_epochs or cfg.epochs
+        per_epoch = max(1, math.ceil(SCHEDULE_PIECES / span))
+        length = max(1, math.ceil(size / per_epoch / cfg.batch_size)) * cfg.batch_size
+        pieces, start = [], 0
+        while start < size:
+            n = min(length, size - start)
+            pieces.append((n, lr_at(cfg, (self.epoch + (start + n / 2) / size) / span)))
+            start += n
+        return pieces
 
     def _epoch_slices(self) -> list[torch.Tensor]:
         """The positions of the training ratings this epoch trains on, in order, as slices of shuffled passes.
@@ -469,6 +491,19 @@ class Trainer:
         trainer = cls(from_dict(state["config"], where=f"{path} (config)"), dataset, device=device)
         trainer.load_state(state, source=str(path))
         return trainer
+
+
+def _cut(slices: list[torch.Tensor], lengths: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """`slices` (in order) cut where the runs of `lengths` (which add up to them) end: (run, part)."""
+    run, left = 0, lengths[0]
+    for order in slices:
+        start = 0
+        while start < len(order):
+            take = min(left, len(order) - start)
+            yield run, order[start : start + take]
+            start, left = start + take, left - take
+            if left == 0 and run + 1 < len(lengths):
+                run, left = run + 1, lengths[run + 1]
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -23,6 +23,7 @@ Kind = Literal["float", "int", "categorical"]
 KINDS: tuple[str, ...] = get_args(Kind)
 
 TUNABLE_KEYS: tuple[str, ...] = (
+    "epochs",  # a trial's own length, at most --max-epochs (tune.settings.trial_epochs)
     "emb_dim",
     "bias",
     "init",
@@ -32,8 +33,10 @@ TUNABLE_KEYS: tuple[str, ...] = (
     "optimizer",
     "lr",
     "lr_schedule",
+    "lr_floor",
     "swa_start",
     "weight_decay",
+    "epoch_decay",
     "l2",
     "batch_size",
 )
@@ -55,7 +58,6 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
     "test_n": _SPLIT,
     "val_fraction": _SPLIT,
     "test_fraction": _SPLIT,
-    "epochs": ("set by --max-epochs (ASHA's max_t, the most epochs a trial may train)", "use --max-epochs"),
     "seed": ("fixed for a study so that trials differ only in their hyperparameters", "set it in the config"),
     "split_seed": _SPLIT,
     "val_data": _SPLIT,
@@ -65,8 +67,8 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
         "use --refit",
     ),
     "schedule_epochs": (
-        "set by --max-epochs for every trial (the span of a cosine schedule)",
-        "use --max-epochs",
+        "a trial's own epochs (the span of its learning-rate schedule)",
+        "tune epochs, or set --max-epochs",
     ),
     "val_ndcg_k": ("what each epoch measures, not how the model trains", "use --val-ndcg-k"),
     "epoch_ratings": (
@@ -309,6 +311,11 @@ class SearchSpace:
                     f"{self.name}: params[{key!r}] holds a Param named {param.name!r}; use one name"
                 )
             check_tunable(key, where=self.name)
+            if key == "epoch_decay" and "weight_decay" in self.params:
+                raise ConfigError(
+                    f"{self.name}: params epoch_decay and weight_decay: epoch_decay sets the weight decay, "
+                    "so tune one of them"
+                )
             _check_kind_fits_key(param, where=self.name)
             for end, value in param.ends():
                 try:

@@ -26,11 +26,15 @@ def curves(history: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 @pytest.mark.parametrize("idle", ["dense", "decay", "none"])
-@pytest.mark.parametrize(("bias", "sigmoid"), [(True, True), (False, True), (True, False)])
-def test_fused_step_trains_what_the_torch_path_trains(idle: str, bias: bool, sigmoid: bool):
+@pytest.mark.parametrize(
+    ("bias", "sigmoid", "schedule"),
+    [(True, True, "constant"), (False, True, "one-cycle"), (True, False, "cosine")],
+)
+def test_fused_step_trains_what_the_torch_path_trains(idle: str, bias: bool, sigmoid: bool, schedule: str):
     data = tiny_dataset()
-    # Batches of 32 of 260 ratings: most rows are idle at most steps, so every idle rule matters.
-    cfg = config(bias=bias, sigmoid=sigmoid)
+    # Batches of 32 of 260 ratings: most rows are idle at most steps, so every idle rule matters; a
+    # schedule spanning 20 epochs changes the lr 5 times an epoch, and each time the rows settle.
+    cfg = config(bias=bias, sigmoid=sigmoid, lr_schedule=schedule, schedule_epochs=20)
     fused, torch_path = Trainer(cfg, data, fused=True), Trainer(cfg, data, fused=False)
     assert fused.fused is not None and torch_path.fused is None
     fused.lazy.idle = torch_path.lazy.idle = idle

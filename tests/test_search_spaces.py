@@ -227,7 +227,7 @@ def test_load_space_suggests_the_key_for_another_library_s_name(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("key", "why"),
     [
-        ("epochs", "set by --max-epochs (ASHA's max_t"),
+        ("schedule_epochs", "a trial's own epochs"),
         ("seed", "fixed for a study"),
         ("val_n", "train/validation split"),
         ("data", "the data set"),
@@ -438,5 +438,14 @@ def test_search_space_checks_names_when_built_in_code() -> None:
     # A params key must match its Param, and name a tunable key.
     with pytest.raises(ConfigError, match=r"mine: params\['lr'\] holds a Param named 'l2'"):
         SearchSpace("mine", {"lr": Param("l2", "float", low=0.0, high=1.0)})
-    with pytest.raises(ConfigError, match=r"mine: param epochs: cannot be tuned"):
-        SearchSpace("mine", {"epochs": Param("epochs", "int", low=1, high=20)})
+    with pytest.raises(ConfigError, match=r"mine: param seed: cannot be tuned"):
+        SearchSpace("mine", {"seed": Param("seed", "int", low=1, high=20)})
+    # A trial's weight decay comes from one key or the other.
+    with pytest.raises(ConfigError, match=r"mine: params epoch_decay and weight_decay: .* tune one of them"):
+        SearchSpace(
+            "mine",
+            {
+                "weight_decay": Param("weight_decay", "float", low=0.01, high=1.0),
+                "epoch_decay": Param("epoch_decay", "float", low=0.01, high=1.0),
+            },
+        )

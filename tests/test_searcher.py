@@ -15,12 +15,14 @@ from tune.searcher import StudySearcher, settle_stopped_trials
 from tune.study_storage import open_storage
 
 
-def make_searcher(tmp_path: Path, max_epochs: int = 4, num_samples: int = -1) -> StudySearcher:
+def make_searcher(
+    tmp_path: Path, max_epochs: int = 4, num_samples: int = -1, space: str = "default"
+) -> StudySearcher:
     location = str(tmp_path / "optuna.journal")
     if not (tmp_path / "optuna.journal").exists():
         optuna.create_study(study_name="s", storage=open_storage(location, writer=True))
     return StudySearcher(
-        space=load_space("default").to_optuna(),
+        space=load_space(space).to_optuna(),
         study_location=location,
         study_name="s",
         seed=0,
@@ -29,8 +31,11 @@ def make_searcher(tmp_path: Path, max_epochs: int = 4, num_samples: int = -1) ->
     )
 
 
-def run(searcher: StudySearcher, trial_id: str, curve: list[float], **complete) -> None:
-    searcher.suggest(trial_id)
+def run(
+    searcher: StudySearcher, trial_id: str, curve: list[float], *, suggest: bool = True, **complete
+) -> None:
+    if suggest:
+        searcher.suggest(trial_id)
     for epoch, mse in enumerate(curve[:-1], start=1):
         searcher.on_trial_result(trial_id, {"epoch": epoch, "val_mse": mse})
     # Tune passes the result that ends a trial to on_trial_complete only.
@@ -59,6 +64,24 @@ def test_stopped_trial_is_pruned_with_its_curve(tmp_path: Path):
     assert t.state == TrialState.PRUNED
     assert t.intermediate_values == {1: 1.3, 2: 1.1}
     assert t.value == pytest.approx(1.1)
+
+
+def test_a_trial_that_trains_its_own_epochs_is_complete_when_it_reaches_them(tmp_path: Path):
+    space = tmp_path / "length.yaml"
+    space.write_text(
+        "params:\n  epochs: {type: int, low: 2, high: 3}\n  lr: {type: float, low: 0.01, high: 0.1}\n"
+    )
+    searcher = make_searcher(tmp_path, max_epochs=10, space=str(space))
+    for trial_id in ("a", "b", "c", "d"):
+        epochs = searcher.suggest(trial_id)["epochs"]
+        run(searcher, trial_id, [1.0, 0.9, 0.8][:epochs], suggest=False)
+        # Its own length (2 or 3 epochs of 10): COMPLETE at its best epoch, not stopped.
+        assert study_trial(searcher, trial_id).state == TrialState.COMPLETE
+        assert study_trial(searcher, trial_id).value == pytest.approx([1.0, 0.9, 0.8][epochs - 1])
+    # One ended a rung before its own end: stopped.
+    epochs = searcher.suggest("e")["epochs"]
+    run(searcher, "e", [1.0, 0.9, 0.8][: epochs - 1], suggest=False)
+    assert study_trial(searcher, "e").state == TrialState.PRUNED
 
 
 def test_diverged_and_crashed_trials_fail(tmp_path: Path):

@@ -85,6 +85,24 @@ def test_a_batched_report_unpacks_into_one_result_per_epoch():
     assert epoch_rows(rows[0]) == [rows[0]] and batched(rows[:1]) == rows[0]
 
 
+def test_a_trial_trains_its_own_epochs_if_the_space_tunes_them_and_its_schedule_spans_them():
+    from mf.config import TrainConfig
+    from tune.settings import trial_config, trial_epochs
+
+    base = TrainConfig(lr_schedule="one-cycle")
+    # Not tuned: ASHA's max epochs, which the schedule spans.
+    assert (trial_config(base, {"lr": 0.01}, 30).epochs, trial_config(base, {}, 30).schedule_epochs) == (
+        30,
+        30,
+    )
+    # Tuned: the trial's own, at most max epochs; its schedule spans them.
+    own = trial_config(base, {"lr": 0.01, "epochs": 5}, 30)
+    assert (own.epochs, own.schedule_epochs, own.lr) == (5, 5, 0.01)
+    assert trial_epochs({"epochs": 50}, 30) == trial_config(base, {"epochs": 50}, 30).epochs == 30
+    # A schedule span the base sets stays.
+    assert trial_config(base.replace(schedule_epochs=8), {"epochs": 5}, 30).schedule_epochs == 8
+
+
 def test_own_trial_seeds_are_fixed_by_the_parameters_and_keep_the_split():
     from mf.config import TrainConfig
     from mf.errors import ConfigError
@@ -122,3 +140,14 @@ def test_an_experiment_recorded_before_a_default_changed_keeps_what_it_ran_with(
             recorded_settings({"settings": ExperimentSettings(trial_seed=value).to_dict()}).trial_seed
             == value
         )
+
+
+def test_an_epoch_is_a_pass_up_to_a_million_ratings_and_a_whole_fraction_of_one_beyond():
+    from tune.settings import epoch_ratings_for
+
+    # ml-latest-small and ml-100k: a pass (0).
+    assert epoch_ratings_for(94_736) == epoch_ratings_for(1_000_000) == 0
+    # 9M ratings: 9 epochs a pass, of 1M; 20M + 1: 21 epochs a pass, of 952,381 (21 x 952,381 is 20M + 1).
+    assert epoch_ratings_for(9_000_000) == 1_000_000
+    assert epoch_ratings_for(20_000_001) == 952_381
+    assert epoch_ratings_for(20_000_002) == 952_382  # the last epoch of the pass is a rating short

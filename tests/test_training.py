@@ -355,17 +355,44 @@ def test_trainer_uses_read_only_arrays_without_a_copy_or_a_warning(recwarn: pyte
     assert not [w for w in recwarn if "not writable" in str(w.message)]
 
 
-def test_cosine_schedule_sets_each_epochs_lr_and_lazy_adamw_follows_dense_adamw() -> None:
+def test_schedules_move_the_lr_from_its_start_to_its_end() -> None:
+    cfg = _config(lr=0.01, lr_floor=0.1)
+    at = {name: [lr_at(cfg.replace(lr_schedule=name), t) for t in (0.0, 0.25, 0.5, 1.0, 2.0)] for name in
+          ("constant", "cosine", "linear", "one-cycle")}  # fmt: skip
+    assert at["constant"] == [0.01] * 5
+    # cosine and linear fall from lr to lr * lr_floor (0.001), and stay there past the end.
+    assert at["cosine"] == pytest.approx([0.01, 0.001 + 0.009 * 0.853553, 0.0055, 0.001, 0.001], rel=1e-5)
+    assert at["linear"] == pytest.approx([0.01, 0.00775, 0.0055, 0.001, 0.001])
+    # one-cycle (fastai's defaults): from lr / 25 up to lr at a quarter, then down to lr / 2.5e6.
+    assert at["one-cycle"][0] == pytest.approx(0.0004) and at["one-cycle"][1] == pytest.approx(0.01)
+    assert at["one-cycle"][3] == pytest.approx(4e-9) and at["one-cycle"][4] == at["one-cycle"][3]
+
+
+def test_a_schedule_moves_in_pieces_of_whole_batches() -> None:
+    data = _tiny_dataset()  # 260 training ratings
+    cfg = _config(batch_size=16, epochs=3, schedule_epochs=50, lr_schedule="one-cycle")
+    trainer = Trainer(cfg, data)
+    # 100 pieces over 50 epochs: 2 an epoch, of 130 ratings rounded up to whole batches of 16 (144),
+    # and the rest (116), each at the lr of its middle.
+    pieces = trainer._pieces(260)
+    assert [n for n, _ in pieces] == [144, 116]
+    assert pieces[0][1] == pytest.approx(lr_at(cfg, (72 / 260) / 50))
+    assert pieces[1][1] == pytest.approx(lr_at(cfg, ((144 + 58) / 260) / 50))
+    # The second epoch's pieces sit one epoch further along; a constant lr is one piece.
+    trainer.run_epoch()
+    assert trainer._pieces(260)[0][1] == pytest.approx(lr_at(cfg, (1 + 72 / 260) / 50))
+    assert Trainer(cfg.replace(lr_schedule="constant"), data)._pieces(260) == [(260, cfg.lr)]
+
+
+def test_lazy_adamw_follows_dense_adamw_through_a_schedule_when_every_step_touches_every_row() -> None:
     data = _tiny_dataset()
+    # One batch an epoch touches every row: the lazy optimiser owes nothing, and settles at each lr.
     cfg = _config(
         batch_size=4096, epochs=6, schedule_epochs=8, lr_schedule="cosine", weight_decay=0.2, l2=0.05
     )
-    # Epoch e + 1 trains at lr * (1 + cos(pi * e / 8)) / 2: the whole lr first, never zero.
-    assert [round(lr_at(cfg, e) / cfg.lr, 4) for e in range(6)] == [1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087]
     lazy = Trainer(cfg.replace(optimizer="lazy_adamw"), data)
     dense = Trainer(cfg.replace(optimizer="adamw"), data)
     lazy.fit(), dense.fit()
-    # The row-sparse optimiser settles every row between epochs, so a new lr each epoch is exact.
     got, want = lazy.model.state_dict(), dense.model.state_dict()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=2e-6)
@@ -373,6 +400,17 @@ def test_cosine_schedule_sets_each_epochs_lr_and_lazy_adamw_follows_dense_adamw(
     constant = Trainer(cfg.replace(lr_schedule="constant"), data)
     constant.fit()
     assert not torch.allclose(constant.model.state_dict()["user_emb.weight"], got["user_emb.weight"])
+
+
+def test_epoch_decay_sets_the_weight_decay_that_decays_that_much_an_epoch() -> None:
+    data = _tiny_dataset()  # 260 training ratings
+    cfg = _config(epoch_decay=0.26, batch_size=10, lr=0.01, weight_decay=0.5, optimizer="adamw")
+    (opt,) = Trainer(cfg, data).optimizers
+    # 26 steps an epoch at lr 0.01: a weight decay of 1.0 decays by 0.26 an epoch (weight_decay is ignored).
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1.0)
+    # With epoch_ratings the epoch is that many ratings.
+    (opt,) = Trainer(cfg.replace(epoch_ratings=130), data).optimizers
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(2.0)
 
 
 def test_a_checkpoint_resumes_a_cosine_schedule_where_it_was(tmp_path: Path) -> None:

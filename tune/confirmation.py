@@ -24,7 +24,7 @@ from mf.config import TrainConfig
 from tune.keys import EPOCH_SECONDS
 from tune.outcome import FAIL
 from tune.results import TrialRecord
-from tune.settings import trial_config
+from tune.settings import trial_config, trial_epochs
 
 CONFIRM_START_S = 10.0
 """What the confirmation takes before its first run can end (its worker processes start and import
@@ -79,10 +79,11 @@ def candidates(records: Sequence[TrialRecord], top: int) -> list[Candidate]:
 
 
 def run_seconds(record: TrialRecord, max_epochs: int) -> float:
-    """What one confirmation run of `record`'s configuration costs (see `run_cost`)."""
+    """What one confirmation run of `record`'s configuration costs (see `run_cost`): its epochs
+    (`trial_epochs`) at its median epoch time."""
     if record.history is None or EPOCH_SECONDS not in record.history:
         return math.nan
-    return run_cost(record.history[EPOCH_SECONDS].dropna().tolist(), max_epochs)
+    return run_cost(record.history[EPOCH_SECONDS].dropna().tolist(), trial_epochs(record.params, max_epochs))
 
 
 def run_cost(epoch_seconds: Sequence[float], max_epochs: int) -> float:

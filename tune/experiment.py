@@ -52,7 +52,14 @@ from tune.results import collect_trials
 from tune.retention import CheckpointRetention
 from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.searcher import StudySearcher, settle_stopped_trials
-from tune.settings import EXPERIMENT_FILE, ExperimentSettings, RunOptions, read_experiment, recorded_settings
+from tune.settings import (
+    EXPERIMENT_FILE,
+    ExperimentSettings,
+    RunOptions,
+    epoch_ratings_for,
+    read_experiment,
+    recorded_settings,
+)
 from tune.study_storage import load_experiment_study, mend_journal, open_storage, study_location
 from tune.tracking import MlflowTracking
 from tune.trainable import (
@@ -262,6 +269,8 @@ def run_experiment(
         raise ConfigError(f"--name: {folder} already holds an experiment; pick another --name or --resume it")
     output = ray_output(verbose=options.verbose)
     dataset = dataset_for(base)
+    if base.epoch_ratings == 0:
+        base = base.replace(epoch_ratings=epoch_ratings_for(len(dataset.train)))
     connect_ray(settings, output)
     folder.mkdir(parents=True, exist_ok=True)
     create_study(settings, space)

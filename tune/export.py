@@ -182,17 +182,22 @@ def confirmed_trainer(folder: Path, base: TrainConfig, winner: Confirmed, datase
     return trainer
 
 
-def refit_config(chosen: TrainConfig, *, epochs: int, train_on: str) -> TrainConfig:
+def refit_config(chosen: TrainConfig, *, epochs: int, train_on: str, larger: float) -> TrainConfig:
     """The chosen model's configuration (its seed, split and schedule) trained from scratch on the
-    parts `train_on` names for `epochs` epochs: the same epochs, each a pass over the larger part
+    parts `train_on` names, `larger` times the chosen run's training part, for `epochs` epochs: the
+    same epochs, each as much of a pass over the larger part as it was of the smaller one
     (docs/decisions.md: the refit's epoch count)."""
-    return chosen.replace(train_on=train_on, epochs=epochs, device="auto")
+    epoch_ratings = round(chosen.epoch_ratings * larger)
+    return chosen.replace(train_on=train_on, epochs=epochs, epoch_ratings=epoch_ratings, device="auto")
 
 
 def refit(chosen: TrainConfig, dataset: Dataset, *, epochs: int, train_on: str) -> Trainer:
     """`refit_config` trained on `dataset` (the split's training part with its held-out parts)."""
-    config = refit_config(chosen, epochs=epochs, train_on=train_on)
-    trainer = Trainer(config, dataset.training_on(train_on), device="cpu")
+    data = dataset.training_on(train_on)
+    config = refit_config(
+        chosen, epochs=epochs, train_on=train_on, larger=len(data.train) / len(dataset.train)
+    )
+    trainer = Trainer(config, data, device="cpu")
     trainer.fit()
     return trainer
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tune.outcome import COMPLETE
 from tune.results import TrialRecord
 from tune.settings import ExperimentSettings
 
@@ -77,8 +78,7 @@ class PruningFidelity:
 
 
 def pruning_fidelity(records: Sequence[TrialRecord], settings: ExperimentSettings) -> PruningFidelity:
-    curves = {r.trial_id: r.curve for r in records}
-    finished = {t: c for t, c in curves.items() if c and max(c) >= settings.max_epochs}
+    finished = {r.trial_id: r.curve for r in records if r.outcome == COMPLETE and r.curve}
     final_best = pd.Series({t: min(c.values()) for t, c in finished.items()}, dtype=float)
     rungs = []
     for epoch in settings.rung_epochs:
@@ -91,7 +91,7 @@ def pruning_fidelity(records: Sequence[TrialRecord], settings: ExperimentSetting
     top = list(final_best.nsmallest(TOP).index)
     stopped = 0
     if first is not None:
-        recorded = np.array([c[first] for c in curves.values() if first in c])
+        recorded = np.array([c[first] for r in records if first in (c := r.curve)])
         if len(recorded):
             cutoff = np.quantile(recorded, 1.0 / settings.reduction_factor)
             stopped = sum(finished[t][first] > cutoff for t in top if first in finished[t])

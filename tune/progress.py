@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from tune.keys import ALREADY_LOGGED, VAL_MSE
 from tune.outcome import COMPLETE, FAIL, PRUNED, outcome_of_last
+from tune.settings import trial_epochs
 from tune.trial_files import epoch_rows
 
 SHOWN = {COMPLETE: "complete", PRUNED: "pruned", FAIL: "failed"}
@@ -79,8 +80,10 @@ def ray_output(*, verbose: bool) -> RayOutput:
 
 
 def trial_outcome(status: str, last: Mapping[str, Any], max_epochs: int) -> str:
-    """How a trial ended, from Tune's status and its last result (tune.outcome's rule)."""
-    return outcome_of_last(dict(last), failed=status == "ERROR", max_epochs=max_epochs)
+    """How a trial ended, from Tune's status and its last result (tune.outcome's rule; Tune puts the
+    trial's parameters in it, which may set its own length)."""
+    own = trial_epochs(last.get("config") or {}, max_epochs)
+    return outcome_of_last(dict(last), failed=status == "ERROR", max_epochs=own)
 
 
 @dataclass

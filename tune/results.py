@@ -33,6 +33,7 @@ from tune.keys import (
     WARM_START_FROM,
 )
 from tune.outcome import FAIL, RUNNING, outcome_of_curve
+from tune.settings import trial_epochs
 from tune.trial_files import (
     ERROR_EVENT,
     EVENTS_FILE,
@@ -120,18 +121,19 @@ def _from_folders(folder: Path, *, max_epochs: int) -> list[TrialRecord]:
     records = []
     for trial_dir in trial_folders(folder):
         results = read_results(trial_dir)
+        params = read_params(trial_dir) or {}
         ended = bool(results) and has_ended(results[-1])
         state = outcome_of_curve(
             curve_of(results, METRIC, EPOCH),
             failed=bool(results) and _failed(results[-1]),
-            max_epochs=max_epochs,
+            max_epochs=trial_epochs(params, max_epochs),
         )[0].name
         records.append(
             _record(
                 trial_id_of(trial_dir),
                 trial_dir,
                 outcome=state if ended else RUNNING,
-                params=read_params(trial_dir) or {},
+                params=params,
                 number=None,
             )
         )

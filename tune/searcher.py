@@ -35,6 +35,7 @@ from tune.keys import (
     WARM_START_FROM,
 )
 from tune.outcome import outcome_of_curve
+from tune.settings import trial_epochs
 from tune.study_storage import open_storage
 from tune.trial_files import epoch_rows
 
@@ -167,8 +168,12 @@ class StudySearcher(Searcher):
         for row in epoch_rows(result) if result else ():
             self._record(trial_id, row)  # the result ASHA stopped a trial on reaches only this hook
         failed = error or bool(result and result.get(DIVERGED))
+        trial = self._live[trial_id]
         state, value = outcome_of_curve(
-            self._curves[trial_id], failed=failed, max_epochs=self._max_epochs, mode=self.mode
+            self._curves[trial_id],
+            failed=failed,
+            max_epochs=trial_epochs(trial.params, self._max_epochs),
+            mode=self.mode,
         )
         # skip_if_finished: a driver that died before Tune's snapshot may have told it already.
         self.study.tell(self._live.pop(trial_id), value, state=state, skip_if_finished=True)
@@ -229,7 +234,7 @@ def settle_stopped_trials(
             live_trial(study, t).report(float(value), int(epoch))
             curve[int(epoch)] = float(value)
         failed = bool(last.get(DIVERGED))
-        state, best = outcome_of_curve(curve, failed=failed, max_epochs=max_epochs)
+        state, best = outcome_of_curve(curve, failed=failed, max_epochs=trial_epochs(t.params, max_epochs))
         study.tell(t.number, best, state=state, skip_if_finished=True)
         settled += 1
     return settled

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,15 +247,36 @@ def recorded_settings(experiment: dict[str, Any]) -> ExperimentSettings:
     return ExperimentSettings(**{**SETTINGS_OF_OLDER_RUNS, **experiment["settings"]})
 
 
+EPOCH_RATINGS_MAX = 1_000_000
+"""The most ratings an epoch of a trial trains, unless --epoch-ratings says otherwise: an epoch is a
+report and the unit of ASHA's rungs, so on a large file a pass would make the first rung cost
+minutes, and a budget would see a handful of trials."""
+
+
+def epoch_ratings_for(train_ratings: int) -> int:
+    """A trial's epoch on a training part of `train_ratings` ratings: a pass (0) up to
+    EPOCH_RATINGS_MAX, else the pass cut into as few equal epochs as keep each below it."""
+    epochs_a_pass = -(-train_ratings // EPOCH_RATINGS_MAX)
+    return 0 if epochs_a_pass <= 1 else -(-train_ratings // epochs_a_pass)
+
+
+def trial_epochs(params: Mapping[str, Any], max_epochs: int) -> int:
+    """The epochs a trial trains if nothing stops it: its own `epochs` where the space tunes them (at
+    most ASHA's max epochs), else max_epochs. A trial that reaches them is COMPLETE (tune.outcome)."""
+    return min(int(params.get("epochs", max_epochs)), max_epochs)
+
+
 def trial_config(
     base: TrainConfig, params: dict[str, Any], max_epochs: int, *, own_seed: bool = False
 ) -> TrainConfig:
-    """The full training config of one trial: the base, the sampled parameters, ASHA's max epochs
-    (also the span of a cosine learning-rate schedule, unless the base sets one) and, with
+    """The full training config of one trial: the base, the sampled parameters, its epochs
+    (`trial_epochs`: also the span of a learning-rate schedule, unless the base sets one) and, with
     `own_seed` (--trial-seed own, the default), a seed of the trial's own, derived from the base's
     seed and the parameters, so that a resumed trial and its export keep it; the split stays the
     base's."""
-    config = base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
+    epochs = trial_epochs(params, max_epochs)
+    sampled = {k: v for k, v in params.items() if k != "epochs"}
+    config = base.replace(**sampled, epochs=epochs, schedule_epochs=base.schedule_epochs or epochs)
     if not own_seed:
         return config
     key = json.dumps([base.seed, sorted(params.items())], default=str)

@@ -203,7 +203,8 @@ def train_trial(
                 save_trial_checkpoint(trainer, trial_dir)
                 last_saved = time.monotonic()
             pending.append(metrics)
-            if not reports.due(epoch, len(pending), sum(m[EPOCH_SECONDS] for m in pending)):
+            last = epoch >= config.epochs  # the trial's own end (its epochs may be tuned)
+            if not (last or reports.due(epoch, len(pending), sum(m[EPOCH_SECONDS] for m in pending))):
                 continue
             if epoch < config.epochs and run_ahead.allowed(epoch, metrics[EPOCH_SECONDS]):
                 ahead = pool.submit(trainer.run_epoch)
