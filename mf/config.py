@@ -100,8 +100,9 @@ class TrainConfig:
     )
     schedule_epochs: int = key(
         0,
-        "The epochs the schedule spans (0: `epochs`); a trial's is ASHA's max epochs, kept when its config "
-        "is exported with fewer epochs, so that a retrain repeats it. Past it the lr stays at its end.",
+        "The epochs the schedule spans (0: `epochs`); a trial's is its own length (its tuned epochs, or ASHA's "
+        "max epochs), kept when its config is exported with fewer epochs (a trial's best epoch), so that a "
+        "retrain repeats the same lr at every epoch. Past it the lr stays at its end.",
     )
     lr_floor: float = key(
         0.0, "cosine, linear: the learning rate at the schedule's end, as a fraction of lr."

@@ -1,11 +1,12 @@
 """Does pruning keep the good trials? How well ASHA's rungs rank the trials that ran to the end.
 
-For the trials that reached max_epochs: the rank correlation (Spearman) between their value at each
-rung and their final best value, and how many of the final top 10 the first rung would have stopped
-(their value there was outside the best 1/reduction_factor of all values recorded at that rung). A
-first rung that ranks poorly stops trials that would have ended best; the cure is a later first
-rung (--grace-period) or several brackets (--brackets), some of which judge later. Read from trial
-records alone (no Ray), for the end-of-run summary and the report.
+For the trials that ran to their end (max_epochs, or their own tuned epochs): the rank correlation
+(Spearman) between their value at each rung and their final best value, and how many of the final
+top 10 the first rung would have stopped (their value there was outside the best 1/reduction_factor
+of all values recorded at that rung). A first rung that ranks poorly stops trials that would have
+ended best; the cure is a later first rung (--grace-period) or several brackets (--brackets), some
+of which judge later. Read from trial records alone (no Ray), for the end-of-run summary and the
+report.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ LOW_RHO = 0.5
 class RungFidelity:
     epoch: int
     trials: int
-    """Trials that reached max_epochs (each has a value at this rung)."""
+    """Trials that ran to their end (each has a value at this rung)."""
     spearman: float
     """Rank correlation of their value at this epoch with their final best value (NaN: < 3 trials)."""
 
@@ -39,7 +40,7 @@ class RungFidelity:
 class PruningFidelity:
     rungs: tuple[RungFidelity, ...]
     finished: int
-    """Trials that reached max_epochs."""
+    """Trials that ran to their end (COMPLETE: max_epochs, or their own tuned epochs)."""
     top: int
     """The size of the final top (TOP, or fewer trials)."""
     top_stopped_at_first_rung: int
@@ -66,11 +67,11 @@ class PruningFidelity:
             return ["pruning fidelity: ASHA has no rung below max_epochs"]
         if self.finished < 3:
             return [
-                f"pruning fidelity: {self.finished} trials reached max_epochs, too few to judge the rungs"
+                f"pruning fidelity: {self.finished} trials ran to their end, too few to judge the rungs"
             ]
         rhos = ", ".join(f"epoch {r.epoch} {r.spearman:.2f}" for r in self.rungs)
         return [
-            f"pruning fidelity over the {self.finished} trials that reached max_epochs: Spearman's rho of "
+            f"pruning fidelity over the {self.finished} trials that ran to their end: Spearman's rho of "
             f"each rung's value with the final best: {rhos}",
             f"of the final top {self.top}, the first rung (epoch {self.first_rung}) would have stopped "
             f"{self.top_stopped_at_first_rung}",

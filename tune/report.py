@@ -192,7 +192,7 @@ def fidelity_html(f: PruningFidelity, settings: ExperimentSettings) -> str:
         return f'<p class="note">{html.escape(" ".join(f.lines()))}</p>'
     rows = [[str(r.epoch), str(r.trials), f"{r.spearman:.2f}"] for r in f.rungs]
     table = _table(
-        "pruning-fidelity", ["rung (epoch)", "trials that reached max_epochs", "Spearman's rho"], rows
+        "pruning-fidelity", ["rung (epoch)", "trials that ran to their end", "Spearman's rho"], rows
     )
     warning = f.warning(settings)
     note = (
