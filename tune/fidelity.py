@@ -66,9 +66,7 @@ class PruningFidelity:
         if not self.rungs:
             return ["pruning fidelity: ASHA has no rung below max_epochs"]
         if self.finished < 3:
-            return [
-                f"pruning fidelity: {self.finished} trials ran to their end, too few to judge the rungs"
-            ]
+            return [f"pruning fidelity: {self.finished} trials ran to their end, too few to judge the rungs"]
         rhos = ", ".join(f"epoch {r.epoch} {r.spearman:.2f}" for r in self.rungs)
         return [
             f"pruning fidelity over the {self.finished} trials that ran to their end: Spearman's rho of "
