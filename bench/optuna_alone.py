@@ -30,6 +30,7 @@ from mf.config import TrainConfig, from_dict, read_values
 from mf.metrics import EPOCH, EPOCH_SECONDS, VAL_MSE, prefixed
 from mf.training import Trainer, TrainingDiverged, dataset_for
 from search_spaces import load_space
+from tune.settings import trial_epochs
 
 
 @dataclass
@@ -62,12 +63,13 @@ def optuna_alone(
     deadline = time.monotonic() + budget_s
     while time.monotonic() < deadline:
         trial = study.ask(distributions)
-        trainer = Trainer(trial_config(base, trial.params, max_epochs), dataset)
+        config = trial_config(base, trial.params, max_epochs)
+        trainer = Trainer(config, dataset)
         curve: list[dict[str, float]] = []
         run.curves.append(curve)
         state = optuna.trial.TrialState.COMPLETE
         try:
-            for _ in range(max_epochs):
+            for _ in range(config.epochs):
                 m = trainer.run_epoch()
                 curve.append({"wall_time": time.time(), VAL_MSE: m[VAL_MSE], EPOCH_SECONDS: m[EPOCH_SECONDS]})
                 trial.report(m[VAL_MSE], m[EPOCH])
@@ -101,9 +103,12 @@ def optuna_alone(
 
 
 def trial_config(base: TrainConfig, params: dict[str, Any], max_epochs: int) -> TrainConfig:
-    """A trial's config as an Optuna user writes it: the base, the sampled parameters, max_epochs
-    (which a learning-rate schedule spans, kept when fewer epochs are trained again)."""
-    return base.replace(**params, epochs=max_epochs, schedule_epochs=base.schedule_epochs or max_epochs)
+    """A trial's config as an Optuna user writes it: the base, the sampled parameters, its epochs
+    (its own where the space tunes them, at most max_epochs: tune.settings.trial_epochs, the rule
+    ours follows), which a learning-rate schedule spans, kept when fewer epochs are trained again."""
+    epochs = trial_epochs(params, max_epochs)
+    sampled = {k: v for k, v in params.items() if k != "epochs"}
+    return base.replace(**sampled, epochs=epochs, schedule_epochs=base.schedule_epochs or epochs)
 
 
 def main(argv: list[str] | None = None) -> int:

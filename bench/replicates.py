@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from bench.optuna_alone import trial_config
 from mf.config import TrainConfig, from_dict, load_config
 from mf.metrics import VAL_MSE
 from mf.training import Trainer, TrainingDiverged, dataset_for
@@ -50,7 +51,7 @@ class Export:
     seed: int | None
     """The search's --seed, where known."""
     config: TrainConfig
-    """The exported configuration, epochs set to the search's max_epochs."""
+    """The exported configuration, trained for its own length (its tuned epochs, or the search's max_epochs)."""
     search_val_mse: float
     """The val MSE the search picked it on: its trial's best, on the trial's own seed."""
     source: str
@@ -76,7 +77,9 @@ def ours(folder: Path, group: Path, seed: int | None = None) -> Export:
     metrics = json.loads((folder / "best" / "metrics.json").read_text())
     max_epochs = recorded_settings(read_experiment(folder)).max_epochs
     # Judged as the search judged it: trained on the training part, read at its best epoch on val.
-    config = load_config(folder / "best" / "config.yaml").replace(epochs=max_epochs, train_on="train")
+    # Its own length: the span of its schedule (its tuned epochs, or max_epochs).
+    exported = load_config(folder / "best" / "config.yaml")
+    config = exported.replace(epochs=exported.schedule_epochs or max_epochs, train_on="train")
     search = metrics.get("search_best_val_mse") or metrics[VAL_MSE]
     return Export("ours", seed, config, float(search), str(folder), str(group))
 
@@ -87,7 +90,7 @@ def optuna_alone(record: Path, data: str, max_epochs: int) -> Export:
     split = yaml.safe_load((record.parent / "split.yaml").read_text())
     base = from_dict({**split, "data": data}, where=str(record.parent / "split.yaml"))
     seed = int(record.stem.split("-")[-1])
-    config = base.replace(**best["params"], epochs=max_epochs)
+    config = trial_config(base, best["params"], max_epochs)
     return Export("optuna", seed, config, float(best[VAL_MSE]), str(record), str(record.parent))
 
 

@@ -216,14 +216,15 @@ def train_mf(config: dict[str, Any], *, data: Dataset, base: TrainConfig, max_ep
     every epoch. `wall_time` is added so that the benchmark can place each epoch in time."""
     from ray import tune
 
+    from bench.optuna_alone import trial_config
     from mf.training import Trainer, read_checkpoint
 
-    trainer = Trainer(base.replace(**config, epochs=max_epochs), data)
+    trainer = Trainer(trial_config(base, config, max_epochs), data)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state(read_checkpoint(Path(folder) / "state.pt"))
-    while trainer.epoch < max_epochs:
+    while trainer.epoch < trainer.config.epochs:  # its own length, where the space tunes it
         metrics = trainer.run_epoch()
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / "state.pt", fsync=False)

@@ -43,11 +43,13 @@ def test_builtin_spaces_are_files_beside_the_package() -> None:
     assert all(path.is_file() and path.parent.name == "search_spaces" for path in BUILTIN_SPACES.values())
 
 
-def test_builtin_default_tunes_the_model_and_optimiser() -> None:
+def test_builtin_default_tunes_the_model_the_optimiser_and_the_regime() -> None:
     space = load_space("default")
     # The name is the builtin's, and the keys keep the file's order.
     assert space.name == "default"
-    assert list(space.params) == ["emb_dim", "lr", "sigmoid_high", "init_range", "l2", "weight_decay"]
+    assert list(space.params) == [
+        "emb_dim", "lr", "sigmoid_high", "init_range", "l2", "weight_decay", "batch_size", "lr_schedule", "epochs"
+    ]  # fmt: skip
     # 1.0e-4 in the file is a float bound, on a log scale.
     assert space.params["lr"] == Param("lr", "float", low=1e-4, high=0.2, log=True)
     assert space.params["emb_dim"] == Param("emb_dim", "int", low=8, high=256, log=True)
