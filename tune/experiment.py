@@ -302,6 +302,10 @@ def resume_experiment(folder: Path, *, address: str | None = None, options: RunO
     settings = recorded_settings(experiment)
     if address:
         settings = replace(settings, address=address)
+    # Before Tune unpickles the searcher, which appends to the study: a last line cut short by a kill
+    # is cut off, and a study damaged before it is refused in one line.
+    mend_journal(study_location(folder, settings.study_storage))
+    load_experiment_study(folder, settings.to_dict(), strict=True)
     if settings.experiment_dir != folder.resolve():
         raise ConfigError(
             f"--resume: {folder} was moved from {settings.experiment_dir}; resume it where it ran"
@@ -311,7 +315,6 @@ def resume_experiment(folder: Path, *, address: str | None = None, options: RunO
     base = from_dict(experiment["base_config"], where=f"{folder / EXPERIMENT_FILE} (base_config)")
     dataset = dataset_for(base)
     connect_ray(settings, ray_output(verbose=options.verbose))
-    mend_journal(study_location_of(settings))  # before Tune unpickles the searcher, which appends
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=make_trainable(settings, base, dataset),

@@ -296,10 +296,17 @@ def export_best(
     rule = refit or settings.refit
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
     dataset = dataset_for(base)
+    by_id = {r.trial_id: r for r in records}
     confirmed = read_summary(folder)
+    for c in [c for c in confirmed if c.trial_id not in by_id]:
+        print(
+            f"warning: the confirmation's {c.trial_id} is not among the readable trials; passed over",
+            file=sys.stderr,
+        )
+    confirmed = [c for c in confirmed if c.trial_id in by_id]
     if confirmed:
         winner = confirmed[0]
-        best = next(r for r in records if r.trial_id == winner.trial_id)
+        best = by_id[winner.trial_id]
         trainer = confirmed_trainer(folder, base, winner, dataset)
         epochs = winner.epoch  # the epoch of the best mean over the fresh seeds
     else:
