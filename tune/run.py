@@ -247,12 +247,15 @@ def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, opti
         from tune.tracking import tag_best
 
         best = folder / "best"
-        tag_best(
-            folder,
-            exported["trial_id"],
-            metrics={k: v for k, v in exported.items() if k.startswith(("val_", "test_"))},
-            artifacts=[best / "config.yaml", best / "metrics.json"],
-        )
+        try:
+            tag_best(
+                folder,
+                exported["trial_id"],
+                metrics={k: v for k, v in exported.items() if k.startswith(("val_", "test_"))},
+                artifacts=[best / "config.yaml", best / "metrics.json"],
+            )
+        except MFError as e:  # the export is done and stays; the summary still comes
+            print(f"warning: --mlflow: the export was not tagged in MLflow: {e}", file=sys.stderr)
     if args.report:
         from tune.report import write_report
 
