@@ -21,6 +21,14 @@ def test_ctrl_c_during_the_search_stops_it_skips_the_export_and_resume_finishes_
     driver, folder = start_run(tmp_path, "--num-samples", "8", "--max-epochs", "6", "--confirm-top", "1")
     try:
         wait_until(lambda: trials_with_results(folder) >= 2, driver, "two trials with results")
+        # A second driver on the live experiment is refused, naming the first; the first goes on.
+        second = resume(folder)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert (
+            f"being written by tune.run (pid {driver.pid}" in second.stderr
+            and "Traceback" not in second.stderr
+        )
+        assert driver.poll() is None
         driver.send_signal(signal.SIGINT)
         out = finish(driver)
     finally:
@@ -35,8 +43,9 @@ def test_ctrl_c_during_the_search_stops_it_skips_the_export_and_resume_finishes_
     resumed = resume(folder)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert len(pd.read_csv(folder / "trials.csv")) == 8
-    assert len(study_of(folder).trials) == 8
-    assert all(t.state.is_finished() for t in study_of(folder).trials)
+    study = study_of(folder)
+    assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
+    assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == 8  # none run twice
     assert (folder / "best" / "model.pt").is_file()
 
 
