@@ -71,7 +71,7 @@ def without_default_loggers() -> Iterator[None]:
 # loop and saves the state, and says so only in a log line). Its handler, which `fit()` installs in
 # the main thread unless TUNE_DISABLE_SIGINT_HANDLER is set, puts back the handler it replaced when
 # a signal comes, and otherwise stays installed after `fit()` returns, where a later Ctrl-C would
-# only set Tune's spent flag.
+# only set Tune's spent flag. tests/test_interrupts.py fails when a release changes either.
 def fit_noting_interrupt(tuner: Tuner) -> tuple[ResultGrid, bool]:
     """`tuner.fit()`, and whether a SIGINT (Ctrl-C, or SIGTERM through tune.interrupts) stopped it.
 
