@@ -1,9 +1,12 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of either."""
+"""Atomic file and folder writes: a crash leaves the old file (folder) or the new one, never half of
+either, and never neither."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,8 +47,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()), fsync=fsync)
 
 
 def write_yaml(path: str | os.PathLike, values: Any) -> Path:
@@ -54,3 +57,36 @@ def write_yaml(path: str | os.PathLike, values: Any) -> Path:
 
 def write_json(path: str | os.PathLike, values: Any) -> Path:
     return atomic_write_text(path, json.dumps(values, indent=2, sort_keys=False) + "\n")
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 with RENAME_EXCHANGE); False where the system
+    or the file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the folder `new` where `target` is (the two on one file system), removing the old one.
+
+    Readers of `target` see the old folder or the new one whole, and never no folder: the two are
+    exchanged in one step where the system can (Linux 3.15+ on local file systems and most network
+    ones); elsewhere the old one is renamed aside (`.<name>-old`) just before the new one takes its
+    place, and a folder left aside by a crash in between is removed the next time."""
+    new, target = Path(new), Path(target)
+    aside = target.with_name(f".{target.name}-old")
+    shutil.rmtree(aside, ignore_errors=True)
+    if target.exists() and _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # what was the target
+        return
+    if target.exists():
+        target.rename(aside)
+    new.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)

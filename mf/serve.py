@@ -30,6 +30,7 @@ the CLI, and is the one module of mf/ that imports Ray (only Ray Serve's public 
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -91,6 +92,8 @@ def ingress_env(ingress: str) -> dict[str, str]:
     return {**env, **{key: os.environ.get(key) or str(free_port()) for key in HAPROXY_PORTS}}
 
 
+logger = logging.getLogger("ray.serve")  # Serve's documented logger: into each replica's log file
+
 app = FastAPI(title="mf-tune recommender", docs_url=None, redoc_url=None)
 
 
@@ -113,8 +116,10 @@ async def _validation_error(request: Request, e: RequestValidationError) -> JSON
 
 @app.exception_handler(Exception)
 async def _internal_error(request: Request, e: Exception) -> JSONResponse:
-    """A bug, not the client's fault: 500 with one line; the replica goes on serving."""
-    return error(500, "", f"internal error: {type(e).__name__}: {e}")
+    """A bug, not the client's fault: 500 with a generic line (an exception's text may name server
+    paths or data), its details in the replica's log; the replica goes on serving."""
+    logger.exception("internal error serving %s %s", request.method, request.url.path)
+    return error(500, "", "internal error; the server's log has the details")
 
 
 def json_response(content: Any) -> Response:

@@ -289,18 +289,20 @@ class Recommender:
         ]
 
     def health(self) -> dict[str, Any]:
-        """What is served: the model (trial, MSE), its data, and the ranking with the figures it was chosen on."""
+        """What is served: the model (trial, MSE), its data, and the ranking with the figures it was
+        chosen on. Folders are named, never their paths on the server (the export's folder name,
+        the data's file or folder name)."""
         m, c, d = self.metrics, self.choice, self.dataset
         return {
             "status": "ok",
-            "model": str(self.loaded.path),
+            "model": Path(self.loaded.path).name,
             "trial_id": m.get("trial_id"),
             "trained_on": list(d.trained_on),
             "epoch": m.get("epoch", m.get("epochs")),
             "val_mse": m.get("val_mse"),
             "test_mse": m.get("test_mse"),
             "selected_by": m.get("objective", "val MSE"),  # best-ranking/ exports: val NDCG@k
-            "data": d.source,
+            "data": Path(str(d.source)).name,
             "users": d.n_users,
             "items": d.n_items,
             "ranking": {

@@ -216,6 +216,13 @@ class Trainer:
         lazy = self.lazy
         use = lazy is not None and self._want_fused is not False and fused_step.available(self.model, lazy)
         self.fused = fused_step.FusedStep(self.model, lazy, l2=self.config.l2) if use else None
+        if lazy is not None and fused_step.numba is None and self.device.type == "cpu":
+            warnings.warn(
+                "numba is not installed: training takes the torch path, several times slower than the fused "
+                "step, and shuffles with torch.randperm (other orders than with numba); pip install numba",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     @property
     def lazy(self) -> LazyAdamW | None:

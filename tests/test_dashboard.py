@@ -137,6 +137,22 @@ def test_dashboard_serves_a_study_while_it_is_written(
             "optuna.journal"
         ]
         assert _get(f"{base}/api/studies/{study_id}")["trials"][-1]["number"] == len(final) - 1
+        # Its API cannot write the live study: deleting it, or telling a trial, is refused.
+        for method, path, body in [
+            ("DELETE", f"/api/studies/{study_id}", None),
+            ("POST", "/api/studies", {"study_name": "another", "directions": ["minimize"]}),
+            ("POST", f"/api/trials/{final[-1]['trial_id']}/user-attrs", {"user_attrs": {"a": 1}}),
+        ]:
+            request = urllib.request.Request(
+                base + path,
+                method=method,
+                data=None if body is None else json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=30)
+        assert hashlib.sha256(journal.read_bytes()).hexdigest() == before
+        assert len(optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal))))) == 1
     finally:
         dashboard.stop()
     # stop() ends the server: the port no longer answers and the process has exited.

@@ -139,10 +139,14 @@ def test_leftovers_of_a_sigkilled_driver_are_ended_and_nothing_else(
     assert "watchdog: ended" in (runs / "running" / WATCHDOG_LOG).read_text()
 
 
-def _sleeper(*args: str, env: dict[str, str] | None = None, code: str = "") -> subprocess.Popen:
-    """A process whose command line carries `args`, running `code` then sleeping."""
+def _sleeper(
+    *args: str, env: dict[str, str] | None = None, code: str = "", title: str | None = None
+) -> subprocess.Popen:
+    """A process whose command line carries `args`, running `code` then sleeping; with `title`, its
+    argv[0] is that (as Ray titles its processes `ray::...`)."""
     script = f"import time\n{code}\ntime.sleep(120)"
-    return subprocess.Popen([sys.executable, "-c", script, *args], env={**os.environ, **(env or {})})
+    argv = [title or sys.executable, "-c", script, *args]
+    return subprocess.Popen(argv, executable=sys.executable, env={**os.environ, **(env or {})})
 
 
 def test_session_processes_are_chosen_by_session_folder_not_by_name(tmp_path: Path) -> None:
@@ -152,12 +156,14 @@ def test_session_processes_are_chosen_by_session_folder_not_by_name(tmp_path: Pa
     log.write_text("")
     writes = "f = open(__import__('os').environ['LOG'], 'a')"
     reads = "f = open(__import__('os').environ['LOG'])"
-    named = _sleeper(f"--session-dir={session}")
+    named = _sleeper(f"--session-dir={session}", title="ray::IDLE")  # one of Ray's, naming the folder
     writer = _sleeper(env={"LOG": str(log)}, code=writes)  # the folder is not in its command line
-    reader = _sleeper(env={"LOG": str(log)}, code=reads)  # a `tail -f` of the log
-    other = _sleeper(f"--session-dir={session}2")  # another session, whose name starts the same
-    stranger = _sleeper("ray::DashboardAgent")  # a Ray-like name, no session folder
-    procs = [named, writer, reader, other, stranger]
+    reader = _sleeper(env={"LOG": str(log)}, code=reads)  # a reader of the log
+    other = _sleeper(f"--session-dir={session}2", title="ray::IDLE")  # another session, named alike
+    stranger = _sleeper(title="ray::DashboardAgent")  # a Ray-like name, no session folder
+    not_ray = _sleeper(f"--session-dir={session}")  # names the folder, but is not one of Ray's
+    tail = subprocess.Popen(["tail", "-f", str(log)])  # a user following a log of the session
+    procs = [named, writer, reader, other, stranger, not_ray, tail]
     try:
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
@@ -178,8 +184,9 @@ def test_session_processes_are_chosen_by_session_folder_not_by_name(tmp_path: Pa
         # Exactly the process naming the folder and the one writing into it were ended.
         assert cleanup is not None and {p.pid for p in cleanup.ended} == {named.pid, writer.pid}
         assert named.wait(timeout=10) == -signal.SIGTERM and writer.wait(timeout=10) == -signal.SIGTERM
-        # The reader, the other session and the Ray-named stranger still run.
-        assert all(p.poll() is None for p in (reader, other, stranger))
+        # The readers (a `tail -f` among them), the other session, the Ray-named stranger and the
+        # process that names the folder without being Ray's still run.
+        assert all(p.poll() is None for p in (reader, other, stranger, not_ray, tail))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -190,3 +197,27 @@ def test_session_processes_are_chosen_by_session_folder_not_by_name(tmp_path: Pa
 def test_no_record_means_nothing_to_do(tmp_path: Path) -> None:
     # An experiment that ran on a cluster (or never started a private Ray) has no record.
     assert end_leftovers(tmp_path) is None and end_leftovers_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("session_dir", ["", "/", "/tmp", "ray/session_2026-01-01_00-00-00_000000_1"])
+def test_a_record_that_names_no_ray_session_folder_ends_nothing(tmp_path: Path, session_dir: str) -> None:
+    # A damaged or hand-edited record: its "session folder" is in every command line, or none.
+    bystander = _sleeper(f"--session-dir={session_dir or '/'}", title="ray::IDLE")
+    try:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        record = RaySession(
+            session_dir=session_dir,
+            driver_pid=gone.pid,
+            driver_start=0,
+            started_at=time.time(),
+            host=socket.gethostname(),
+            boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        )
+        (tmp_path / SESSION_FILE).write_text(json.dumps(record.__dict__))
+        cleanup = end_leftovers(tmp_path, grace_s=1, echo=None)
+        assert cleanup is not None and cleanup.ended == []
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -19,6 +19,7 @@ import pytest
 import ray
 
 from tests.files import ml_latest_small
+from tune import export as tune_export
 from tune import report as tune_report
 from tune import run as tune_run
 from tune.report_figures import NotAvailable, asha_rungs, param_importances
@@ -297,3 +298,90 @@ def test_report_shows_the_confirmation_and_the_exported_winner(experiment: Path,
     assert float(rows[0]["mean val MSE"]) == pytest.approx(best["confirmation"]["val_mse_mean"], abs=5e-5)
     assert all(r["seeds"] == "2" for r in rows)
     assert float(rows[0]["mean val MSE"]) <= float(rows[1]["mean val MSE"])
+
+
+def damaged_copy(experiment: Path, tmp_path: Path, damage) -> Path:
+    """A copy of the experiment without its outputs, then `damage(copy)`."""
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        experiment, copy, ignore=shutil.ignore_patterns("best", "best-ranking", "trials.csv", "report")
+    )
+    damage(copy)
+    return copy
+
+
+def cut_mid_file(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[len(lines) // 2] = lines[len(lines) // 2][:7] + "\n"
+    path.write_text("".join(lines))
+
+
+def run_cli(module: str, *args: str, capsys) -> tuple[int, str]:
+    """`python -m <module> <args>` in this process (its main, as the command runs it): the exit
+    code and what it wrote to stderr."""
+    main = {"tune.export": tune_export.main, "tune.report": tune_report.main, "tune.run": tune_run.main}[
+        module
+    ]
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (
+            lambda c: (c / "experiment.yaml").write_text(""),
+            "experiment.yaml: damaged, settings, base_config missing",
+        ),
+        (
+            lambda c: (c / "experiment.yaml").write_text(
+                (c / "experiment.yaml").read_text().replace("settings:\n", "settings:\n  colour: blue\n", 1)
+            ),
+            "settings: 'colour' unknown to this mf-tune",
+        ),
+    ],
+    ids=["empty experiment.yaml", "an unknown settings key"],
+)
+def test_a_damaged_experiment_file_is_one_line_naming_it(
+    experiment: Path, tmp_path: Path, damage, words: str
+):
+    copy = damaged_copy(experiment, tmp_path, damage)
+    for command in (
+        ["tune.export", str(copy)],
+        ["tune.report", str(copy)],
+        ["tune.run", "--resume", str(copy)],
+    ):
+        done = run_cli(*command)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert words in done.stderr and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "damage, warning",
+    [
+        (lambda c: cut_mid_file(next(c.glob("trial_*/result.json"))), "left out: its files are damaged"),
+        (
+            lambda c: (c / "confirm" / "summary.json").write_text('{"confirmed": [{"trial'),
+            "summary.json is damaged",
+        ),
+        (lambda c: cut_mid_file(c / "optuna.journal"), "the trials are read from their folders"),
+    ],
+    ids=["one trial's result.json", "the confirmation's summary", "the study's journal"],
+)
+def test_damage_to_one_part_warns_and_the_export_and_report_still_come_out(
+    experiment: Path, tmp_path: Path, damage, warning: str, capsys
+):
+    copy = damaged_copy(experiment, tmp_path, damage)
+    for module in ("tune.export", "tune.report"):
+        code, err = run_cli(module, str(copy), capsys=capsys)
+        assert code == 0, err[-3000:]
+        assert warning in err
+    assert (copy / "best" / "model.pt").is_file() and (copy / "report" / "report.html").is_file()
+
+
+def test_resume_refuses_a_damaged_study_in_one_line(experiment: Path, tmp_path: Path, capsys):
+    copy = damaged_copy(experiment, tmp_path, lambda c: cut_mid_file(c / "optuna.journal"))
+    code, err = run_cli("tune.run", "--resume", str(copy), capsys=capsys)
+    assert code == 2, err[-2000:]
+    assert "optuna.journal: the study is damaged" in err and "tune.export" in err and err.count("\n") == 1

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
+from ray.tune import ResultGrid, Tuner
 from ray.tune.schedulers import ASHAScheduler
 
 RAY_VERSION_READ = "2.60.0"
@@ -61,3 +64,29 @@ def without_default_loggers() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
+
+
+# ---------------------------------------------------------------- Tune's SIGINT handler
+# Why internal: after Ctrl-C, `Tuner.fit()` returns as after a finished search (its handler ends the
+# loop and saves the state, and says so only in a log line). Its handler, which `fit()` installs in
+# the main thread unless TUNE_DISABLE_SIGINT_HANDLER is set, puts back the handler it replaced when
+# a signal comes, and otherwise stays installed after `fit()` returns, where a later Ctrl-C would
+# only set Tune's spent flag. tests/test_interrupts.py fails when a release changes either.
+def fit_noting_interrupt(tuner: Tuner) -> tuple[ResultGrid, bool]:
+    """`tuner.fit()`, and whether a SIGINT (Ctrl-C, or SIGTERM through tune.interrupts) stopped it.
+
+    Also counts as stopped: a grid with trials neither terminated nor errored, which only an
+    interrupted fit returns (a finished search or a spent budget ends every trial). The SIGINT
+    handler from before the call is put back."""
+    before = signal.getsignal(signal.SIGINT)
+    tune_handles = threading.current_thread() is threading.main_thread() and not int(
+        os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        after = signal.getsignal(signal.SIGINT)
+        if tune_handles:
+            signal.signal(signal.SIGINT, before)
+    unfinished = grid.num_terminated + grid.num_errors < len(grid)
+    return grid, (tune_handles and after is before) or unfinished

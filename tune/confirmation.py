@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,8 +147,12 @@ def read_reference(folder: Path, config: dict[str, Any]) -> dict[str, float] | N
     path = folder / CONFIRM_DIR / REFERENCE_FILE
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
-    return saved["metrics"] if saved.get("config") == config else None
+    try:
+        saved = json.loads(path.read_text())
+        return saved["metrics"] if saved.get("config") == config else None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        print(f"warning: {path} is damaged ({e}); read as missing", file=sys.stderr)
+        return None
 
 
 def save_run(folder: Path, candidate: Candidate, seed: int, curve: dict[int, float]) -> None:
@@ -161,7 +166,14 @@ def read_run(folder: Path, trial_id: str, seed: int) -> dict[int, float] | None:
     path = run_file(folder, trial_id, seed)
     if not path.is_file():
         return None
-    return {int(epoch): float(v) for epoch, v in json.loads(path.read_text())["curve"].items()}
+    try:
+        return {int(epoch): float(v) for epoch, v in json.loads(path.read_text())["curve"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        print(
+            f"warning: {path} is damaged ({e}); read as missing (a resumed confirmation runs it again)",
+            file=sys.stderr,
+        )
+        return None
 
 
 def confirm(candidate: Candidate, curves: dict[int, dict[int, float]]) -> Confirmed | None:
@@ -210,7 +222,16 @@ def read_summary(folder: Path) -> list[Confirmed]:
     path = folder / CONFIRM_DIR / SUMMARY_FILE
     if not path.is_file():
         return []
-    return [Confirmed(**{**c, "seeds": tuple(c["seeds"])}) for c in json.loads(path.read_text())["confirmed"]]
+    try:
+        return [
+            Confirmed(**{**c, "seeds": tuple(c["seeds"])}) for c in json.loads(path.read_text())["confirmed"]
+        ]
+    except (ValueError, TypeError, KeyError) as e:
+        print(
+            f"warning: {path} is damaged ({e}); read as no confirmation (the search's best is exported)",
+            file=sys.stderr,
+        )
+        return []
 
 
 def format_confirmation(results: Sequence[Confirmed]) -> list[str]:

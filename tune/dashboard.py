@@ -4,9 +4,9 @@
 app under a threaded `wsgiref` server) and returns once it listens, with its URL; `stop()` ends
 it. Why a process of its own: on a 2-core machine the driver is what limits a run, and the
 dashboard's JSON for a study of a thousand trials costs real CPU; in the driver it would hold the
-GIL. The process reads the study and never writes it: a journal file is opened as a plain
-`JournalStorage` reader (no lock is taken to read, nothing is "mended": a last line the driver is
-still writing is skipped), an RDB URL as optuna-dashboard opens it. It ends when `stop()` closes
+GIL. The process reads the study and never writes it: the storage is wrapped so that every write
+is refused (`ReadOnlyStorage`), a journal file is opened as a plain `JournalStorage` reader (no
+lock is taken to read, nothing is "mended": a last line the driver is still writing is skipped). It ends when `stop()` closes
 its stdin, or when the driver dies and the pipe closes: it never outlives the run.
 """
 
@@ -130,13 +130,46 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _open(location: str) -> Any:
-    """The study storage, opened to read only."""
-    if "://" in location:
-        return location  # optuna-dashboard opens RDB URLs itself
-    from optuna.storages import JournalStorage
+    """The study storage, opened to read only (ReadOnlyStorage)."""
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(location))
+    if "://" in location:
+        return ReadOnlyStorage(RDBStorage(location))
+    return ReadOnlyStorage(JournalStorage(JournalFileBackend(location)))
+
+
+def _read_only_storage() -> type:
+    """`ReadOnlyStorage(storage)`: Optuna's public storage interface (BaseStorage) over `storage`,
+    every read passed on, every write refused with PermissionError. optuna-dashboard's API can
+    create and delete studies, and tell trials or write notes; on the live study of a run, none of
+    that may happen, and the dashboard then answers such a request with an error."""
+    from optuna.storages import BaseStorage
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError("mf-tune's dashboard is read-only: the study belongs to the running experiment")
+
+    def passed_on(name: str) -> Any:
+        return lambda self, *args, **kwargs: getattr(self._inner, name)(*args, **kwargs)
+
+    writes = {
+        "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "create_new_trial",
+        "set_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+        "set_trial_system_attr",
+    }  # fmt: skip
+    methods: dict[str, Any] = {
+        name: refuse if name in writes else passed_on(name)
+        for name in dir(BaseStorage)
+        if not name.startswith("_") and callable(getattr(BaseStorage, name))
+    }
+
+    def __init__(self: Any, inner: Any) -> None:
+        self._inner = inner
+
+    return type("ReadOnlyStorage", (BaseStorage,), {"__init__": __init__, **methods})
+
+
+ReadOnlyStorage = _read_only_storage()
 
 
 def _serve(location: str, host: str, port: int) -> int:

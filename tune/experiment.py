@@ -23,7 +23,7 @@ from mf.data import Dataset
 from mf.errors import ConfigError
 from mf.training import dataset_for
 from search_spaces import SearchSpace
-from tune._ray import without_default_loggers
+from tune._ray import fit_noting_interrupt, without_default_loggers
 from tune.confirmation import (
     CONFIRM_START_S,
     Candidate,
@@ -45,6 +45,7 @@ from tune.confirmation import (
 from tune.confirmation_reserve import ConfirmationReserve
 from tune.dashboard import start_dashboard
 from tune.export import reference_config, reference_train_on
+from tune.interrupts import Interrupted
 from tune.keys import EPOCH, METRIC, MODE
 from tune.progress import LiveProgress, RayOutput, ray_output
 from tune.ray_session import end_leftovers_in, start_private_ray
@@ -301,6 +302,10 @@ def resume_experiment(folder: Path, *, address: str | None = None, options: RunO
     settings = recorded_settings(experiment)
     if address:
         settings = replace(settings, address=address)
+    # Before Tune unpickles the searcher, which appends to the study: a last line cut short by a kill
+    # is cut off, and a study damaged before it is refused in one line.
+    mend_journal(study_location(folder, settings.study_storage))
+    load_experiment_study(folder, settings.to_dict(), strict=True)
     if settings.experiment_dir != folder.resolve():
         raise ConfigError(
             f"--resume: {folder} was moved from {settings.experiment_dir}; resume it where it ran"
@@ -310,7 +315,6 @@ def resume_experiment(folder: Path, *, address: str | None = None, options: RunO
     base = from_dict(experiment["base_config"], where=f"{folder / EXPERIMENT_FILE} (base_config)")
     dataset = dataset_for(base)
     connect_ray(settings, ray_output(verbose=options.verbose))
-    mend_journal(study_location_of(settings))  # before Tune unpickles the searcher, which appends
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=make_trainable(settings, base, dataset),
@@ -334,7 +338,9 @@ def _fit(
         dashboard = start_dashboard(study_location_of(settings), port=options.dashboard_port, log_path=log)
     try:
         with without_default_loggers():
-            grid = tuner.fit()
+            grid, interrupted = fit_noting_interrupt(tuner)
+        if interrupted:  # Tune saved the state: the unfinished trials are for --resume
+            raise Interrupted("the search", settings.experiment_dir)
         settle_ended_trials(settings, grid)
         run_confirmation(settings, base, dataset, deadline=deadline)
     finally:
@@ -368,7 +374,6 @@ def run_confirmation(
     cancelled); runs a resumed experiment finished before are not run again. Writes `confirm/`
     (tune.confirmation)."""
     folder = settings.experiment_dir
-    threads = max(1, int(settings.cpus_per_trial))
     study = load_experiment_study(folder, settings.to_dict())
     records = collect_trials(folder, max_epochs=settings.max_epochs, study=study)
     chosen = candidates(records, settings.confirm_top)
@@ -394,10 +399,57 @@ def run_confirmation(
         )
         chosen = chosen[:fits]
     started = time.monotonic()
-    resources = {"num_cpus": settings.cpus_per_trial, "num_gpus": settings.gpus_per_trial}
-    data = ray.put(dataset)
     curves: dict[str, dict[int, dict[int, float]]] = {c.trial_id: {} for c in chosen}
     pending: dict[ray.ObjectRef, tuple[Candidate, int] | None] = {}
+    try:
+        failed = _run_tasks(settings, base, dataset, chosen, seeds, curves, pending, end=end)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs that ended are saved, one file each
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise Interrupted("the confirmation", folder) from None
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    results = [
+        r
+        for c in chosen
+        if len(curves[c.trial_id]) == len(seeds) and (r := confirm(c, curves[c.trial_id])) is not None
+    ]
+    if failed:
+        print(
+            f"confirmation: {failed} run{'s' * (failed > 1)} failed (above); a configuration missing a run is "
+            "not confirmed"
+        )
+    unfinished = sum(job is not None for job in pending.values())
+    if unfinished:
+        print(
+            f"confirmation: {unfinished} of {len(chosen) * len(seeds)} runs did not finish within the budget; "
+            f"{len(results)} of {len(chosen)} configurations confirmed"
+        )
+    if None in pending.values():
+        print("confirmation: the tutorial's reference run did not finish within the budget")
+    write_summary(folder, results, planned=len(chosen) * len(seeds), seconds=time.monotonic() - started)
+    return results
+
+
+def _run_tasks(
+    settings: ExperimentSettings,
+    base: TrainConfig,
+    dataset: Dataset,
+    chosen: list[Candidate],
+    seeds: list[int],
+    curves: dict[str, dict[int, dict[int, float]]],
+    pending: dict[ray.ObjectRef, tuple[Candidate, int] | None],
+    *,
+    end: float | None,
+) -> int:
+    """The confirmation's runs and the tutorial's reference as Ray tasks, until all have ended or
+    `end`: each run's curve into `curves` and its file; what has not ended stays in `pending`.
+    A task that fails (a crashed or killed worker, a lost node, an error) is reported and skipped;
+    returns how many did."""
+    folder = settings.experiment_dir
+    threads = max(1, int(settings.cpus_per_trial))
+    resources = {"num_cpus": settings.cpus_per_trial, "num_gpus": settings.gpus_per_trial}
+    data = ray.put(dataset)
     confirm_task = ray.remote(**resources)(confirmation_run)
     for c in chosen:
         for seed in seeds:
@@ -412,32 +464,29 @@ def run_confirmation(
     if read_reference(folder, reference_config(base, train_on=reference_on).to_dict()) is None:
         reference = ray.remote(**resources)(reference_run)
         pending[reference.remote(base, data, threads, reference_on)] = None  # last in line
+    failed = 0
     while pending:
         timeout = None if end is None else max(0.0, end - time.time())
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
         if not ready:
             break  # out of time: the candidates with every seed run are judged, the others dropped
         job = pending.pop(ready[0])
+        try:
+            value = ray.get(ready[0])
+        except ray.exceptions.RayError as e:
+            what = (
+                "the tutorial's reference run"
+                if job is None
+                else f"trial {job[0].trial_id}'s run with seed {job[1]}"
+            )
+            reason = (str(e).strip().splitlines() or [""])[-1][:200]
+            print(f"confirmation: {what} failed ({type(e).__name__}: {reason}); skipped")
+            failed += 1
+            continue
         if job is None:
-            save_reference(folder, *ray.get(ready[0]))
+            save_reference(folder, *value)
             continue
         c, seed = job
-        curves[c.trial_id][seed] = ray.get(ready[0])
-        save_run(folder, c, seed, curves[c.trial_id][seed])
-    for ref in pending:
-        ray.cancel(ref, force=True)
-    results = [
-        r
-        for c in chosen
-        if len(curves[c.trial_id]) == len(seeds) and (r := confirm(c, curves[c.trial_id])) is not None
-    ]
-    unfinished = sum(job is not None for job in pending.values())
-    if unfinished:
-        print(
-            f"confirmation: {unfinished} of {len(chosen) * len(seeds)} runs did not finish within the budget; "
-            f"{len(results)} of {len(chosen)} configurations confirmed"
-        )
-    if None in pending.values():
-        print("confirmation: the tutorial's reference run did not finish within the budget")
-    write_summary(folder, results, planned=len(chosen) * len(seeds), seconds=time.monotonic() - started)
-    return results
+        curves[c.trial_id][seed] = value
+        save_run(folder, c, seed, value)
+    return failed

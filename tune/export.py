@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mf.atomic import write_json, write_yaml
+from mf.atomic import replace_folder, write_json, write_yaml
 from mf.config import TrainConfig, from_dict, tutorial_config
 from mf.data import Dataset
 from mf.errors import MFError, user_errors_exit
@@ -58,6 +58,7 @@ from tune.confirmation import (
     read_summary,
     run_config,
 )
+from tune.lock import writer_lock
 from tune.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
 from tune.settings import REFITS, doc, read_experiment, recorded_settings, trial_config
 from tune.study_storage import load_experiment_study
@@ -295,10 +296,17 @@ def export_best(
     rule = refit or settings.refit
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
     dataset = dataset_for(base)
+    by_id = {r.trial_id: r for r in records}
     confirmed = read_summary(folder)
+    for c in [c for c in confirmed if c.trial_id not in by_id]:
+        print(
+            f"warning: the confirmation's {c.trial_id} is not among the readable trials; passed over",
+            file=sys.stderr,
+        )
+    confirmed = [c for c in confirmed if c.trial_id in by_id]
     if confirmed:
         winner = confirmed[0]
-        best = next(r for r in records if r.trial_id == winner.trial_id)
+        best = by_id[winner.trial_id]
         trainer = confirmed_trainer(folder, base, winner, dataset)
         epochs = winner.epoch  # the epoch of the best mean over the fresh seeds
     else:
@@ -360,19 +368,18 @@ def held_out_counts(dataset: Dataset) -> dict[str, int]:
 
 def write_export(target: Path, trainer: Trainer, metrics: dict[str, Any], choice: RankingChoice) -> None:
     """config.yaml, metrics.json, model.pt and the served ranking in `target`, written into a fresh
-    folder beside it and then swapped in: a crash leaves the old export whole."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    folder beside it and then swapped in (mf.atomic.replace_folder): a crash leaves the old export
+    whole, and a reader never finds no export. The caller holds the experiment's writer lock
+    (tune.lock), so staging folders found beside `target` are a killed export's, and are removed."""
+    for leftover in target.parent.glob(f".{target.name}-staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-staging-", dir=target.parent))
     try:
         write_yaml(staging / "config.yaml", trainer.config.to_dict())
         write_json(staging / METRICS_FILE, metrics)
         trainer.save_checkpoint(staging / "model.pt")
         write_ranking(staging, choice)  # what mf.recommend and mf.serve rank by
-        old = target.parent / f".{target.name}-old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -553,9 +560,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"what the exported model trains on instead of the experiment's --refit: {doc('refit')}",
     )
     args = parser.parse_args(argv)
-    records = collect_and_write_trials(args.experiment.resolve())
-    export_best(args.experiment, records=records, refit=args.refit)
-    export_best_ranking(args.experiment, records=records, refit=args.refit)
+    read_experiment(args.experiment)  # an experiment folder, or a one-line error
+    with writer_lock(args.experiment, "tune.export"):
+        records = collect_and_write_trials(args.experiment.resolve())
+        export_best(args.experiment, records=records, refit=args.refit)
+        export_best_ranking(args.experiment, records=records, refit=args.refit)
     return 0
 
 

@@ -11,17 +11,21 @@ orphaned (the workers end by themselves within seconds, the GCS and raylet at on
 - `end_leftovers` (the next `tune.run` or `--resume`) does the same from the record, should the
   watchdog have been killed too, and says what it ended.
 
-A process belongs to the session when the session folder is in its command line, or when it holds a
-file in that folder open for writing (/proc/<pid>/fd, fdinfo): Ray's agents and workers rewrite
-their command lines (`ray::DashboardAgent`, `ray::IDLE`), but keep writing their logs in
-`<session>/logs/` (a `tail -f` of such a log only reads, and is not part of the session). Processes are
-never chosen by name, and nothing is touched while the recorded driver still runs, on another host
-or after a reboot, so a Ray this experiment did not start (another run's, a `ray start --head`
-cluster) is never touched. Linux only (/proc); elsewhere nothing is found, and nothing ended.
+Only a recorded folder that is a Ray session folder (named as Ray names them, holding `logs/`) is
+looked at. A process belongs to the session when it is one of Ray's (a program or script of the
+installed ray package, or a process Ray titled `ray::...`) and names the session folder in its
+command line, or when it holds a file in that folder open for writing (/proc/<pid>/fd, fdinfo):
+Ray's agents and workers rewrite their command lines (`ray::DashboardAgent`, `ray::IDLE`), but keep
+writing their logs in `<session>/logs/`. A `tail -f` or `less` of such a log names the folder but is
+not Ray's, and only reads: it is not part of the session. Nothing is touched while the recorded
+driver still runs, on another host or after a reboot, so a Ray this experiment did not start
+(another run's, a `ray start --head` cluster) is never touched. Linux only (/proc); elsewhere
+nothing is found, and nothing ended.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -209,10 +213,43 @@ def end_leftovers_in(storage_path: Path, **kwargs: Any) -> list[Cleanup]:
     return cleanups
 
 
+SESSION_NAME = re.compile(r"session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")
+"""How Ray names a session's folder (`session_<date>_<time>_<microseconds>_<pid>`)."""
+
+
+def is_session_folder(session_dir: str) -> bool:
+    """Whether `session_dir` is a Ray session folder: an absolute path to a folder named as Ray
+    names them, holding its `logs/`. A damaged or foreign record names none, and nothing is ended."""
+    path = Path(session_dir or ".")
+    return path.is_absolute() and SESSION_NAME.fullmatch(path.name) is not None and (path / "logs").is_dir()
+
+
+def _is_ray(cmdline: bytes) -> bool:
+    """Whether a command line is one of Ray's processes: a title Ray gave it (`ray::IDLE`,
+    `ray::DashboardAgent`), or a program or script inside the installed ray package (raylet,
+    gcs_server, its agents). A `tail -f` or an editor of a session's log is neither."""
+    if cmdline.startswith(b"ray::"):
+        return True
+    return any(arg.startswith(_RAY_PACKAGE) for arg in cmdline.split(b"\0"))
+
+
+def _ray_package() -> bytes:
+    spec = importlib.util.find_spec("ray")  # where it is, without importing it (the watchdog is small)
+    origin = spec.origin if spec is not None and spec.origin else None
+    return (str(Path(origin).parent) + "/").encode() if origin else b"\0"
+
+
+_RAY_PACKAGE = _ray_package()
+
+
 def session_processes(session_dir: str) -> list[SessionProcess]:
-    """This user's processes, other than this one, whose command line names `session_dir` (as a
-    whole path part: `.../session_x_12` is not `.../session_x_1`) or that write a file in it."""
+    """This user's processes, other than this one, that belong to the Ray session `session_dir`:
+    Ray's own processes (see `_is_ray`) whose command line names the folder (as a whole path part:
+    `.../session_x_12` is not `.../session_x_1`), and processes that write a file in it (its
+    workers' and agents' logs). None when `session_dir` is not a Ray session folder."""
     session_dir = session_dir.rstrip("/")
+    if not is_session_folder(session_dir):
+        return []
     in_cmdline = re.compile(re.escape(session_dir.encode()) + rb"(?![\w.-])")
     found = []
     for pid in _pids():
@@ -222,7 +259,7 @@ def session_processes(session_dir: str) -> list[SessionProcess]:
             cmdline = (PROC / str(pid) / "cmdline").read_bytes()
         except OSError:
             continue
-        if in_cmdline.search(cmdline) or _writes_into(pid, session_dir):
+        if (in_cmdline.search(cmdline) and _is_ray(cmdline)) or _writes_into(pid, session_dir):
             start = _start_time(pid)
             if start is not None:  # else it ended meanwhile, or is a zombie
                 name = cmdline.split(b"\0", 1)[0].decode(errors="replace").strip() or f"pid {pid}"

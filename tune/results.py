@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -110,34 +112,56 @@ def collect_trials(folder: Path, *, max_epochs: int, study: optuna.Study | None)
             continue
         ray_id = str(t.user_attrs[RAY_TRIAL_ID])
         trial_dir = folder / trial_dirname(ray_id)
-        records.append(
-            _record(ray_id, trial_dir, outcome=t.state.name, params=dict(t.params), number=t.number)
+        record = _readable(
+            trial_dir,
+            _record,
+            ray_id,
+            trial_dir,
+            outcome=t.state.name,
+            params=dict(t.params),
+            number=t.number,
         )
+        if record is not None:
+            records.append(record)
     return records
+
+
+def _readable(
+    trial_dir: Path, read: Callable[..., TrialRecord], *args: Any, **kwargs: Any
+) -> TrialRecord | None:
+    """`read(*args, **kwargs)`, or None with a warning naming the trial when its files are damaged: one trial's
+    damage leaves the others' export, report and summary standing."""
+    try:
+        return read(*args, **kwargs)
+    except (MFError, ValueError, TypeError, OSError) as e:
+        print(
+            f"warning: trial {trial_id_of(trial_dir)} left out: its files are damaged ({e})", file=sys.stderr
+        )
+        return None
 
 
 def _from_folders(folder: Path, *, max_epochs: int) -> list[TrialRecord]:
     """The trials as their folders alone tell: ended by tune.outcome's rule, else RUNNING."""
     records = []
     for trial_dir in trial_folders(folder):
-        results = read_results(trial_dir)
-        params = read_params(trial_dir) or {}
-        ended = bool(results) and has_ended(results[-1])
-        state = outcome_of_curve(
-            curve_of(results, METRIC, EPOCH),
-            failed=bool(results) and _failed(results[-1]),
-            max_epochs=trial_epochs(params, max_epochs),
-        )[0].name
-        records.append(
-            _record(
-                trial_id_of(trial_dir),
-                trial_dir,
-                outcome=state if ended else RUNNING,
-                params=params,
-                number=None,
-            )
-        )
+        record = _readable(trial_dir, _record_of_folder, trial_dir, max_epochs)
+        if record is not None:
+            records.append(record)
     return records
+
+
+def _record_of_folder(trial_dir: Path, max_epochs: int) -> TrialRecord:
+    results = read_results(trial_dir)
+    params = read_params(trial_dir) or {}
+    ended = bool(results) and has_ended(results[-1])
+    state = outcome_of_curve(
+        curve_of(results, METRIC, EPOCH),
+        failed=bool(results) and _failed(results[-1]),
+        max_epochs=trial_epochs(params, max_epochs),
+    )[0].name
+    return _record(
+        trial_id_of(trial_dir), trial_dir, outcome=state if ended else RUNNING, params=params, number=None
+    )
 
 
 def _failed(result: dict[str, Any]) -> bool:

@@ -31,6 +31,8 @@ from tune.export import (
     headline,
 )
 from tune.fidelity import pruning_fidelity
+from tune.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
+from tune.lock import writer_lock
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
 from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment, recorded_settings
@@ -175,6 +177,38 @@ def main(argv: list[str] | None = None) -> int:
             "its working dir that nobody will find again; give an absolute path on shared storage"
         )
     options = RunOptions(verbose=args.verbose, dashboard_port=args.dashboard, mlflow_uri=args.mlflow)
+    try:
+        with sigterm_as_sigint():
+            return run_and_export(args, settings, options)
+    except Interrupted as e:  # the first Ctrl-C or SIGTERM: the work done is saved
+        print(e, file=sys.stderr)
+    except KeyboardInterrupt:  # a second one, or one outside the search and the confirmation
+        folder = Path(args.resume) if args.resume else settings.experiment_dir
+        print(
+            f"interrupted: stopped at once. What was saved in {folder} can be resumed with "
+            f"`python -m tune.run --resume {folder}` or exported with `python -m tune.export {folder}`",
+            file=sys.stderr,
+        )
+    return EXIT_CODE
+
+
+def run_and_export(args: argparse.Namespace, settings: ExperimentSettings, options: RunOptions) -> int:
+    """The experiment (new or resumed), its export, report and summary, holding the folder's writer
+    lock (tune.lock) throughout; 0 when done.
+
+    Raises Interrupted when a SIGINT or SIGTERM stopped the search or the confirmation (nothing is
+    exported then), KeyboardInterrupt when a second one came, MFError for a user's mistake or when
+    another process writes the folder."""
+    if args.resume is None:
+        with writer_lock(settings.experiment_dir, "tune.run"):
+            return _run_and_export(args, settings, options)
+    folder = Path(args.resume) if args.resume else settings.experiment_dir
+    read_experiment(folder)  # an experiment folder, or a one-line error (before a lock file is made there)
+    with writer_lock(folder, "tune.run --resume"):
+        return _run_and_export(args, settings, options)
+
+
+def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, options: RunOptions) -> int:
     if args.resume is not None:
         from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
 
@@ -213,12 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         from tune.tracking import tag_best
 
         best = folder / "best"
-        tag_best(
-            folder,
-            exported["trial_id"],
-            metrics={k: v for k, v in exported.items() if k.startswith(("val_", "test_"))},
-            artifacts=[best / "config.yaml", best / "metrics.json"],
-        )
+        try:
+            tag_best(
+                folder,
+                exported["trial_id"],
+                metrics={k: v for k, v in exported.items() if k.startswith(("val_", "test_"))},
+                artifacts=[best / "config.yaml", best / "metrics.json"],
+            )
+        except MFError as e:  # the export is done and stays; the summary still comes
+            print(f"warning: --mlflow: the export was not tagged in MLflow: {e}", file=sys.stderr)
     if args.report:
         from tune.report import write_report
 

@@ -237,13 +237,33 @@ def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{folder}: not an mf-tune experiment folder (no {EXPERIMENT_FILE})")
     try:
-        return yaml.safe_load(path.read_text())
+        experiment = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    missing = [
+        k
+        for k in ("settings", "base_config")
+        if not isinstance(experiment, dict) or not isinstance(experiment.get(k), dict)
+    ]
+    if missing:
+        raise ConfigError(
+            f"{path}: damaged, {', '.join(missing)} missing (it is written once, when the experiment starts: "
+            "restore it from a backup, or start a new experiment)"
+        )
+    return experiment
 
 
 def recorded_settings(experiment: dict[str, Any]) -> ExperimentSettings:
-    """The settings an experiment ran with, from its `experiment.yaml` (see SETTINGS_OF_OLDER_RUNS)."""
+    """The settings an experiment ran with, from its `experiment.yaml` (see SETTINGS_OF_OLDER_RUNS).
+
+    Raises ConfigError naming a key this version does not know (a newer mf-tune's, or a typo)."""
+    known = {f.name for f in dataclasses.fields(ExperimentSettings)}
+    unknown = sorted(set(experiment["settings"]) - known)
+    if unknown:
+        raise ConfigError(
+            f"{EXPERIMENT_FILE}: settings: {', '.join(map(repr, unknown))} unknown to this mf-tune (written by a "
+            "newer one, or edited by hand); use the mf-tune that ran it, or remove the key"
+        )
     return ExperimentSettings(**{**SETTINGS_OF_OLDER_RUNS, **experiment["settings"]})
 
 

@@ -9,6 +9,7 @@ file. An experiment made before the journal was the default keeps its `optuna.db
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,29 @@ def use_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
     storage.engine.dispose()  # pooled connections reopen with the pragma
 
 
-def load_experiment_study(folder: Path, settings: dict[str, Any]) -> optuna.Study | None:
+def load_experiment_study(
+    folder: Path, settings: dict[str, Any], *, strict: bool = False
+) -> optuna.Study | None:
     """The experiment's study, opened to read (`settings` as experiment.yaml holds them), or None
-    if it has none yet."""
+    if it has none yet.
+
+    A journal damaged before its last line cannot be read: then None with a warning (the readers
+    fall back to the trials' folders), or with `strict` (a driver about to append to it) a
+    ConfigError naming the file and what to do."""
     location = study_location(folder, settings.get("study_storage"))
     if not exists(location):
         return None
     try:
         return optuna.load_study(study_name=settings["name"], storage=open_storage(location))
     except KeyError:  # the storage holds no study of that name
+        return None
+    except ValueError as e:  # json.JSONDecodeError: a line of the journal is damaged
+        if strict:
+            raise ConfigError(
+                f"{location}: the study is damaged ({e}), and a resumed search would append to it; "
+                f"export what there is with `python -m tune.export {folder}`, or start a new experiment"
+            ) from None
+        print(
+            f"warning: {location} is damaged ({e}); the trials are read from their folders", file=sys.stderr
+        )
         return None

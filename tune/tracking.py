@@ -235,7 +235,13 @@ class MlflowTracking(Callback):
                 self._proc.stdin.write(json.dumps(event, default=str) + "\n")
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
-                alive = False  # the writer died; close() reports its log
+                alive = False  # the writer died: said now, and close() reports its log
+                print(
+                    f"warning: --mlflow: the MLflow writer stopped; later trials are not tracked (see "
+                    f"{self.experiment_dir / WRITER_LOG})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         with contextlib.suppress(OSError):
             self._proc.stdin.close()
 

@@ -135,6 +135,19 @@ def train_trial(
     reports: ReportPolicy | None = None,
     own_seed: bool = False,
 ) -> None:
+    """One trial, as Ray Tune's function trainable (bound with `tune.with_parameters`): train the
+    configuration `tune.settings.trial_config` makes of `base` and the sampled `params` (its own
+    seed with `own_seed`) on `data`, and report each epoch's metrics to Tune until its last epoch
+    (its own tuned `epochs`, at most `max_epochs`) or until ASHA stops it.
+
+    What it did before survives a retry or a driver restart: it reads its folder under
+    `experiment_dir` first, resends the last result of a trial that had ended, and resumes an
+    unfinished one from its newest checkpoint. It writes checkpoints into that folder as
+    `checkpoints` says (at ASHA's rungs, and at least every so often), reports `reports` says
+    when (every epoch by default), and trains its next epoch while the driver decides on one it
+    cannot act on (`run_ahead`). A diverging configuration ends this trial with a `diverged`
+    result, not the experiment. Returns nothing; raises what training raises otherwise, which
+    Tune records as the trial's error."""
     reports = reports or ReportPolicy(run_ahead.decision_epochs, max_epochs)
     trial_dir = experiment_dir / trial_dirname(tune.get_context().get_trial_id())
     # What the trial did before a retry or a driver restart, read from its folder: Tune's snapshot

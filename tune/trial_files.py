@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,13 +190,14 @@ def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
 
     Chosen by the epoch inside, not the folder's name: in an experiment from before trials wrote
     their own checkpoints, a resumed trial numbered them from Tune's snapshot, which may be older
-    than the folders on disk. A checkpoint that cannot be read (cut short by a kill) is passed over.
+    than the folders on disk. A checkpoint that cannot be read (cut short by a kill) is passed over, with a warning naming it.
     """
     newest = None
     for path in checkpoint_files(trial_dir):
         try:
             state = read_checkpoint(path)
-        except MFError:
+        except MFError as e:
+            print(f"warning: {e}; passed over", file=sys.stderr)
             continue
         if newest is None or state["epoch"] > newest["epoch"]:
             newest = state

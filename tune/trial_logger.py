@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from ray.tune.logger import LoggerCallback
 
+from mf.atomic import atomic_write_text
 from tune.keys import ALREADY_LOGGED
 from tune.trial_files import (
     ERROR_EVENT,
@@ -39,7 +40,8 @@ class TrialFolderLogger(LoggerCallback):
     def log_trial_start(self, trial: Any) -> None:
         folder = Path(trial.path)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / PARAMS_FILE).write_text(json.dumps(trial.config, indent=2, sort_keys=True, default=str))
+        params = json.dumps(trial.config, indent=2, sort_keys=True, default=str)
+        atomic_write_text(folder / PARAMS_FILE, params, fsync=False)  # written again by a resumed trial
         self._close(trial)
         path = folder / RESULT_FILE
         drop_cut_last_line(path)
