@@ -295,7 +295,7 @@ class Recommender:
         m, c, d = self.metrics, self.choice, self.dataset
         return {
             "status": "ok",
-            "model": Path(self.loaded.path).name,
+            "model": f"{Path(self.loaded.path).parent.name}/{Path(self.loaded.path).name}",
             "trial_id": m.get("trial_id"),
             "trained_on": list(d.trained_on),
             "epoch": m.get("epoch", m.get("epochs")),

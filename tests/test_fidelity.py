@@ -11,11 +11,13 @@ from tune.results import TrialRecord
 from tune.settings import ExperimentSettings
 
 
-def trial(trial_id: str, curve: dict[int, float]) -> TrialRecord:
+def trial(trial_id: str, curve: dict[int, float], *, own_epochs: int = 9) -> TrialRecord:
+    """A trial's record: COMPLETE when its curve reaches its own length (max_epochs, 9, unless the
+    space tuned it), else PRUNED, as ASHA would have left it."""
     history = pd.DataFrame({"epoch": list(curve), "val_mse": list(curve.values())})
     return TrialRecord(
         trial_id=trial_id,
-        outcome="COMPLETE",
+        outcome="COMPLETE" if max(curve) >= own_epochs else "PRUNED",
         epochs=max(curve),
         best_val_mse=min(curve.values()),
         best_epoch=min(curve, key=curve.get),
@@ -63,3 +65,12 @@ def test_too_few_finished_trials_are_not_judged():
     assert f.finished == 1
     assert "too few" in f.lines()[0]
     assert f.warning(SETTINGS) is None
+
+
+def test_a_trial_that_ran_its_own_shorter_length_counts_as_finished():
+    # The space tuned its epochs to 5: it ended there, COMPLETE, and is judged with the others.
+    records = [trial(f"t{i}", {e: 1.0 / e + 0.01 * i for e in range(1, 10)}) for i in range(3)]
+    records.append(trial("short", {e: 1.0 / e for e in range(1, 6)}, own_epochs=5))
+    f = pruning_fidelity(records, SETTINGS)
+    assert f.finished == 4
+    assert f.rungs[0].trials == 4

@@ -49,7 +49,7 @@ def test_the_lock_of_a_killed_holder_is_taken_by_the_next_writer(tmp_path: Path)
 def test_tune_export_and_resume_refuse_a_folder_another_process_writes(tmp_path: Path):
     folder = tmp_path / "exp"
     folder.mkdir()
-    (folder / "experiment.yaml").write_text("settings: {}\n")
+    (folder / "experiment.yaml").write_text("settings: {}\nbase_config: {}\n")
     holder = hold_lock(folder)
     try:
         for command in (["tune.export", str(folder)], ["tune.run", "--resume", str(folder)]):

@@ -166,7 +166,7 @@ def test_health_names_the_model_its_data_and_the_ranking_served(server: Client, 
     assert body["trial_id"] is None and body["val_mse"] == metrics["val_mse"] and body["test_mse"] is None
     assert body["users"] == 610 and body["items"] == 9724 and "ml-latest-small" in body["data"]
     # Named, without the server's paths.
-    assert body["model"] == export.name and "/" not in body["data"]
+    assert body["model"] == f"{export.name}/model.pt" and "/" not in body["data"]
     # The ranking served is the export's choice, with the figures it was chosen on.
     assert body["ranking"]["name"] == ranking["ranking"] and body["ranking"]["chosen"] is True
     assert body["ranking"]["val_ndcg@10"] == ranking["candidates"][ranking["ranking"]]

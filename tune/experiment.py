@@ -45,7 +45,7 @@ from tune.confirmation import (
 from tune.confirmation_reserve import ConfirmationReserve
 from tune.dashboard import start_dashboard
 from tune.export import reference_config, reference_train_on
-from tune.interrupts import Interrupted
+from tune.interrupts import Interrupted, take_sigterm
 from tune.keys import EPOCH, METRIC, MODE
 from tune.progress import LiveProgress, RayOutput, ray_output
 from tune.ray_session import end_leftovers_in, start_private_ray
@@ -336,6 +336,7 @@ def _fit(
     if options.dashboard_port is not None:
         log = settings.experiment_dir / "dashboard.log"
         dashboard = start_dashboard(study_location_of(settings), port=options.dashboard_port, log_path=log)
+    take_sigterm()  # back from ray.init's own handler
     try:
         with without_default_loggers():
             grid, interrupted = fit_noting_interrupt(tuner)

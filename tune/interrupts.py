@@ -44,6 +44,14 @@ def _sigterm_as_sigint(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
 
+def take_sigterm() -> None:
+    """Handle SIGTERM as SIGINT from now on (main thread only). Called once Ray is connected:
+    `ray.init` installs its own SIGTERM handler in the driver, which prints a stack and ends the
+    process with nothing saved. `sigterm_as_sigint` puts back what was there before it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
 @contextlib.contextmanager
 def sigterm_as_sigint() -> Iterator[None]:
     """While inside, SIGTERM does whatever SIGINT does at that moment (Tune's graceful stop during

@@ -113,17 +113,9 @@ def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[str]]) 
 
 def top_trials_table(records: list[TrialRecord], params: Sequence[str], *, top: int = TOP_TRIALS) -> str:
     scored = sorted((r for r in records if math.isfinite(r.best_val_mse)), key=lambda r: r.best_val_mse)
-    header = [
-        "rank",
-        "trial",
-        "optuna #",
-        "outcome",
-        "epochs",
-        "best val MSE",
-        "best epoch",
-        "last val MSE",
-        *params,
-    ]
+    header = ["rank", "trial", "optuna #", "outcome", "epochs", "best val MSE", "best epoch", "last val MSE"]
+    # A tuned parameter named like a column (`epochs`: the trial's own length) is marked as tuned.
+    header += [f"{p} (tuned)" if p in header else p for p in params]
     rows = [
         [
             str(i + 1),
