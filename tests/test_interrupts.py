@@ -18,7 +18,7 @@ from tune.confirmation import CONFIRM_DIR, SUMMARY_FILE
 
 @pytest.mark.slow
 def test_ctrl_c_during_the_search_stops_it_skips_the_export_and_resume_finishes_it(tmp_path: Path):
-    driver, folder = start_run(tmp_path, "--num-samples", "8", "--max-epochs", "6", "--confirm-top", "1")
+    driver, folder = start_run(tmp_path, "--num-samples", "10", "--max-epochs", "6", "--confirm-top", "1")
     try:
         wait_until(lambda: trials_with_results(folder) >= 2, driver, "two trials with results")
         # A second driver on the live experiment is refused, naming the first; the first goes on.
@@ -42,10 +42,10 @@ def test_ctrl_c_during_the_search_stops_it_skips_the_export_and_resume_finishes_
 
     resumed = resume(folder)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert len(pd.read_csv(folder / "trials.csv")) == 8
+    assert len(pd.read_csv(folder / "trials.csv")) == 10
     study = study_of(folder)
-    assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
-    assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == 8  # none run twice
+    assert len(study.trials) == 10 and all(t.state.is_finished() for t in study.trials)
+    assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == 10  # none run twice
     assert (folder / "best" / "model.pt").is_file()
 
 
@@ -96,7 +96,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path):
 @pytest.mark.slow
 def test_a_confirmation_worker_that_keeps_crashing_is_reported_and_the_run_still_exports(tmp_path: Path):
     driver, folder = start_run(
-        tmp_path, "--num-samples", "3", "--max-epochs", "4", "--confirm-top", "1", "--confirm-seeds", "2",
+        tmp_path, "--num-samples", "3", "--max-epochs", "4", "--confirm-top", "1", "--confirm-seeds", "1",
     )  # fmt: skip
     try:
         wait_until(lambda: tasks_running("confirmation_run"), driver, "the confirmation")

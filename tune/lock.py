@@ -64,7 +64,9 @@ def describe(text: str) -> str:
 def writer_lock(folder: Path, role: str) -> Iterator[None]:
     """Hold `folder`'s writer lock while inside (the folder is created if need be).
 
-    Raises ExperimentBusy, naming the holder and what to do, when another process holds it."""
+    Raises ExperimentBusy, naming the holder and what to do, when another process holds it. A
+    folder this call created and nothing else wrote to (a run refused before it began) is removed."""
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -82,3 +84,7 @@ def writer_lock(folder: Path, role: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, naming the last holder
+        if made and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()

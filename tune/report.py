@@ -171,7 +171,9 @@ def comparison_table(c: Comparison, tuned: Sequence[str]) -> str:
     for key in tuned:
         rows.append(
             [
-                key,
+                f"{key} (tuned)"
+                if key == "epochs"
+                else key,  # the trial's own length, not the epochs trained
                 html.escape(_fmt(c.tutorial_config.get(key))),
                 html.escape(_fmt(c.best_config.get(key))),
             ]
