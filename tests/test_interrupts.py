@@ -87,7 +87,9 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path):
     finally:
         driver.kill()
     assert driver.returncode == 130, out[-3000:]
-    assert "stopped at once" in out and "Traceback" not in out
+    # The second lands in Tune's last save (stopped at once) or, when that save was quicker than
+    # 50 ms, just after it (the first one's message); either way one line and no traceback.
+    assert ("stopped at once" in out or "interrupted during the search" in out) and "Traceback" not in out
     assert not (folder / "best").exists()
     # The study is readable: every trial in it is one Tune started.
     assert study_of(folder).trials
