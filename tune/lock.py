@@ -27,7 +27,8 @@ from pathlib import Path
 from mf.errors import MFError
 
 LOCK_FILE = "writer.lock"
-_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
+IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor for a job's driver: its JSON names the job (`metadata.job_submission_id`)."""
 
 
 class ExperimentBusy(MFError):
@@ -38,7 +39,7 @@ def holder(role: str) -> dict[str, object]:
     """Who this process is, as the lock's text says it: host, pid, Ray job id (if a job), role."""
     job = None
     with contextlib.suppress(ValueError, TypeError, AttributeError):
-        job = json.loads(os.environ.get(_JOB_CONFIG, "")).get("metadata", {}).get("job_submission_id")
+        job = json.loads(os.environ.get(IN_RAY_JOB, "")).get("metadata", {}).get("job_submission_id")
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),

@@ -32,12 +32,11 @@ from tune.export import (
 )
 from tune.fidelity import pruning_fidelity
 from tune.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
-from tune.lock import writer_lock
+from tune.lock import IN_RAY_JOB, writer_lock
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
 from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment, recorded_settings
 
-IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's driver
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "confirm_top": 2, "confirm_seeds": 1}
 HELD_OUT_TEST = {"last-n": ("test_n", 5), "random": ("test_fraction", 0.1), "time": ("test_fraction", 0.1)}
 """The test part tune.run holds out unless told otherwise (--test-n 0 / --test-fraction 0: none, the
