@@ -15,10 +15,10 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mf.atomic import write_json
 from mf.config import TrainConfig
@@ -144,14 +144,25 @@ def save_reference(folder: Path, config: dict[str, Any], metrics: dict[str, floa
 
 def read_reference(folder: Path, config: dict[str, Any]) -> dict[str, float] | None:
     """The tutorial reference's metrics, if one was trained for exactly `config`."""
-    path = folder / CONFIRM_DIR / REFERENCE_FILE
+    return _read_saved(
+        folder / CONFIRM_DIR / REFERENCE_FILE,
+        lambda saved: saved["metrics"] if saved.get("config") == config else None,
+        instead="read as missing",
+    )
+
+
+T = TypeVar("T")
+
+
+def _read_saved(path: Path, read: Callable[[Any], T], *, instead: str) -> T | None:
+    """`read` of the JSON in `path`; None when there is no such file, and None with a warning naming
+    the file when it is damaged (`instead`: what the caller does then)."""
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
-        return saved["metrics"] if saved.get("config") == config else None
+        return read(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        print(f"warning: {path} is damaged ({e}); read as missing", file=sys.stderr)
+        print(f"warning: {path} is damaged ({e}); {instead}", file=sys.stderr)
         return None
 
 
@@ -163,17 +174,11 @@ def save_run(folder: Path, candidate: Candidate, seed: int, curve: dict[int, flo
 
 
 def read_run(folder: Path, trial_id: str, seed: int) -> dict[int, float] | None:
-    path = run_file(folder, trial_id, seed)
-    if not path.is_file():
-        return None
-    try:
-        return {int(epoch): float(v) for epoch, v in json.loads(path.read_text())["curve"].items()}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        print(
-            f"warning: {path} is damaged ({e}); read as missing (a resumed confirmation runs it again)",
-            file=sys.stderr,
-        )
-        return None
+    return _read_saved(
+        run_file(folder, trial_id, seed),
+        lambda saved: {int(epoch): float(v) for epoch, v in saved["curve"].items()},
+        instead="read as missing (a resumed confirmation runs it again)",
+    )
 
 
 def confirm(candidate: Candidate, curves: dict[int, dict[int, float]]) -> Confirmed | None:
@@ -219,19 +224,12 @@ def write_summary(folder: Path, results: Sequence[Confirmed], *, planned: int, s
 
 def read_summary(folder: Path) -> list[Confirmed]:
     """The confirmed candidates, best mean first; [] if the experiment has no confirmation."""
-    path = folder / CONFIRM_DIR / SUMMARY_FILE
-    if not path.is_file():
-        return []
-    try:
-        return [
-            Confirmed(**{**c, "seeds": tuple(c["seeds"])}) for c in json.loads(path.read_text())["confirmed"]
-        ]
-    except (ValueError, TypeError, KeyError) as e:
-        print(
-            f"warning: {path} is damaged ({e}); read as no confirmation (the search's best is exported)",
-            file=sys.stderr,
-        )
-        return []
+    confirmed = _read_saved(
+        folder / CONFIRM_DIR / SUMMARY_FILE,
+        lambda saved: [Confirmed(**{**c, "seeds": tuple(c["seeds"])}) for c in saved["confirmed"]],
+        instead="read as no confirmation (the search's best is exported)",
+    )
+    return confirmed or []
 
 
 def format_confirmation(results: Sequence[Confirmed]) -> list[str]:

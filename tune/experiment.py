@@ -405,11 +405,10 @@ def run_confirmation(
     try:
         failed = _run_tasks(settings, base, dataset, chosen, seeds, curves, pending, end=end)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs that ended are saved, one file each
+        raise Interrupted("the confirmation", folder) from None
+    finally:  # out of time, or interrupted: what has not ended is cancelled
         for ref in pending:
             ray.cancel(ref, force=True)
-        raise Interrupted("the confirmation", folder) from None
-    for ref in pending:
-        ray.cancel(ref, force=True)
     results = [
         r
         for c in chosen
