@@ -25,7 +25,8 @@ type, an unknown id in a /predict body, a k outside 1..catalogue, an unknown fal
 answered inside the route; none reaches Ray, so no request takes a replica down.
 
 The model side lives in mf.serving (no Ray); this module holds only the deployment, the routes and
-the CLI, and is the one module of mf/ that imports Ray (only Ray Serve's public API).
+the CLI, and is the one module of mf/ that imports Ray (Ray Serve's public API; mf._ray_serve holds
+the one internal it changes, so that nothing listens beyond --host).
 """
 
 import argparse
@@ -41,12 +42,14 @@ import urllib.request
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
+from mf import _ray_serve
 from mf.errors import MFError, user_errors_exit
 from mf.ranking import Ranking
 from mf.serving import Recommender, RequestError, parse_pairs
@@ -71,9 +74,9 @@ ingress), so no request crosses Serve's Python proxy; replicas run the routes on
 Set in the controller's environment, which the proxies and replicas it starts inherit. On 2 cores
 it serves about twice the requests of the Python proxy (bench/serve.py)."""
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
-"""HAProxy's stats page and Prometheus exporter listen on every interface, on 8404 and 9101 unless
-these say otherwise; a second Serve on the same host would fail to bind them, so each start picks
-free ports unless the variables are set."""
+"""HAProxy's stats page and Prometheus exporter listen on the serving host (mf._ray_serve), on 8404 and
+9101 unless these say otherwise; a second Serve on the same host would fail to bind them, so each
+start picks free ports unless the variables are set."""
 
 
 def free_port() -> int:
@@ -233,6 +236,9 @@ def start(
     `stop(name, started_serve=...)` then shuts all of Serve down, else only deletes this app.
     """
     env = ingress_env(ingress)
+    if not ray.is_initialized():  # as Serve would, plus the hook that keeps HAProxy on `host`
+        hook = {"worker_process_setup_hook": _ray_serve.HOOK} if ingress == "haproxy" else {}
+        ray.init(namespace=_ray_serve.SERVE_NAMESPACE, runtime_env=hook or None)
     started = not serve_running()
     serve.start(
         http_options={"host": host, "port": port}, controller_options={"runtime_env": {"env_vars": env}}

@@ -330,3 +330,95 @@ def test_cli_bad_export_is_one_line_before_ray_starts(tmp_path: Path, capsys):
     assert mf_serve.main(["--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint there" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (from each process's parent in /proc/<pid>/stat)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def listening(pid: int) -> list[tuple[str, int]]:
+    """The (address, port) of each TCP socket `pid` listens on, read from /proc like `ss -ltnp`."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for row in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                address, port = cols[1].split(":")
+                raw = bytes.fromhex(address)
+                # /proc prints each 32-bit word of the address in the host's (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(
+                    (
+                        socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, words),
+                        int(port, 16),
+                    )
+                )
+    return found
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_every_http_socket_of_the_server_listens_on_the_given_host_only(export: Path):
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mf.serve", "--model", str(export), "--host", "127.0.0.1", "--port", str(port)]
+        + ["--num-cpus", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(180, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("serving http://"):
+                break
+        else:
+            pytest.fail(f"mf.serve ended before serving (exit {proc.wait()})")
+        # The processes that serve HTTP: HAProxy, Serve's proxy actor and the replicas.
+        servers = {
+            pid: title(pid)
+            for pid in descendants(proc.pid)
+            if title(pid).startswith(("ray::ProxyActor", "ray::ServeReplica")) or "haproxy" in title(pid)
+        }
+        sockets = {(pid, name): listening(pid) for pid, name in servers.items()}
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    assert any("haproxy" in name for name in servers.values()), servers
+    everything = [address for found in sockets.values() for address in found]
+    assert ("127.0.0.1", port) in everything
+    beyond = {key: [a for a in found if a[0] != "127.0.0.1"] for key, found in sockets.items()}
+    assert {key: found for key, found in beyond.items() if found} == {}

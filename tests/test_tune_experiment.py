@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import optuna
@@ -19,7 +20,7 @@ from mf.config import from_dict
 from mf.training import Trainer, dataset_for, load_model
 from tests.files import ml_latest_small
 from tune import run as tune_run
-from tune.export import export_best
+from tune.export import export_best, export_best_ranking
 from tune.settings import read_experiment, recorded_settings
 from tune.study_storage import JOURNAL_FILE, open_storage
 from tune.trainable import RunAhead, trial_config
@@ -287,6 +288,17 @@ def test_export_rewrites_the_same_best_from_the_folder(experiment: Path):
     assert metrics["test_mse"] == pytest.approx(before["test_mse"])
     assert metrics["train_only"]["val_mse"] == pytest.approx(before["train_only"]["val_mse"])
     assert not list(experiment.glob(".best-*"))
+
+
+def test_a_ranking_export_that_cannot_end_by_the_deadline_is_left_as_it_was_and_said(
+    experiment: Path, capsys
+):
+    before = (experiment / "best-ranking" / "metrics.json").read_bytes()
+    # tune.run gives the exports the end of its budget; here that end has passed.
+    assert export_best_ranking(experiment, quiet=True, deadline=time.time() - 1) is None
+    out = capsys.readouterr().out
+    assert "did not fit in the 0 s left of the budget" in out and "python -m tune.export" in out
+    assert (experiment / "best-ranking" / "metrics.json").read_bytes() == before
 
 
 def test_diverging_trial_fails_and_experiment_goes_on(tmp_path: Path):

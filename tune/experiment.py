@@ -143,8 +143,14 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
 
 
 def make_run_config(
-    settings: ExperimentSettings, options: RunOptions, output: RayOutput, dataset: Dataset
+    settings: ExperimentSettings,
+    options: RunOptions,
+    output: RayOutput,
+    dataset: Dataset,
+    budget_s: float | None = None,
 ) -> tune.RunConfig:
+    """Tune's RunConfig for the experiment; `budget_s`: what is left of --time-budget-s for the
+    search, its confirmation and its export (None: no budget)."""
     callbacks: list[tune.Callback] = [
         TrialFolderLogger(),
         CheckpointRetention(metric=METRIC, mode=MODE, keep_best=settings.keep_checkpoints),
@@ -163,7 +169,7 @@ def make_run_config(
     callbacks.append(
         LiveProgress(
             max_epochs=settings.max_epochs,
-            time_budget_s=settings.time_budget_s,
+            time_budget_s=budget_s,
             tty=False if options.verbose else None,
         )
     )
@@ -175,20 +181,22 @@ def make_run_config(
         # resume from the newest there (tune/trial_files.py); CheckpointRetention deletes the
         # ones no one needs (tune/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        stop=confirmation_reserve(settings, dataset),
+        stop=confirmation_reserve(settings, dataset, budget_s),
         verbose=output.run_config_verbose,
     )
 
 
-def confirmation_reserve(settings: ExperimentSettings, dataset: Dataset) -> ConfirmationReserve | None:
-    """The stopper that ends the search once the time left of --time-budget-s is what confirming its
-    best will take (tune.confirmation_reserve); None without a budget or a confirmation, where
-    the search may take it all (Tune's time_budget_s ends it)."""
-    if settings.time_budget_s is None or settings.confirm_top == 0:
+def confirmation_reserve(
+    settings: ExperimentSettings, dataset: Dataset, budget_s: float | None
+) -> ConfirmationReserve | None:
+    """The stopper that ends the search once the time left of `budget_s` is what confirming its best
+    will take (tune.confirmation_reserve); None without a budget or a confirmation, where the search
+    may take it all (Tune's time_budget_s ends it)."""
+    if budget_s is None or settings.confirm_top == 0:
         return None
     return ConfirmationReserve(
-        budget_s=settings.time_budget_s,
-        most_s=settings.confirm_share * settings.time_budget_s,
+        budget_s=budget_s,
+        most_s=settings.confirm_share * budget_s,
         top=settings.confirm_top,
         seeds=settings.confirm_seeds,
         slots=concurrent_trials(settings),
@@ -252,6 +260,8 @@ class RunOutcome:
     seconds: float
     deadline: float | None = None
     """The end of --time-budget-s (epoch seconds), which the export's refit must also fit in."""
+    dataset: Dataset | None = None
+    """The split the driver loaded, for the export: loading a large data set again spends the budget."""
 
 
 def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space: SearchSpace) -> None:
@@ -276,6 +286,7 @@ def run_experiment(
     folder.mkdir(parents=True, exist_ok=True)
     create_study(settings, space)
     write_experiment_file(settings, base, space)
+    budget_s = budget_left(settings, options)
     tuner = tune.Tuner(
         make_trainable(settings, base, dataset),
         param_space={},
@@ -286,13 +297,21 @@ def run_experiment(
             scheduler=make_scheduler(settings, seed=base.seed),
             num_samples=settings.num_samples,
             max_concurrent_trials=concurrent_trials(settings),
-            time_budget_s=settings.time_budget_s,
+            time_budget_s=budget_s,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),
-        run_config=make_run_config(settings, options, output, dataset),
+        run_config=make_run_config(settings, options, output, dataset, budget_s),
     )
     return _fit(tuner, settings, base, dataset, options)
+
+
+def budget_left(settings: ExperimentSettings, options: RunOptions) -> float | None:
+    """What is left of --time-budget-s now, counted from `options.started` (None: no budget)."""
+    if settings.time_budget_s is None:
+        return None
+    spent = 0.0 if options.started is None else time.time() - options.started
+    return max(settings.time_budget_s - spent, 1.0)
 
 
 def resume_experiment(folder: Path, *, address: str | None = None, options: RunOptions = QUIET) -> RunOutcome:
@@ -328,7 +347,8 @@ def _fit(
     tuner: tune.Tuner, settings: ExperimentSettings, base: TrainConfig, dataset: Dataset, options: RunOptions
 ) -> RunOutcome:
     started = time.monotonic()
-    deadline = None if settings.time_budget_s is None else time.time() + settings.time_budget_s
+    left = budget_left(settings, options)
+    deadline = None if left is None else time.time() + left
     # At the end Tune reads the experiment back and warns about every trial that has no results
     # (one the budget stopped before its first epoch), which is no news here.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -347,7 +367,7 @@ def _fit(
     finally:
         if dashboard is not None:
             dashboard.stop()
-    return RunOutcome(settings.experiment_dir, time.monotonic() - started, deadline)
+    return RunOutcome(settings.experiment_dir, time.monotonic() - started, deadline, dataset)
 
 
 def settle_ended_trials(settings: ExperimentSettings, grid: tune.ResultGrid) -> int:
@@ -369,20 +389,23 @@ def run_confirmation(
 ) -> list[Confirmed]:
     """Train the best `confirm_top` configurations again with fresh seeds, and the tutorial's
     configuration once for reference, as Ray tasks on the cluster's trial slots, until done or
-    `deadline` (epoch seconds) less what the export's refit will take. Only as many candidates as
+    `deadline` (epoch seconds) less what the export will take (reading the trials back, as this
+    did, and its refit). Only as many candidates as
     the time left affords after CONFIRM_START_S are run, and where that is none but the best
     candidate's runs themselves fit, those are tried (what has not ended by the deadline is
     cancelled); runs a resumed experiment finished before are not run again. Writes `confirm/`
     (tune.confirmation)."""
     folder = settings.experiment_dir
     study = load_experiment_study(folder, settings.to_dict())
+    read_started = time.monotonic()
     records = collect_trials(folder, max_epochs=settings.max_epochs, study=study)
+    read_s = time.monotonic() - read_started  # the export reads them all again: kept for it
     chosen = candidates(records, settings.confirm_top)
     seeds = confirmation_seeds(base.seed, settings.confirm_seeds)
     by_id = {r.trial_id: r for r in records}
     costs = [run_seconds(by_id[c.trial_id], settings.max_epochs) for c in chosen]
     refit_s = refit_cost(costs, refit=settings.refit, larger=refit_larger(dataset))
-    end = None if deadline is None else deadline - refit_s  # the rest is the export's refit's
+    end = None if deadline is None else deadline - refit_s - read_s  # the rest is the export's
     left = None if end is None else end - time.time() - CONFIRM_START_S
     slots = concurrent_trials(settings)
     fits = affordable(costs, seeds=len(seeds), slots=slots, seconds=left)

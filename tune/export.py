@@ -60,7 +60,7 @@ from tune.confirmation import (
 )
 from tune.lock import writer_lock
 from tune.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
-from tune.settings import REFITS, doc, read_experiment, recorded_settings, trial_config
+from tune.settings import REFITS, doc, read_experiment, recorded_settings, refit_grace_s, trial_config
 from tune.study_storage import load_experiment_study
 from tune.trial_files import newest_checkpoint
 
@@ -278,15 +278,18 @@ def export_best(
     train_reference: bool = True,
     deadline: float | None = None,
     refit: str | None = None,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Write best/ (and trials.csv, unless `records` were just written) for the experiment in
     `folder`, refit as `refit` (a --refit rule; None: the experiment's own) says, and return the
-    figures written to best/metrics.json.
+    figures written to best/metrics.json. The refit is skipped (and metrics.json says why) where its
+    estimate would end it later than `deadline` plus `tune.settings.refit_grace_s`.
 
     The tutorial's reference comes from the confirmation (`confirm/tutorial.json`); without it, it is
     trained here when `train_reference` (tune.run, bound by its budget, says no: on a large data set
     its ten dense epochs take many minutes), else left out with the reason. `deadline` (epoch
-    seconds): the end of the run's budget, which the refit must fit in.
+    seconds): the end of the run's budget, which the refit must fit in. `dataset`: the experiment's
+    split already loaded (tune.run's driver holds it), else loaded here.
     """
     folder = Path(folder).resolve()
     if records is None:
@@ -295,7 +298,7 @@ def export_best(
     settings = recorded_settings(experiment)
     rule = refit or settings.refit
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
-    dataset = dataset_for(base)
+    dataset = dataset if dataset is not None else dataset_for(base)
     by_id = {r.trial_id: r for r in records}
     confirmed = read_summary(folder)
     for c in [c for c in confirmed if c.trial_id not in by_id]:
@@ -321,7 +324,10 @@ def export_best(
         "epoch": trainer.epoch,
         **model_metrics(trainer, dataset),
     }
-    left = None if deadline is None else deadline - time.time()
+    left = None
+    if deadline is not None:
+        grace = refit_grace_s(settings.time_budget_s) if settings.time_budget_s else 0.0
+        left = deadline + grace - time.time()
     cost = refit_seconds(best, epochs, dataset, "train+val") * REFIT_RUNS[rule]
     exported = refit_export(
         trainer, dataset, metrics, choice, rule=rule, epochs=epochs, seconds_left=left, cost_s=cost
@@ -390,13 +396,16 @@ def export_best_ranking(
     records: list[TrialRecord] | None = None,
     quiet: bool = False,
     refit: str | None = None,
+    deadline: float | None = None,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any] | None:
     """Write best-ranking/ for the trial with the best val NDCG at any epoch, refit as `refit` says
-    (None: the experiment's --refit); None (and nothing written) where the trials did not measure it.
+    (None: the experiment's --refit); None (and nothing written) where the trials did not measure it,
+    or where its training would not end by `deadline` (epoch seconds; said on stdout).
 
     Trained again from the trial's configuration and seed to its best NDCG epoch, since its
     checkpoint holds the weights of its best val-MSE epoch; the training is deterministic on one
-    device, and a retrained NDCG that differs from the search's is said.
+    device, and a retrained NDCG that differs from the search's is said. `dataset`: as export_best.
     """
     folder = Path(folder).resolve()
     if records is None:
@@ -407,9 +416,18 @@ def export_best_ranking(
     experiment = read_experiment(folder)
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
     settings = recorded_settings(experiment)
+    rule = refit or settings.refit
     config = trial_config(base, best.params, settings.max_epochs, own_seed=settings.own_trial_seeds)
     config = config.replace(epochs=best.ndcg_epoch, device="auto")
-    dataset = dataset_for(base)
+    dataset = dataset if dataset is not None else dataset_for(base)
+    cost = refit_seconds(best, best.ndcg_epoch, dataset, "train")
+    left = None if deadline is None else deadline - time.time()
+    if left is not None and math.isfinite(cost) and cost > left:
+        print(
+            f"best-ranking: training trial {best.trial_id} again ({cost:.0f} s) did not fit in the "
+            f"{max(left, 0):.0f} s left of the budget; `python -m tune.export` writes it"
+        )
+        return None
     trainer = Trainer(config, dataset, device="cpu")
     trainer.fit()
     retrained = float(trainer.history[-1][VAL_NDCG])
@@ -428,8 +446,11 @@ def export_best_ranking(
         "retrained_val_ndcg": retrained,
         **model_metrics(trainer, dataset),
     }
-    rule = refit or settings.refit
-    exported = refit_export(trainer, dataset, metrics, choice, rule=rule, epochs=best.ndcg_epoch)
+    left = None if deadline is None else deadline - time.time()
+    cost = refit_seconds(best, best.ndcg_epoch, dataset, "train+val") * REFIT_RUNS[rule]
+    exported = refit_export(
+        trainer, dataset, metrics, choice, rule=rule, epochs=best.ndcg_epoch, seconds_left=left, cost_s=cost
+    )
     metrics = {
         **exported.metrics,
         **held_out_counts(dataset),

@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ def _short(value: Any) -> str:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()  # --time-budget-s counts from here: the load and Ray's start spend it too
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     if IN_RAY_JOB in os.environ and not Path(settings.storage_path).is_absolute():
@@ -175,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--storage-path: {settings.storage_path!r} is relative, and a Ray job runs in a temporary copy of "
             "its working dir that nobody will find again; give an absolute path on shared storage"
         )
-    options = RunOptions(verbose=args.verbose, dashboard_port=args.dashboard, mlflow_uri=args.mlflow)
+    options = RunOptions(
+        verbose=args.verbose, dashboard_port=args.dashboard, mlflow_uri=args.mlflow, started=started
+    )
     try:
         with sigterm_as_sigint():
             return run_and_export(args, settings, options)
@@ -240,8 +244,11 @@ def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, opti
             quiet=True,
             train_reference=settings.time_budget_s is None,
             deadline=outcome.deadline,
+            dataset=outcome.dataset,
         )
-        ranking_export = export_best_ranking(folder, records=records, quiet=True)
+        ranking_export = export_best_ranking(
+            folder, records=records, quiet=True, deadline=outcome.deadline, dataset=outcome.dataset
+        )
     if exported is not None and options.mlflow_uri is not None:
         from tune.tracking import tag_best
 
