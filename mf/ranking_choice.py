@@ -53,11 +53,17 @@ sampled user, and the choice tries 26 rules, so on 150k items 20,000 users ran f
 minutes at the end of a tune.run; the cap scores a tenth of that there (2,000 users), but never
 fewer than MIN_USERS."""
 MIN_USERS = 1_000
+BUDGET_CELLS = MAX_CELLS // 10
+"""Users x items per rule where the export runs at the end of a time budget (tune.run
+--time-budget-s): at 10M ratings the choice on MAX_CELLS took 49 s of the export's 73 s past the
+budget; `python -m tune.export` scores MAX_CELLS again at any time."""
 
 
-def users_to_score(n_items: int, max_users: int = MAX_USERS) -> int:
-    """How many users a ranking figure over `n_items` items samples (MAX_USERS, MAX_CELLS, MIN_USERS)."""
-    return min(max_users, max(MIN_USERS, MAX_CELLS // max(n_items, 1)))
+def users_to_score(n_items: int, max_users: int = MAX_USERS, max_cells: int = MAX_CELLS) -> int:
+    """How many users a ranking figure over `n_items` items samples: at most `max_users` and
+    `max_cells` / `n_items`, but never fewer than MIN_USERS (scaled down with `max_cells`)."""
+    floor = MIN_USERS * max_cells // MAX_CELLS
+    return min(max_users, max(floor, max_cells // max(n_items, 1)))
 
 
 GRID: dict[str, tuple[float, ...]] = {
@@ -206,13 +212,15 @@ def choose_ranking(
     threshold: float = RELEVANT_RATING,
     max_users: int = MAX_USERS,
     seed: int = 0,
+    max_cells: int = MAX_CELLS,
 ) -> RankingChoice:
     """The candidate ranking with the highest NDCG@k on the validation part; test only checked after.
 
-    Ties go to the earlier candidate (the baselines, then lower weights): the simpler ranking.
+    Ties go to the earlier candidate (the baselines, then lower weights): the simpler ranking. The
+    users scored are a seeded sample (`users_to_score(n_items, max_users, max_cells)`).
     """
     counts = item_counts(dataset.train, dataset.n_items)
-    max_users = users_to_score(dataset.n_items, max_users)
+    max_users = users_to_score(dataset.n_items, max_users, max_cells)
     val = sample_users(dataset.held_out(CHOICE_PART), threshold, max_users, seed)
     candidates = {str(r): r for r in candidate_rankings(scorer)}
     tried = evaluate_rankings(
@@ -240,7 +248,9 @@ def choose_ranking(
     )
 
 
-def carry_choice(choice: RankingChoice, scorer: FactorScorer, dataset: Dataset) -> RankingChoice:
+def carry_choice(
+    choice: RankingChoice, scorer: FactorScorer, dataset: Dataset, *, max_cells: int = MAX_CELLS
+) -> RankingChoice:
     """`choice`, made with a model trained on train only, for `scorer`'s model, a refit of it on more
     parts of the same data (`dataset`): the same ranking, chosen on the same val figures (a refit's
     val part is no longer held out, so nothing is chosen with it), and the test check scored again
@@ -248,7 +258,9 @@ def carry_choice(choice: RankingChoice, scorer: FactorScorer, dataset: Dataset) 
     test = None
     if dataset.test is not None:
         named = {"served": choice.ranking, "popular": Ranking(POPULAR), "predicted": Ranking(PREDICTED)}
-        held = sample_users(dataset.test, choice.threshold, users_to_score(dataset.n_items), 0)
+        held = sample_users(
+            dataset.test, choice.threshold, users_to_score(dataset.n_items, max_cells=max_cells), 0
+        )
         checked = evaluate_rankings(
             named, scorer, dataset, k=choice.k, threshold=choice.threshold, heldout=held
         )

@@ -38,6 +38,8 @@ from mf.errors import MFError, user_errors_exit
 from mf.metrics import EPOCH_SECONDS, VAL_NDCG, prefixed
 from mf.ranking import PREDICTED, RELEVANT_RATING, FactorScorer, Ranking
 from mf.ranking_choice import (
+    BUDGET_CELLS,
+    MAX_CELLS,
     RANKING_FILE,
     RankingChoice,
     carry_choice,
@@ -87,11 +89,12 @@ def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
     return records
 
 
-def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
+def model_metrics(trainer: Trainer, dataset: Dataset, *, max_cells: int = MAX_CELLS) -> dict[str, float]:
     """Rating and ranking metrics of a trained model on each held-out part (val_mse, test_ndcg@10, ...).
 
     Ranking by predicted rating, over the users with a relevant held-out rating, a seeded sample
-    past `users_to_score` (as mf.ranking_choice scores its choice): every user of ml-25m would be minutes.
+    past `users_to_score(n_items, max_cells=max_cells)` (as mf.ranking_choice scores its choice):
+    every user of ml-25m would be minutes.
     """
     scorer = FactorScorer.from_model(trainer.scoring_model)
     out: dict[str, float] = {}
@@ -100,7 +103,10 @@ def model_metrics(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
             continue
         out.update(prefixed(trainer.evaluate(part), part))
         sample = sample_users(
-            heldout, threshold=RELEVANT_RATING, max_users=users_to_score(dataset.n_items), seed=0
+            heldout,
+            threshold=RELEVANT_RATING,
+            max_users=users_to_score(dataset.n_items, max_cells=max_cells),
+            seed=0,
         )
         r = evaluate_rankings({PREDICTED: Ranking(PREDICTED)}, scorer, dataset, k=RANK_K, heldout=sample)[
             PREDICTED
@@ -232,6 +238,7 @@ def refit_export(
     epochs: int,
     seconds_left: float | None = None,
     cost_s: float = math.nan,
+    max_cells: int = MAX_CELLS,
 ) -> Exported:
     """The export under --refit `rule` of the `chosen` model (trained on train, with its `metrics`
     and ranking `choice` made on val): refit on train + validation for `epochs` epochs, its test
@@ -257,15 +264,17 @@ def refit_export(
         **held,
         "trained_on": list(model.dataset.trained_on),
         "epoch": model.epoch,
-        **model_metrics(model, model.dataset),
+        **model_metrics(model, model.dataset, max_cells=max_cells),
         "train_only": {"trained_on": list(dataset.trained_on), "epoch": chosen.epoch, **train_only},
     }
-    choice = carry_choice(choice, FactorScorer.from_model(model.scoring_model), model.dataset)
+    scorer = FactorScorer.from_model(model.scoring_model)
+    choice = carry_choice(choice, scorer, model.dataset, max_cells=max_cells)
     if rule == "all":
         out["test_from"] = out["trained_on"]  # the figures above: no part is held out from this one
         model = refit(chosen.config, dataset, epochs=epochs, train_on="all")
         out["trained_on"] = list(model.dataset.trained_on)
-        choice = carry_choice(choice, FactorScorer.from_model(model.scoring_model), model.dataset)
+        scorer = FactorScorer.from_model(model.scoring_model)
+        choice = carry_choice(choice, scorer, model.dataset, max_cells=max_cells)
     out["refit"] = {"rule": rule, "epochs": epochs, "seconds": round(time.monotonic() - started, 2)}
     return Exported(model, out, choice)
 
@@ -317,12 +326,13 @@ def export_best(
         trainer = best_trainer(folder, best, dataset)
         epochs = trainer.epoch
     # model_metrics rank by predicted rating; mf.recommend and mf.serve rank as chosen here, on val.
-    choice = choose_ranking(FactorScorer.from_model(trainer.scoring_model), dataset)
+    cells = budget_cells(dataset, deadline)
+    choice = choose_ranking(FactorScorer.from_model(trainer.scoring_model), dataset, max_cells=cells)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
         "optuna_number": best.optuna_number,
         "epoch": trainer.epoch,
-        **model_metrics(trainer, dataset),
+        **model_metrics(trainer, dataset, max_cells=cells),
     }
     left = None
     if deadline is not None:
@@ -330,7 +340,15 @@ def export_best(
         left = deadline + grace - time.time()
     cost = refit_seconds(best, epochs, dataset, "train+val") * REFIT_RUNS[rule]
     exported = refit_export(
-        trainer, dataset, metrics, choice, rule=rule, epochs=epochs, seconds_left=left, cost_s=cost
+        trainer,
+        dataset,
+        metrics,
+        choice,
+        rule=rule,
+        epochs=epochs,
+        seconds_left=left,
+        cost_s=cost,
+        max_cells=cells,
     )
     metrics = exported.metrics
     metrics.update(held_out_counts(dataset))
@@ -363,6 +381,20 @@ def export_best(
     if not quiet:
         print(format_export(metrics, folder / BEST_DIR))
     return metrics
+
+
+def budget_cells(dataset: Dataset, deadline: float | None) -> int:
+    """What the ranking figures score per rule (users x items): MAX_CELLS, or BUDGET_CELLS for an
+    export at the end of a time budget (said when that scores fewer users)."""
+    if deadline is None:
+        return MAX_CELLS
+    fewer, full = users_to_score(dataset.n_items, max_cells=BUDGET_CELLS), users_to_score(dataset.n_items)
+    if fewer < min(full, dataset.n_users):
+        print(
+            f"ranking: chosen and scored on {fewer:,} users ({full:,} without a budget) to fit it; "
+            "`python -m tune.export` scores the larger sample"
+        )
+    return BUDGET_CELLS
 
 
 def held_out_counts(dataset: Dataset) -> dict[str, int]:
@@ -436,7 +468,8 @@ def export_best_ranking(
             f"note: trial {best.trial_id}'s val NDCG at epoch {best.ndcg_epoch} was {best.best_val_ndcg:.4f} "
             f"in the search and {retrained:.4f} trained again here (another device or thread count)"
         )
-    choice = choose_ranking(FactorScorer.from_model(trainer.scoring_model), dataset)
+    cells = MAX_CELLS if deadline is None else BUDGET_CELLS  # as export_best's (which says so)
+    choice = choose_ranking(FactorScorer.from_model(trainer.scoring_model), dataset, max_cells=cells)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
         "optuna_number": best.optuna_number,
@@ -444,12 +477,20 @@ def export_best_ranking(
         "objective": f"val NDCG@{base.val_ndcg_k}",
         "search_best_val_ndcg": best.best_val_ndcg,
         "retrained_val_ndcg": retrained,
-        **model_metrics(trainer, dataset),
+        **model_metrics(trainer, dataset, max_cells=cells),
     }
     left = None if deadline is None else deadline - time.time()
     cost = refit_seconds(best, best.ndcg_epoch, dataset, "train+val") * REFIT_RUNS[rule]
     exported = refit_export(
-        trainer, dataset, metrics, choice, rule=rule, epochs=best.ndcg_epoch, seconds_left=left, cost_s=cost
+        trainer,
+        dataset,
+        metrics,
+        choice,
+        rule=rule,
+        epochs=best.ndcg_epoch,
+        seconds_left=left,
+        cost_s=cost,
+        max_cells=cells,
     )
     metrics = {
         **exported.metrics,
