@@ -384,6 +384,15 @@ def title(pid: int) -> str:
         return ""
 
 
+def speaks_grpc(port: int) -> bool:
+    """Whether the server on `port` is a gRPC one (HTTP/2): it answers a new connection with its
+    SETTINGS frame (9-byte header, type 4), where an HTTP/1 server answers our request line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        head = s.recv(9)
+    return len(head) == 9 and head[3] == 0x04
+
+
 def test_every_http_socket_of_the_server_listens_on_the_given_host_only(export: Path):
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "local"}
@@ -411,14 +420,20 @@ def test_every_http_socket_of_the_server_listens_on_the_given_host_only(export: 
             if title(pid).startswith(("ray::ProxyActor", "ray::ServeReplica")) or "haproxy" in title(pid)
         }
         sockets = {(pid, name): listening(pid) for pid, name in servers.items()}
+        beyond = {key: [a for a in found if a[0] != "127.0.0.1"] for key, found in sockets.items()}
+        # Each Ray worker also runs Ray's own RPC server (gRPC, token-authenticated) on every
+        # interface: Ray's, not the app's, and Ray 2.60 has no setting to bind it to one address.
+        http_beyond = {key: [a for a in found if not speaks_grpc(a[1])] for key, found in beyond.items()}
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     finally:
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
-    assert any("haproxy" in name for name in servers.values()), servers
     everything = [address for found in sockets.values() for address in found]
     assert ("127.0.0.1", port) in everything
-    beyond = {key: [a for a in found if a[0] != "127.0.0.1"] for key, found in sockets.items()}
-    assert {key: found for key, found in beyond.items() if found} == {}
+    # HAProxy (its frontend, stats page and exporter), Serve's proxy and the replicas' HTTP servers:
+    # on the given host, none beyond it.
+    haproxy = [address for (_, name), found in sockets.items() if "haproxy" in name for address in found]
+    assert len(haproxy) >= 2 and {host for host, _ in haproxy} == {"127.0.0.1"}, haproxy
+    assert {key: found for key, found in http_beyond.items() if found} == {}

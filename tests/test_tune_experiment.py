@@ -476,11 +476,13 @@ def test_a_time_budget_is_shared_by_the_search_and_the_confirmation_of_its_best(
     assert all(t.state.is_finished() for t in study.trials)
     for t in study.trials:
         assert t.state.name == trials.loc[t.number, "outcome"]
-    # The confirmation's runs of these configurations take a second or two, so the search went on
-    # well past the 16 s that a fixed share of 0.6 would have left it: it kept only what confirming
-    # its best needs.
+    # The confirmation's runs of these configurations take a second or two, so the search kept only
+    # what confirming its best needs: a fixed share of 0.6 would have given the confirmation more
+    # time than the search; here the search took more than twice what the confirmation did (both
+    # measured on this machine in this run, so a slow or busy machine slows both alike).
     times = [r["wall_time"] for f in folder.glob("trial_*") for r in read_results(f)]
-    assert max(times) - min(times) > 20.0
+    confirmation_s = (folder / "confirm" / "summary.json").stat().st_mtime - max(times)
+    assert max(times) - min(times) > 2 * confirmation_s
     summary = json.loads((folder / "confirm" / "summary.json").read_text())
     assert summary["planned_runs"] >= 2 and summary["confirmed"]
 
