@@ -13,7 +13,7 @@ The phase a kill landed in is read from the folder at that moment: trials.csv wr
 has begun), `confirm/` made (the confirmation), else the search. A driver that ended before its kill
 is counted as such (nothing killed) and checked the same way.
 
-    python -m bench.faults                       # 20 runs, about 25 minutes on 2 cores
+    python -m bench.faults                       # 20 runs, about 22 minutes on 2 cores
     python -m bench.faults --runs 4 --seed 1     # a smaller campaign
 """
 
@@ -46,7 +46,8 @@ RUN_FLAGS = (
     "--data", "ml-latest-small", "--space", "{space}", "--emb-dim", "128", "--num-samples", "8",
     "--max-epochs", "4", "--confirm-top", "2", "--confirm-seeds", "2", "--time-budget-s", "60",
 )  # fmt: skip
-"""A run of about 40 s on 2 cores with a search, a confirmation and an export long enough to hit."""
+"""A run with a search, a confirmation and an export each long enough to hit: with its recovery and
+the 10 s wait, about a minute on 2 cores."""
 PHASES = ("search", "confirmation", "export")
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}
 
