@@ -55,8 +55,8 @@ fewer than MIN_USERS."""
 MIN_USERS = 1_000
 BUDGET_CELLS = MAX_CELLS // 10
 """Users x items per rule where the export runs at the end of a time budget (tune.run
---time-budget-s): at 10M ratings the choice on MAX_CELLS took 49 s of the export's 73 s past the
-budget; `python -m tune.export` scores MAX_CELLS again at any time."""
+--time-budget-s): on 10M ratings and more the full choice is most of the export's time
+(docs/decisions.md); `python -m tune.export` scores MAX_CELLS again at any time."""
 
 
 def users_to_score(n_items: int, max_users: int = MAX_USERS, max_cells: int = MAX_CELLS) -> int:

@@ -20,6 +20,7 @@ from tune.confirmation import (
     write_summary,
 )
 from tune.results import TrialRecord
+from tune.settings import refit_grace_s
 
 
 def record(trial_id: str, best: float, outcome: str = "COMPLETE", **params) -> TrialRecord:
@@ -116,3 +117,10 @@ def test_only_as_many_candidates_as_the_time_left_affords_are_confirmed():
     assert affordable(costs, seeds=3, slots=2, seconds=31.0) == 2
     assert affordable(costs, seeds=3, slots=2, seconds=14.0) == 0
     assert affordable(costs, seeds=3, slots=2, seconds=1000.0) == 4
+
+
+def test_the_refit_may_end_half_the_runs_tolerance_after_the_budget():
+    # The run's tolerance is max(30 s, 5 % of the budget); the refit may take half of it.
+    assert refit_grace_s(60) == 15.0
+    assert refit_grace_s(600) == 15.0
+    assert refit_grace_s(1200) == 30.0

@@ -30,6 +30,7 @@ from mf.ranking import (
     top_k,
 )
 from mf.ranking_choice import (
+    BUDGET_CELLS,
     RANKING_FILE,
     choose_ranking,
     ranking_for,
@@ -397,3 +398,14 @@ def test_a_refit_model_never_recommends_what_it_trained_on_and_by_default_nothin
             # No movie the user rated in train or validation, the parts the model learnt; by
             # default not their held-out test movies either.
             assert len(recs) == 300 and not recs & never
+
+
+def test_ranking_figures_sample_fewer_users_on_more_items_and_under_a_budget():
+    # 300M cells a rule: 2,000 users of 150k items (ml-25m's size), never fewer than 1,000; at the
+    # end of a time budget a tenth of the cells, and of the floor: 200 users there, 100 at least.
+    assert users_to_score(150_000) == 2_000
+    assert users_to_score(1_000_000) == 1_000
+    assert users_to_score(150_000, max_cells=BUDGET_CELLS) == 200
+    assert users_to_score(60_000, max_cells=BUDGET_CELLS) == 500
+    assert users_to_score(1_000_000, max_cells=BUDGET_CELLS) == 100
+    assert users_to_score(9_742, max_users=610, max_cells=BUDGET_CELLS) == 610  # ml-latest-small: all

@@ -390,11 +390,10 @@ def run_confirmation(
     """Train the best `confirm_top` configurations again with fresh seeds, and the tutorial's
     configuration once for reference, as Ray tasks on the cluster's trial slots, until done or
     `deadline` (epoch seconds) less what the export will take (reading the trials back, as this
-    did, and its refit). Only as many candidates as
-    the time left affords after CONFIRM_START_S are run, and where that is none but the best
-    candidate's runs themselves fit, those are tried (what has not ended by the deadline is
-    cancelled); runs a resumed experiment finished before are not run again. Writes `confirm/`
-    (tune.confirmation)."""
+    did, and its refit). Only as many candidates as the time left affords after CONFIRM_START_S
+    are run, and where that is none but the best candidate's runs themselves fit, those are tried
+    (what has not ended by the deadline is cancelled); runs a resumed experiment finished before
+    are not run again. Writes `confirm/` (tune.confirmation)."""
     folder = settings.experiment_dir
     study = load_experiment_study(folder, settings.to_dict())
     read_started = time.monotonic()
