@@ -1,5 +1,5 @@
-"""bench.replicates and bench.confirm_size on one small real tuning run: the replayed confirmation
-is the run's own, and an export retrained with a seed it already saw gives back what the run saw."""
+"""bench.replicates on one small real tuning run: an export retrained with a seed it already saw
+gives back what the run saw, and a bench.quality work dir gives both tools' exports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from bench import confirm_size, replicates
+from bench import replicates
 from tests.files import ml_latest_small
 from tune import run as tune_run
 from tune.confirmation import read_run, read_summary
@@ -37,19 +37,6 @@ def experiment(tmp_path_factory) -> Path:
         ray.shutdown()
     assert code == 0
     return storage / "replay"
-
-
-def test_the_replayed_confirmation_picks_what_the_run_picked(experiment: Path):
-    own = read_summary(experiment)
-    rows = confirm_size.replay(experiment, [(2, 2), (0, 0)], fresh=[100], datasets={})
-    replayed, no_confirmation = rows
-    assert replayed["size"] == "2x2"
-    assert replayed["trial_id"] == own[0].trial_id
-    assert replayed["confirmed_mean"] == pytest.approx(own[0].mean, rel=1e-3)
-    # 0x0 is the search's best trial, with no confirmed mean; each pick is judged on the fresh seed.
-    search_best = min(r["search_best"] for r in rows)
-    assert no_confirmation["search_best"] == search_best and no_confirmation["confirmed_mean"] is None
-    assert all(len(r["fresh_val_mse"]) == 1 and len(r["fresh_test_mse"]) == 1 for r in rows)
 
 
 def test_an_export_retrained_with_its_own_seed_gives_back_the_runs_curve(experiment: Path):
@@ -89,5 +76,3 @@ def test_the_cli_prints_a_row_per_export_and_rejects_a_folder_without_one(experi
     assert "1 exports x 1 fresh seeds" in out and "\nours " in out
     with pytest.raises(SystemExit, match="neither an experiment folder"):
         replicates.main([str(tmp_path)])
-    with pytest.raises(SystemExit, match="'5x' is not TOPxSEEDS"):
-        confirm_size.parse_sizes("5x3,5x")
