@@ -7,6 +7,7 @@ and shuts it down at the end. Serve itself is shut down only if this module star
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -287,21 +288,21 @@ def _raw(pairs: list[dict[str, int]]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p["user"] for p in pairs]), np.array([p["movie"] for p in pairs])
 
 
-def test_cli_with_the_python_proxy_serves_what_mf_recommend_prints_and_stops_on_sigint(export: Path, capsys):
-    port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, never another one on this machine
+@contextlib.contextmanager
+def cli_server(export: Path, port: int, *flags: str) -> Iterator[subprocess.Popen]:
+    """`python -m mf.serve` in a process of its own, on its own local Ray (never another one on this
+    machine), from the moment it says it serves; killed at the end if still running, and after 180 s
+    at most, so that a hung server fails the test instead of hanging it."""
     proc = subprocess.Popen(
-        # Serve's Python proxy here: the module's server above runs the default, HAProxy
         [sys.executable, "-m", "mf.serve", "--model", str(export), "--port", str(port), "--num-cpus", "0"]
-        + ["--ingress", "proxy"],
+        + list(flags),
         cwd=REPO,
-        env=env,
+        env={**os.environ, "RAY_ADDRESS": "local"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    client = Client(port)
-    watchdog = threading.Timer(180, proc.kill)  # a hung server fails the test instead of hanging it
+    watchdog = threading.Timer(180, proc.kill)
     watchdog.start()
     try:
         # It prints "serving http://..." once the app is deployed (stdout is line-buffered text).
@@ -310,14 +311,22 @@ def test_cli_with_the_python_proxy_serves_what_mf_recommend_prints_and_stops_on_
                 break
         else:
             pytest.fail(f"mf.serve ended before serving (exit {proc.wait()})")
-        # The acceptance line: curl '.../recommend/1?k=10' gives the ten movies mf.recommend prints.
-        assert client.get("/recommend/1?k=10") == (200, cli_recommendations(export, 1, 10, capsys))
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        yield proc
     finally:
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cli_with_the_python_proxy_serves_what_mf_recommend_prints_and_stops_on_sigint(export: Path, capsys):
+    port = free_port()
+    client = Client(port)
+    # Serve's Python proxy here: the module's server above runs the default, HAProxy
+    with cli_server(export, port, "--ingress", "proxy") as proc:
+        # The acceptance line: curl '.../recommend/1?k=10' gives the ten movies mf.recommend prints.
+        assert client.get("/recommend/1?k=10") == (200, cli_recommendations(export, 1, 10, capsys))
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
     # Ctrl-C: exit 0 after shutting Serve down, and nothing listens on the port any more.
     assert proc.returncode == 0, out
     assert "stopped" in out
@@ -395,24 +404,7 @@ def speaks_grpc(port: int) -> bool:
 
 def test_every_http_socket_of_the_server_listens_on_the_given_host_only(export: Path):
     port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mf.serve", "--model", str(export), "--host", "127.0.0.1", "--port", str(port)]
-        + ["--num-cpus", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    watchdog = threading.Timer(180, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            if line.startswith("serving http://"):
-                break
-        else:
-            pytest.fail(f"mf.serve ended before serving (exit {proc.wait()})")
+    with cli_server(export, port, "--host", "127.0.0.1") as proc:
         # The processes that serve HTTP: HAProxy, Serve's proxy actor and the replicas.
         servers = {
             pid: title(pid)
@@ -426,10 +418,6 @@ def test_every_http_socket_of_the_server_listens_on_the_given_host_only(export: 
         http_beyond = {key: [a for a in found if not speaks_grpc(a[1])] for key, found in beyond.items()}
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
     everything = [address for found in sockets.values() for address in found]
     assert ("127.0.0.1", port) in everything
     # HAProxy (its frontend, stats page and exporter), Serve's proxy and the replicas' HTTP servers:

@@ -236,17 +236,22 @@ def refit_export(
     *,
     rule: str,
     epochs: int,
-    seconds_left: float | None = None,
-    cost_s: float = math.nan,
+    record: TrialRecord | None = None,
+    deadline: float | None = None,
     max_cells: int = MAX_CELLS,
 ) -> Exported:
     """The export under --refit `rule` of the `chosen` model (trained on train, with its `metrics`
     and ranking `choice` made on val): refit on train + validation for `epochs` epochs, its test
     figures in place of the chosen model's (kept under `train_only`), and with `all` a model trained
-    on every rating for serving. With `seconds_left` (the budget) shorter than `cost_s` (the
-    refit's estimate) nothing is refit, and metrics.json says why."""
+    on every rating for serving. Where the refit's estimate (from `record`'s epoch times,
+    `refit_seconds`) would end it after `deadline` (epoch seconds), nothing is refit, and
+    metrics.json says why."""
     if rule == "none":
         return Exported(chosen, {**metrics, "trained_on": list(dataset.trained_on)}, choice)
+    cost_s = (
+        math.nan if record is None else refit_seconds(record, epochs, dataset, "train+val") * REFIT_RUNS[rule]
+    )
+    seconds_left = None if deadline is None else deadline - time.time()
     if seconds_left is not None and math.isfinite(cost_s) and cost_s > seconds_left:
         why = (
             f"a refit of {cost_s:.0f} s did not fit in the {max(seconds_left, 0):.0f} s left of the budget; "
@@ -326,7 +331,8 @@ def export_best(
         trainer = best_trainer(folder, best, dataset)
         epochs = trainer.epoch
     # model_metrics rank by predicted rating; mf.recommend and mf.serve rank as chosen here, on val.
-    cells = budget_cells(dataset, deadline)
+    cells = budget_cells(deadline)
+    say_sampled(dataset, cells)
     choice = choose_ranking(FactorScorer.from_model(trainer.scoring_model), dataset, max_cells=cells)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
@@ -334,11 +340,9 @@ def export_best(
         "epoch": trainer.epoch,
         **model_metrics(trainer, dataset, max_cells=cells),
     }
-    left = None
-    if deadline is not None:
-        grace = refit_grace_s(settings.time_budget_s) if settings.time_budget_s else 0.0
-        left = deadline + grace - time.time()
-    cost = refit_seconds(best, epochs, dataset, "train+val") * REFIT_RUNS[rule]
+    refit_by = deadline
+    if deadline is not None and settings.time_budget_s:
+        refit_by = deadline + refit_grace_s(settings.time_budget_s)
     exported = refit_export(
         trainer,
         dataset,
@@ -346,8 +350,8 @@ def export_best(
         choice,
         rule=rule,
         epochs=epochs,
-        seconds_left=left,
-        cost_s=cost,
+        record=best,
+        deadline=refit_by,
         max_cells=cells,
     )
     metrics = exported.metrics
@@ -383,18 +387,20 @@ def export_best(
     return metrics
 
 
-def budget_cells(dataset: Dataset, deadline: float | None) -> int:
+def budget_cells(deadline: float | None) -> int:
     """What the ranking figures score per rule (users x items): MAX_CELLS, or BUDGET_CELLS for an
-    export at the end of a time budget (said when that scores fewer users)."""
-    if deadline is None:
-        return MAX_CELLS
-    fewer, full = users_to_score(dataset.n_items, max_cells=BUDGET_CELLS), users_to_score(dataset.n_items)
+    export at the end of a time budget (`deadline` given)."""
+    return MAX_CELLS if deadline is None else BUDGET_CELLS
+
+
+def say_sampled(dataset: Dataset, cells: int) -> None:
+    """Say so where `cells` makes the ranking figures score fewer users than MAX_CELLS would."""
+    fewer, full = users_to_score(dataset.n_items, max_cells=cells), users_to_score(dataset.n_items)
     if fewer < min(full, dataset.n_users):
         print(
             f"ranking: chosen and scored on {fewer:,} users ({full:,} without a budget) to fit it; "
             "`python -m tune.export` scores the larger sample"
         )
-    return BUDGET_CELLS
 
 
 def held_out_counts(dataset: Dataset) -> dict[str, int]:
@@ -468,7 +474,7 @@ def export_best_ranking(
             f"note: trial {best.trial_id}'s val NDCG at epoch {best.ndcg_epoch} was {best.best_val_ndcg:.4f} "
             f"in the search and {retrained:.4f} trained again here (another device or thread count)"
         )
-    cells = MAX_CELLS if deadline is None else BUDGET_CELLS  # as export_best's (which says so)
+    cells = budget_cells(deadline)  # said by export_best, which runs first
     choice = choose_ranking(FactorScorer.from_model(trainer.scoring_model), dataset, max_cells=cells)
     metrics: dict[str, Any] = {
         "trial_id": best.trial_id,
@@ -479,8 +485,6 @@ def export_best_ranking(
         "retrained_val_ndcg": retrained,
         **model_metrics(trainer, dataset, max_cells=cells),
     }
-    left = None if deadline is None else deadline - time.time()
-    cost = refit_seconds(best, best.ndcg_epoch, dataset, "train+val") * REFIT_RUNS[rule]
     exported = refit_export(
         trainer,
         dataset,
@@ -488,8 +492,8 @@ def export_best_ranking(
         choice,
         rule=rule,
         epochs=best.ndcg_epoch,
-        seconds_left=left,
-        cost_s=cost,
+        record=best,
+        deadline=deadline,
         max_cells=cells,
     )
     metrics = {

@@ -168,12 +168,12 @@ def comparison_table(c: Comparison, tuned: Sequence[str]) -> str:
             cells = ["-" if t is None else f"{t:.4f}", f"<b>{b:.4f}</b>" if better else f"{b:.4f}"]
             rows.append([f"{part} {label}", *cells])
     rows.append(["epochs", str(c.tutorial_config["epochs"]), str(c.best_epoch)])
+    # A tuned parameter named like a row (`epochs`: the trial's own length) is marked as tuned.
+    named = {row[0] for row in rows}
     for key in tuned:
         rows.append(
             [
-                f"{key} (tuned)"
-                if key == "epochs"
-                else key,  # the trial's own length, not the epochs trained
+                f"{key} (tuned)" if key in named else key,
                 html.escape(_fmt(c.tutorial_config.get(key))),
                 html.escape(_fmt(c.best_config.get(key))),
             ]
