@@ -6,9 +6,9 @@ trials, as `study.optimize(timeout=...)` does. torch keeps its own thread count 
 is what a user gets by default; the trials run one at a time, so nothing competes for them. At the
 end the best trial's model at its best epoch is evaluated on the test part, where the split has one:
 what the user of Optuna alone would take away; and, outside the budget, its configuration is
-trained again on train + validation for that many epochs (what tune.run's export does, --refit
-train+val) and evaluated on the test part too, so that the refit's gain and the search's are told
-apart.
+trained again on train + validation for that many epochs as an average of --ensemble runs (what
+tune.run's export does, --refit train+val, with the same default) and evaluated on the test part
+too, so that the refit's gain and the search's are told apart.
 
     python -m bench.optuna_alone --data ../shared/data/ml-latest-small --budget-s 60 --seed 0 --out b.json
 """
@@ -30,7 +30,7 @@ from mf.config import TrainConfig, from_dict, read_values
 from mf.metrics import EPOCH, EPOCH_SECONDS, VAL_MSE, prefixed
 from mf.training import Trainer, TrainingDiverged, dataset_for
 from search_spaces import load_space
-from tune.settings import trial_epochs
+from tune.settings import ExperimentSettings, trial_epochs
 
 
 @dataclass
@@ -48,7 +48,7 @@ class OptunaAloneRun:
 
 
 def optuna_alone(
-    base: TrainConfig, *, space: str, max_epochs: int, budget_s: float, seed: int
+    base: TrainConfig, *, space: str, max_epochs: int, budget_s: float, seed: int, ensemble: int = 1
 ) -> OptunaAloneRun:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dataset = dataset_for(base)
@@ -95,7 +95,9 @@ def optuna_alone(
         if dataset.test is not None:
             run.best.update(prefixed(trainer.evaluate("test"), "test"))
             started = time.monotonic()
-            refit = trial_config(base, params, max_epochs).replace(epochs=epoch, train_on="train+val")
+            refit = trial_config(base, params, max_epochs).replace(
+                epochs=epoch, train_on="train+val", ensemble=ensemble
+            )
             trainer = Trainer(refit, dataset.training_on("train+val"))
             trainer.fit()
             run.refit = {**prefixed(trainer.evaluate("test"), "test"), "seconds": time.monotonic() - started}
@@ -120,11 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=ExperimentSettings().ensemble,
+        help="runs the refit averages, as tune.run's --ensemble (default: its default)",
+    )
     args = parser.parse_args(argv)
     fixed = read_values(args.config) if args.config else {}
     base = from_dict({**fixed, "data": args.data, "seed": args.seed}, where="bench.optuna_alone")
     run = optuna_alone(
-        base, space=args.space, max_epochs=args.max_epochs, budget_s=args.budget_s, seed=args.seed
+        base,
+        space=args.space,
+        max_epochs=args.max_epochs,
+        budget_s=args.budget_s,
+        seed=args.seed,
+        ensemble=args.ensemble,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(run.__dict__))

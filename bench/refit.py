@@ -10,6 +10,8 @@ test):
   steps          on train + validation, for the same optimiser steps (each epoch as many ratings
                  as the training part holds: epoch_ratings), so that a learning-rate schedule and
                  the weight decay per step are the chosen run's exactly
+  ensemble       as `epochs`, the average of --ensemble such runs (TrainConfig.ensemble; default
+                 tune.run's --ensemble): what the export exports
 
 and prints each one's median and worst over the seeds, and the paired differences.
 
@@ -24,8 +26,9 @@ from pathlib import Path
 
 from mf.config import load_config
 from mf.training import Trainer, dataset_for
+from tune.settings import ExperimentSettings
 
-RULES = ("train", "epochs", "steps")
+RULES = ("train", "epochs", "steps", "ensemble")
 
 
 def test_mse(config, dataset) -> float:
@@ -34,9 +37,9 @@ def test_mse(config, dataset) -> float:
     return trainer.evaluate("test")["mse"]
 
 
-def refit_rules(folder: Path, seeds: list[int]) -> dict[str, list[float]]:
+def refit_rules(folder: Path, seeds: list[int], ensemble: int) -> dict[str, list[float]]:
     """Test MSE per rule and seed of the experiment's exported configuration."""
-    chosen = load_config(folder / "best" / "config.yaml").replace(train_on="train", device="cpu")
+    chosen = load_config(folder / "best" / "config.yaml").replace(train_on="train", ensemble=1, device="cpu")
     dataset = dataset_for(chosen)
     configs = {
         "train": chosen,
@@ -44,6 +47,7 @@ def refit_rules(folder: Path, seeds: list[int]) -> dict[str, list[float]]:
         "steps": chosen.replace(
             train_on="train+val", epoch_ratings=chosen.epoch_ratings or len(dataset.train)
         ),
+        "ensemble": chosen.replace(train_on="train+val", ensemble=ensemble),
     }
     return {rule: [test_mse(configs[rule].replace(seed=1000 + s), dataset) for s in seeds] for rule in RULES}
 
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.refit", description=__doc__.split("\n")[0])
     parser.add_argument("experiments", nargs="+", type=Path, help="experiment folders with a best/")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="fresh seeds (1000 + each)")
+    parser.add_argument(
+        "--ensemble", type=int, default=ExperimentSettings().ensemble, help="runs the ensemble rule averages"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(
@@ -59,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(f"{'seed ' + str(s):>8}" for s in seeds)
         + "   median    worst"
     )
-    diffs: dict[str, list[float]] = {"epochs": [], "steps": [], "steps - epochs": []}
+    diffs: dict[str, list[float]] = {"epochs": [], "steps": [], "steps - epochs": [], "ensemble - epochs": []}
     for folder in args.experiments:
-        figures = refit_rules(folder, seeds)
+        figures = refit_rules(folder, seeds, args.ensemble)
         for rule in RULES:
             values = figures[rule]
             cells = " ".join(f"{v:8.4f}" for v in values)
@@ -70,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         for rule in ("epochs", "steps"):
             diffs[rule] += [r - t for r, t in zip(figures[rule], figures["train"], strict=True)]
-        diffs["steps - epochs"] += [a - b for a, b in zip(figures["steps"], figures["epochs"], strict=True)]
+        for rule in ("steps", "ensemble"):
+            diffs[f"{rule} - epochs"] += [
+                a - b for a, b in zip(figures[rule], figures["epochs"], strict=True)
+            ]
     for name, values in diffs.items():
         label = name if " - " in name else f"{name} - train"
         lower = sum(v < 0 for v in values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -123,10 +124,12 @@ def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:
+    """A fresh MFAdvanced of `config`'s shape: emb_dim factors, emb_dim * ensemble for an ensemble
+    (its members' factors side by side)."""
     return MFAdvanced(
         n_users,
         n_items,
-        emb_dim=config.emb_dim,
+        emb_dim=config.emb_dim * config.ensemble,
         bias=config.bias,
         init=config.init,
         init_range=config.init_range,
@@ -232,7 +235,16 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch (a pass, or `epoch_ratings` ratings); return its loss and validation metrics."""
+        """Train one epoch (a pass, or `epoch_ratings` ratings); return its loss and validation metrics.
+
+        Raises:
+            MFError: for an ensemble, which only `fit` trains.
+        """
+        if self.config.ensemble > 1:
+            raise MFError(
+                f"ensemble: {self.config.ensemble} models are trained whole by fit(), not epoch by epoch; "
+                "a search's trial is one model (ensemble: 1)"
+            )
         cfg, part = self.config, self.train_part
         started = time.perf_counter()
         self.model.train()
@@ -393,12 +405,60 @@ class Trainer:
     def fit(
         self, *, epochs: int | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None
     ) -> list[dict[str, float]]:
-        """Train up to `epochs` (default: the config's) in total, calling `on_epoch` with each epoch's metrics."""
+        """Train up to `epochs` (default: the config's) in total, calling `on_epoch` with each epoch's
+        metrics, and return the history. An ensemble (config.ensemble > 1) trains its members one
+        after the other from scratch (each member's epochs reach `on_epoch` with a `member` key), then
+        holds their average; its history is the members' mean at each epoch.
+
+        Raises:
+            MFError: an ensemble that has already trained other epochs (it cannot go on from its
+                average).
+        """
         target = epochs if epochs is not None else self.config.epochs
+        if self.config.ensemble > 1:
+            return self._fit_ensemble(target, on_epoch)
         while self.epoch < target:
             metrics = self.run_epoch()
             if on_epoch is not None:
                 on_epoch(metrics)
+        return self.history
+
+    def _fit_ensemble(
+        self, epochs: int, on_epoch: Callable[[dict[str, float]], None] | None
+    ) -> list[dict[str, float]]:
+        if self.epoch == epochs:
+            return self.history
+        if self.epoch > 0:
+            raise MFError(
+                f"an ensemble (ensemble > 1) trains whole, from scratch: it has already trained {self.epoch} "
+                f"epochs, so it cannot be trained to {epochs}"
+            )
+        members = []
+        for i, seed in enumerate(member_seeds(self.config)):
+            member = Trainer(
+                self.config.replace(ensemble=1, seed=seed),
+                self.dataset,
+                device=str(self.device),
+                fused=self._want_fused,
+            )
+            member.fit(
+                epochs=epochs,
+                on_epoch=None if on_epoch is None else lambda m, i=i: on_epoch({**m, "member": i}),
+            )
+            member.settle()
+            members.append(member)
+        self.model.load_state_dict(average_of([m.scoring_model for m in members]))
+        self.epoch = epochs
+        self.history = [
+            {
+                **{
+                    k: statistics.fmean(float(m.history[e][k]) for m in members)
+                    for k in members[0].history[e]
+                },
+                EPOCH: e + 1,
+            }
+            for e in range(epochs)
+        ]
         return self.history
 
     # ---------------------------------------------------------------- evaluation
@@ -549,6 +609,29 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu") -> tuple[MFAdvan
     model = build_model(config, state["n_users"], state["n_items"])
     model.load_state_dict(state["average"]["weights"] if state.get("average") else state["model"])
     return model.to(device).eval(), state
+
+
+def member_seeds(config: TrainConfig) -> list[int]:
+    """The seeds of an ensemble's members (config.ensemble of them): seed, seed + 1000, ..., far
+    enough apart that no member's init seed is another's batch-order seed (seed + 1)."""
+    return [config.seed + 1000 * i for i in range(config.ensemble)]
+
+
+@torch.no_grad()
+def average_of(members: list[MFAdvanced]) -> dict[str, torch.Tensor]:
+    """The weights of one MFAdvanced (emb_dim: the members' summed) that predicts what `members`
+    (alike but for their weights) predict on average in logit space: their factors side by side,
+    each scaled by 1/sqrt(n), so that p . q is the mean of the members' dot products, and the means
+    of their biases and offsets. Through the sigmoid this is the mean of the members' logits, not of
+    their ratings (the two differ by far less than the models' error)."""
+    scale = 1.0 / math.sqrt(len(members))
+    states = [m.state_dict() for m in members]
+    return {
+        k: torch.cat([s[k] * scale for s in states], dim=1)
+        if k in ("user_emb.weight", "item_emb.weight")
+        else torch.stack([s[k] for s in states]).mean(dim=0)
+        for k in states[0]
+    }
 
 
 def _copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -70,6 +70,10 @@ NOT_TUNABLE: dict[str, tuple[str, str]] = {
         "a trial's own epochs (the span of its learning-rate schedule)",
         "tune epochs, or set --max-epochs",
     ),
+    "ensemble": (
+        "the export's refit averages several runs of the chosen configuration; a trial is one run",
+        "use --ensemble",
+    ),
     "val_ndcg_k": ("what each epoch measures, not how the model trains", "use --val-ndcg-k"),
     "epoch_ratings": (
         "the unit that epochs, ASHA's rungs and max epochs count, which trials must share to be compared",

@@ -494,3 +494,42 @@ def test_retraining_an_averaging_run_to_its_best_epoch_repeats_its_best_val_mse(
     retrain = Trainer(cfg.replace(epochs=search.best.epoch), data)
     retrain.fit()
     assert retrain.evaluate("val")["mse"] == pytest.approx(search.best.val_mse, rel=1e-6)
+
+
+@pytest.mark.parametrize("bias, sigmoid", [(True, True), (False, False)])
+def test_an_ensemble_predicts_its_members_mean_logit(tmp_path: Path, bias: bool, sigmoid: bool) -> None:
+    data = _tiny_dataset()
+    config = _config(bias=bias, sigmoid=sigmoid, sigmoid_high=5.0)
+    ensemble = Trainer(config.replace(ensemble=3), data)
+    ensemble.fit()
+    # Its members are the same configuration trained alone with the seeds 0, 1000 and 2000.
+    members = [Trainer(config.replace(seed=seed), data) for seed in (0, 1000, 2000)]
+    for member in members:
+        member.fit()
+    predictions = np.stack([m.predict_part(m.val_part).astype(np.float64) for m in members])
+    if sigmoid:  # back to the logit, averaged, and through the sigmoid again
+        logits = np.log(predictions / (5.0 - predictions))
+        expected = 5.0 / (1.0 + np.exp(-logits.mean(axis=0)))
+    else:
+        expected = predictions.mean(axis=0)
+    assert np.allclose(ensemble.predict_part(ensemble.val_part), expected, atol=1e-5)
+    # It is one MFAdvanced, three times as wide, that serves and retrains like any other model.
+    ensemble.save_checkpoint(tmp_path / "model.pt")
+    model, _ = load_model(tmp_path / "model.pt")
+    assert model.user_emb.embedding_dim == 3 * config.emb_dim
+    users, items = ensemble.val_part.users, ensemble.val_part.items
+    assert np.allclose(model(users, items).detach().numpy(), expected, atol=1e-5)
+    # Its history is the members' mean at each epoch.
+    assert [m[EPOCH] for m in ensemble.history] == [1, 2, 3, 4, 5]
+    assert ensemble.history[-1][TRAIN_LOSS] == pytest.approx(
+        np.mean([m.history[-1][TRAIN_LOSS] for m in members])
+    )
+
+
+def test_an_ensemble_is_trained_whole_by_fit_not_epoch_by_epoch() -> None:
+    trainer = Trainer(_config(ensemble=2), _tiny_dataset())
+    with pytest.raises(MFError, match="ensemble: 2 models are trained whole by fit"):
+        trainer.run_epoch()
+    trainer.fit()
+    with pytest.raises(MFError, match="already trained"):
+        trainer.fit(epochs=6)

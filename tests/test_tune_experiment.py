@@ -98,6 +98,10 @@ def test_run_exports_the_confirmed_config_with_metrics_and_model(experiment: Pat
     assert config["epochs"] == metrics["epoch"] == confirmation["epoch"]
     assert config["seed"] == confirmation["seeds"][0]
     assert Path(config["data"]).is_absolute()
+    # It is the average of five such runs with different seeds (--ensemble, 5 by default): one
+    # model, five times as wide.
+    assert config["ensemble"] == metrics["refit"]["ensemble"] == 5
+    assert load_model(best / "model.pt")[0].user_emb.embedding_dim == 5 * config["emb_dim"]
     # The chosen run itself (trained on train) keeps its figures beside: its val MSE, a selection
     # figure, and its test MSE, so that the refit's effect shows in every run.
     train_only = metrics["train_only"]

@@ -100,15 +100,17 @@ def confirmation_seconds(costs: Sequence[float], *, seeds: int, slots: int) -> f
 
 
 REFIT_RUNS = {"none": 0, "train+val": 1, "all": 2}
-"""How many runs the export trains after the confirmation, by --refit (each one of the winner)."""
+"""How many models the export trains after the confirmation, by --refit (each one of the winner,
+each an ensemble of --ensemble runs)."""
 
 
-def refit_cost(costs: Sequence[float], *, refit: str, larger: float) -> float:
-    """What the export's refit will take (at most): REFIT_RUNS[refit] runs of the best candidate
-    (costs: one run's seconds each, best first), each on a training part `larger` times the search's."""
+def refit_cost(costs: Sequence[float], *, refit: str, larger: float, ensemble: int = 1) -> float:
+    """What the export's refit will take (at most): REFIT_RUNS[refit] models of `ensemble` runs each
+    of the best candidate (costs: one run's seconds each, best first), each run on a training part
+    `larger` times the search's."""
     if not costs or not math.isfinite(costs[0]):
         return 0.0
-    return REFIT_RUNS[refit] * costs[0] * larger
+    return REFIT_RUNS[refit] * ensemble * costs[0] * larger
 
 
 def affordable(costs: Sequence[float], *, seeds: int, slots: int, seconds: float | None) -> int:

@@ -65,12 +65,13 @@ class ConfirmationReserve(Stopper):
         max_epochs: int,
         refit: str = "none",
         refit_larger: float = 1.0,
+        ensemble: int = 1,
     ) -> None:
-        """`refit`, `refit_larger`: the --refit rule, and how much larger its training part is than the
-        search's (see tune.confirmation.refit_cost)."""
+        """`refit`, `refit_larger`, `ensemble`: the --refit rule, how much larger its training part is
+        than the search's, and the runs each refit model averages (see tune.confirmation.refit_cost)."""
         self.budget_s, self.most_s = budget_s, most_s
         self.top, self.seeds, self.slots, self.max_epochs = top, seeds, slots, max_epochs
-        self.refit, self.refit_larger = refit, refit_larger
+        self.refit, self.refit_larger, self.ensemble = refit, refit_larger, ensemble
         self._started = time.time()
         self._trials: dict[str, _TrialCost] = {}
         self._reserve_s = self._estimate()
@@ -109,7 +110,7 @@ class ConfirmationReserve(Stopper):
                 seen.add(trial.config)
                 costs.append(run_cost(trial.epoch_seconds, self.max_epochs))
         runs = confirmation_seconds(costs, seeds=self.seeds, slots=self.slots)
-        runs += refit_cost(costs, refit=self.refit, larger=self.refit_larger)
+        runs += refit_cost(costs, refit=self.refit, larger=self.refit_larger, ensemble=self.ensemble)
         needed = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL * len(self._trials) + runs)
         return min(needed, self.most_s)
 

@@ -203,6 +203,7 @@ def confirmation_reserve(
         max_epochs=settings.max_epochs,
         refit=settings.refit,
         refit_larger=refit_larger(dataset),
+        ensemble=settings.ensemble,
     )
 
 
@@ -403,7 +404,9 @@ def run_confirmation(
     seeds = confirmation_seeds(base.seed, settings.confirm_seeds)
     by_id = {r.trial_id: r for r in records}
     costs = [run_seconds(by_id[c.trial_id], settings.max_epochs) for c in chosen]
-    refit_s = refit_cost(costs, refit=settings.refit, larger=refit_larger(dataset))
+    refit_s = refit_cost(
+        costs, refit=settings.refit, larger=refit_larger(dataset), ensemble=settings.ensemble
+    )
     end = None if deadline is None else deadline - refit_s - read_s  # the rest is the export's
     left = None if end is None else end - time.time() - CONFIRM_START_S
     slots = concurrent_trials(settings)

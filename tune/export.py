@@ -189,20 +189,28 @@ def confirmed_trainer(folder: Path, base: TrainConfig, winner: Confirmed, datase
     return trainer
 
 
-def refit_config(chosen: TrainConfig, *, epochs: int, train_on: str, larger: float) -> TrainConfig:
+def refit_config(
+    chosen: TrainConfig, *, epochs: int, train_on: str, larger: float, ensemble: int = 1
+) -> TrainConfig:
     """The chosen model's configuration (its seed, split and schedule) trained from scratch on the
     parts `train_on` names, `larger` times the chosen run's training part, for `epochs` epochs: the
     same epochs, each as much of a pass over the larger part as it was of the smaller one
-    (docs/decisions.md: the refit's epoch count)."""
+    (docs/decisions.md: the refit's epoch count), as an average of `ensemble` such runs."""
     epoch_ratings = round(chosen.epoch_ratings * larger)
-    return chosen.replace(train_on=train_on, epochs=epochs, epoch_ratings=epoch_ratings, device="auto")
+    return chosen.replace(
+        train_on=train_on, epochs=epochs, epoch_ratings=epoch_ratings, ensemble=ensemble, device="auto"
+    )
 
 
-def refit(chosen: TrainConfig, dataset: Dataset, *, epochs: int, train_on: str) -> Trainer:
+def refit(chosen: TrainConfig, dataset: Dataset, *, epochs: int, train_on: str, ensemble: int = 1) -> Trainer:
     """`refit_config` trained on `dataset` (the split's training part with its held-out parts)."""
     data = dataset.training_on(train_on)
     config = refit_config(
-        chosen, epochs=epochs, train_on=train_on, larger=len(data.train) / len(dataset.train)
+        chosen,
+        epochs=epochs,
+        train_on=train_on,
+        larger=len(data.train) / len(dataset.train),
+        ensemble=ensemble,
     )
     trainer = Trainer(config, data, device="cpu")
     trainer.fit()
@@ -239,19 +247,24 @@ def refit_export(
     record: TrialRecord | None = None,
     deadline: float | None = None,
     max_cells: int = MAX_CELLS,
+    ensemble: int = 1,
 ) -> Exported:
     """The export under --refit `rule` of the `chosen` model (trained on train, with its `metrics`
     and ranking `choice` made on val): refit on train + validation for `epochs` epochs, its test
     figures in place of the chosen model's (kept under `train_only`), and with `all` a model trained
     on every rating for serving. Where the refit's estimate (from `record`'s epoch times,
     `refit_seconds`) would end it after `deadline` (epoch seconds), nothing is refit, and
-    metrics.json says why."""
+    metrics.json says why. Each refit model averages `ensemble` runs (TrainConfig.ensemble), or as
+    many as end by `deadline`."""
     if rule == "none":
         return Exported(chosen, {**metrics, "trained_on": list(dataset.trained_on)}, choice)
     cost_s = (
         math.nan if record is None else refit_seconds(record, epochs, dataset, "train+val") * REFIT_RUNS[rule]
     )
     seconds_left = None if deadline is None else deadline - time.time()
+    if seconds_left is not None and math.isfinite(cost_s):
+        ensemble = max(1, min(ensemble, math.floor(seconds_left / cost_s))) if cost_s > 0 else ensemble
+    cost_s *= ensemble
     if seconds_left is not None and math.isfinite(cost_s) and cost_s > seconds_left:
         why = (
             f"a refit of {cost_s:.0f} s did not fit in the {max(seconds_left, 0):.0f} s left of the budget; "
@@ -264,7 +277,7 @@ def refit_export(
     started = time.monotonic()
     held = {k: v for k, v in metrics.items() if not k.startswith(("val_", "test_"))}
     train_only = {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
-    model = refit(chosen.config, dataset, epochs=epochs, train_on="train+val")
+    model = refit(chosen.config, dataset, epochs=epochs, train_on="train+val", ensemble=ensemble)
     out = {
         **held,
         "trained_on": list(model.dataset.trained_on),
@@ -276,11 +289,16 @@ def refit_export(
     choice = carry_choice(choice, scorer, model.dataset, max_cells=max_cells)
     if rule == "all":
         out["test_from"] = out["trained_on"]  # the figures above: no part is held out from this one
-        model = refit(chosen.config, dataset, epochs=epochs, train_on="all")
+        model = refit(chosen.config, dataset, epochs=epochs, train_on="all", ensemble=ensemble)
         out["trained_on"] = list(model.dataset.trained_on)
         scorer = FactorScorer.from_model(model.scoring_model)
         choice = carry_choice(choice, scorer, model.dataset, max_cells=max_cells)
-    out["refit"] = {"rule": rule, "epochs": epochs, "seconds": round(time.monotonic() - started, 2)}
+    out["refit"] = {
+        "rule": rule,
+        "epochs": epochs,
+        "ensemble": ensemble,
+        "seconds": round(time.monotonic() - started, 2),
+    }
     return Exported(model, out, choice)
 
 
@@ -293,9 +311,10 @@ def export_best(
     deadline: float | None = None,
     refit: str | None = None,
     dataset: Dataset | None = None,
+    ensemble: int | None = None,
 ) -> dict[str, Any]:
     """Write best/ (and trials.csv, unless `records` were just written) for the experiment in
-    `folder`, refit as `refit` (a --refit rule; None: the experiment's own) says, and return the
+    `folder`, refit as `refit` (a --refit rule) and `ensemble` say (None: the experiment's own), and return the
     figures written to best/metrics.json. The refit is skipped (and metrics.json says why) where its
     estimate would end it later than `deadline` plus `tune.settings.refit_grace_s`.
 
@@ -353,6 +372,7 @@ def export_best(
         record=best,
         deadline=refit_by,
         max_cells=cells,
+        ensemble=ensemble or settings.ensemble,
     )
     metrics = exported.metrics
     metrics.update(held_out_counts(dataset))
@@ -436,9 +456,10 @@ def export_best_ranking(
     refit: str | None = None,
     deadline: float | None = None,
     dataset: Dataset | None = None,
+    ensemble: int | None = None,
 ) -> dict[str, Any] | None:
-    """Write best-ranking/ for the trial with the best val NDCG at any epoch, refit as `refit` says
-    (None: the experiment's --refit); None (and nothing written) where the trials did not measure it,
+    """Write best-ranking/ for the trial with the best val NDCG at any epoch, refit as `refit` and
+    `ensemble` say (None: the experiment's --refit and --ensemble); None (and nothing written) where the trials did not measure it,
     or where its training would not end by `deadline` (epoch seconds; said on stdout).
 
     Trained again from the trial's configuration and seed to its best NDCG epoch, since its
@@ -495,6 +516,7 @@ def export_best_ranking(
         record=best,
         deadline=deadline,
         max_cells=cells,
+        ensemble=ensemble or settings.ensemble,
     )
     metrics = {
         **exported.metrics,
@@ -542,9 +564,11 @@ def format_export(metrics: dict[str, Any], where: Path) -> str:
     the search never saw), then the confirmation's mean, then the search's best, which is a
     selection figure; and the tutorial's configuration trained the same way on the same split."""
     trained_on = "+".join(metrics.get("trained_on", ["train"]))
+    runs = metrics.get("refit", {}).get("ensemble", 1)
     lines = [
         f"exported {where}: trial {metrics['trial_id']}'s configuration, trained on {trained_on} for "
         f"{metrics['epoch']} epochs"
+        + (f", the average of {runs} runs with different seeds" if runs > 1 else "")
     ]
     train_only = metrics.get("train_only", {})
     if "test_mse" in metrics:
@@ -625,12 +649,19 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(REFITS),
         help=f"what the exported model trains on instead of the experiment's --refit: {doc('refit')}",
     )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        help=f"runs each refit model averages instead of the experiment's --ensemble: {doc('ensemble')}",
+    )
     args = parser.parse_args(argv)
+    if args.ensemble is not None and args.ensemble < 1:
+        parser.error(f"--ensemble: {args.ensemble} must be >= 1")
     read_experiment(args.experiment)  # an experiment folder, or a one-line error
     with writer_lock(args.experiment, "tune.export"):
         records = collect_and_write_trials(args.experiment.resolve())
-        export_best(args.experiment, records=records, refit=args.refit)
-        export_best_ranking(args.experiment, records=records, refit=args.refit)
+        export_best(args.experiment, records=records, refit=args.refit, ensemble=args.ensemble)
+        export_best_ranking(args.experiment, records=records, refit=args.refit, ensemble=args.ensemble)
     return 0
 
 

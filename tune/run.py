@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip writing best/ at the end (trials.csv is always written)",
     )
-    # epochs is ASHA's max_t (--max-epochs); the rest are the training keys of `python -m mf.train`.
-    add_config_flags(parser, exclude=("epochs",))
+    # epochs is ASHA's max_t (--max-epochs) and ensemble the refit's (--ensemble, a setting); the
+    # rest are the training keys of `python -m mf.train`.
+    add_config_flags(parser, exclude=("epochs", "ensemble"))
     return parser
 
 

@@ -120,6 +120,12 @@ class ExperimentSettings:
         "train); `all`, as train+val, and then a model for serving trained on every rating (its test "
         "figure is the train+val model's: none can exist for it).",
     )
+    ensemble: int = setting(
+        5,
+        "The refit trains the chosen configuration this many times, with different seeds, and exports "
+        "their average as one model (TrainConfig.ensemble); fewer where the time budget holds fewer. "
+        "1: one model. With --refit none the chosen run's own model is exported.",
+    )
     keep_checkpoints: int = setting(
         3,
         "Ended trials that keep their last checkpoint: the best N by val MSE (the export uses the "
@@ -153,6 +159,7 @@ class ExperimentSettings:
             ("confirm_seeds", self.confirm_seeds >= 1, ">= 1"),
             ("confirm_share", 0 <= self.confirm_share < 1, "in [0, 1)"),
             ("refit", self.refit in REFITS, f"one of {', '.join(REFITS)}"),
+            ("ensemble", self.ensemble >= 1, ">= 1"),
             (
                 "keep_checkpoints",
                 self.keep_checkpoints == -1 or self.keep_checkpoints >= 1,
@@ -308,10 +315,12 @@ def trial_config(
     (`trial_epochs`: also the span of a learning-rate schedule, unless the base sets one) and, with
     `own_seed` (--trial-seed own, the default), a seed of the trial's own, derived from the base's
     seed and the parameters, so that a resumed trial and its export keep it; the split stays the
-    base's."""
+    base's. A trial is one model (ensemble 1): only the export's refit averages several."""
     epochs = trial_epochs(params, max_epochs)
     sampled = {k: v for k, v in params.items() if k != "epochs"}
-    config = base.replace(**sampled, epochs=epochs, schedule_epochs=base.schedule_epochs or epochs)
+    config = base.replace(
+        **sampled, epochs=epochs, schedule_epochs=base.schedule_epochs or epochs, ensemble=1
+    )
     if not own_seed:
         return config
     key = json.dumps([base.seed, sorted(params.items())], default=str)
