@@ -26,7 +26,15 @@ LrSchedule = Literal["constant", "cosine", "linear", "one-cycle"]
 
 
 def key(default: Any, doc: str) -> Any:
-    """A config field with its documentation, which `--help` and the docs show."""
+    """A config field with its documentation, which `--help` and the docs show.
+
+    Args:
+        default: the key's default value.
+        doc: what the key means (kept in the field's metadata, read back by `doc()`).
+
+    Returns:
+        A `dataclasses.field` for a TrainConfig attribute.
+    """
     return field(default=default, metadata={"doc": doc})
 
 
@@ -38,6 +46,10 @@ class TrainConfig:
     on, sigmoid high 5.5, last-5-per-user validation) but for the optimiser: `lazy_adamw`, whose
     step costs what the batch touches, where the tutorial's dense AdamW costs the whole tables;
     `tutorial_config()` is the tutorial's run itself.
+
+    Every key is checked when a config is made: a value of the wrong type, or one outside its
+    key's range, raises ConfigError (float keys also take ints and YAML-style number strings such
+    as "1e-3", stored as floats).
     """
 
     # --- data and split -------------------------------------------------------------
@@ -175,6 +187,7 @@ class TrainConfig:
         return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
+        """Every key and its value, as a plain dict (what config.yaml and a checkpoint hold)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -284,7 +297,8 @@ TUTORIAL_RUN: dict[str, Any] = {
 
 def weight_decay_for(config: TrainConfig, epoch_ratings: int) -> float:
     """AdamW's weight decay for `config` where an epoch trains `epoch_ratings` ratings: weight_decay,
-    or the one that decays by epoch_decay an epoch at the base lr (see the key)."""
+    or, where epoch_decay > 0, the one that decays by epoch_decay an epoch at the base lr (see the
+    key; `epoch_ratings` below 1 counts as 1)."""
     if config.epoch_decay <= 0:
         return config.weight_decay
     return config.epoch_decay * config.batch_size / (config.lr * max(epoch_ratings, 1))
@@ -318,7 +332,11 @@ def lr_at(config: TrainConfig, progress: float) -> float:
 
 
 def tutorial_config(**keys: Any) -> TrainConfig:
-    """The tutorial's run (`TUTORIAL_RUN`), with `keys` (the data, the split, the device) on top."""
+    """The tutorial's run (`TUTORIAL_RUN`), with `keys` (the data, the split, the device) on top.
+
+    Raises:
+        ConfigError: for an unknown key or a bad value in `keys`.
+    """
     return from_dict({**TUTORIAL_RUN, **keys}, where="the tutorial's run")
 
 
@@ -334,7 +352,19 @@ def yaml_number(value: Any) -> Any:
 
 
 def from_dict(values: dict[str, Any], *, where: str = "config") -> TrainConfig:
-    """Build a config, naming `where` (a file, 'override') in the error for an unknown key."""
+    """Build a config from `values`; keys not given keep their defaults.
+
+    Args:
+        values: config keys and their values.
+        where: what the values came from (a file, 'override', 'command line'), named in errors.
+
+    Returns:
+        The checked TrainConfig.
+
+    Raises:
+        ConfigError: where `values` is not a mapping, names an unknown key, or holds a value of
+            the wrong type or out of its range; the message begins with `where`.
+    """
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
     unknown = sorted(map(str, set(values) - set(KEYS)))
@@ -347,7 +377,14 @@ def from_dict(values: dict[str, Any], *, where: str = "config") -> TrainConfig:
 
 
 def read_values(path: str | os.PathLike) -> dict[str, Any]:
-    """The keys a YAML config file sets, checked (unknown keys and bad values raise ConfigError)."""
+    """The keys a YAML config file sets, checked, with their values as the file has them.
+
+    An empty file (or one holding only `null` or comments) sets no key.
+
+    Raises:
+        ConfigError: where the file cannot be read, is not UTF-8 text or valid YAML, holds
+            something other than a mapping of config keys, or sets an unknown key or a bad value.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -356,20 +393,28 @@ def read_values(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a text (YAML) file: byte {e.start} is not UTF-8") from e
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    if values is None:  # an empty file, or comments only
+        values = {}
     from_dict(values, where=str(path))
     return values
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read a YAML config; keys not given keep their defaults."""
+    """Read a YAML config; keys not given keep their defaults.
+
+    Raises:
+        ConfigError: as `read_values`.
+    """
     return from_dict(read_values(path), where=str(path))
 
 
 def parse_value(name: str, raw: str) -> Any:
-    """A command-line string as the value of key `name`: YAML for numbers and booleans, else as is."""
+    """A command-line string `raw` as the value of key `name`: YAML for numbers and booleans, else as
+    is (a path or string key always takes the string as given; a string that is not valid YAML too).
+    The value is not checked here: `from_dict` does that."""
     if _HINTS.get(name) in (str, str | None):
         return raw
     try:
@@ -379,6 +424,7 @@ def parse_value(name: str, raw: str) -> Any:
 
 
 def doc(name: str) -> str:
+    """The documentation of config key `name` ("" where it has none); KeyError for a name that is no key."""
     return TrainConfig.__dataclass_fields__[name].metadata.get("doc", "")
 
 

