@@ -21,7 +21,20 @@ from mf.ranking import BATCH_CELLS, RELEVANT_RATING, grouped_pairs, rows_by_user
 
 class EpochNDCG:
     """`EpochNDCG(train, val, n_users, n_items, k)(model)` -> mean NDCG@k over the users with a relevant
-    val rating (0.0 when there is none)."""
+    val rating (0.0 when there is none).
+
+    Args:
+        train: the training part, whose items are never candidates for their user.
+        val: the validation part to judge on.
+        n_users: users in the data (index bound).
+        n_items: items in the data (index bound).
+        k: the cut-off (at most n_items is used).
+        threshold: a val rating at or above it makes its item relevant.
+        device: where the precomputed batches live: the model's device.
+
+    Raises:
+        ConfigError: where k < 1.
+    """
 
     def __init__(
         self,

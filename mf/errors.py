@@ -21,7 +21,16 @@ class ConfigError(MFError):
 
 def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
     """Wrap a CLI's main(): a user's mistake (an MFError) becomes one `error:` line and exit code 2,
-    never a traceback."""
+    never a traceback.
+
+    Args:
+        main: the CLI's entry point, `main(argv) -> exit code`.
+
+    Returns:
+        `main` wrapped: it returns what `main` returns, or 2 after printing `error: <message>` to
+        stderr where `main` raised an MFError. Any other exception (and argparse's SystemExit)
+        passes through unchanged.
+    """
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:

@@ -63,6 +63,13 @@ def idle_tables(
     Rows 4-5 by the step `last` at which the row was last updated: 1 / (1 - b1**c) and
     1 / sqrt(1 - b2**c) at c = last + 1 / (1 - r), the bias corrections of an idle run longer than
     1 / (1 - r) steps (shorter runs use those of the current step). Same formulas as `_catch_up`.
+
+    Args:
+        lr: the learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        b1: Adam's beta1.
+        b2: Adam's beta2.
+        steps: the columns of the tables: idle runs (and last steps) below it are read from them.
     """
     k = np.arange(steps, dtype=np.float64)
     d = 1.0 - lr * weight_decay
@@ -86,7 +93,17 @@ def available(model: MFAdvanced, optimizer: LazyAdamW) -> bool:
 
 class FusedStep:
     """`train(users, items, ratings, positions, batch_size)` trains a slice of a pass in place;
-    calling it, `fused(users, items, ratings)`, one batch. Both return the squared-error sum."""
+    calling it, `fused(users, items, ratings)`, one batch. Both return the squared-error sum.
+
+    Args:
+        model: the model whose tables `optimizer` holds (its offset is updated in place too).
+        optimizer: the LazyAdamW over the model's rows; its table is trained in place, and its
+            step count and dense moments are kept up to date.
+        l2: the weight of the objective's L2 term on the batch's factors.
+
+    Raises:
+        RuntimeError: where it cannot run (see `available`), or the table has 2**31 rows or more.
+    """
 
     table_steps = IDLE_TABLE_STEPS  # the idle runs read from tables (tests shorten it)
 
@@ -142,7 +159,15 @@ class FusedStep:
         batch_size: int,
     ) -> float:
         """Train the batches `positions[s : s + batch_size]` of these columns, a step each, in order,
-        in one compiled call (no gathered copy, no Python between steps); their squared-error sum."""
+        in one compiled call (no gathered copy, no Python between steps); their squared-error sum.
+
+        Args:
+            users: the training part's user indices (N,), int32, on the CPU.
+            items: its item indices (N,), int32.
+            ratings: its ratings (N,), float32.
+            positions: the positions in those columns to train on, in order (int32).
+            batch_size: ratings per step (the last batch may be smaller).
+        """
         opt, model = self.opt, self.model
         use_torch_threads()
         b1, b2 = opt.betas

@@ -46,6 +46,8 @@ def classification_metrics(ratings: np.ndarray, predictions: np.ndarray) -> dict
 
 
 def all_metrics(ratings: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """`regression_metrics` and `classification_metrics` of predictions against true ratings, in one
+    dict: mse, rmse, mae, f1, precision, recall."""
     return {**regression_metrics(ratings, predictions), **classification_metrics(ratings, predictions)}
 
 

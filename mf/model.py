@@ -12,7 +12,16 @@ from torch import nn
 
 
 def sigmoid_range(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """Squash into (low, high); the tutorial uses low=0."""
+    """Squash `x` elementwise into (low, high): sigmoid(x) * (high - low) + low; the tutorial uses low=0.
+
+    Args:
+        x: any tensor of logits.
+        low: the lower bound of the result.
+        high: the upper bound of the result.
+
+    Returns:
+        A tensor of the shape of `x`.
+    """
     return torch.sigmoid(x) * (high - low) + low
 
 
@@ -22,6 +31,17 @@ class MFAdvanced(nn.Module):
     Biases are 1-wide embeddings (not indexed Parameters) so that, with `sparse=True`,
     every per-user and per-item parameter gets a sparse gradient and only the rows of
     a batch are touched by the optimiser.
+
+    Args:
+        n_users: rows of the user tables (user indices are 0..n_users-1).
+        n_items: rows of the item tables.
+        emb_dim: width of the user and item factors.
+        bias: add a user bias, an item bias and a global offset (all start at 0).
+        init: initialise the factors uniform in [0, init_range] (else PyTorch's N(0, 1)).
+        init_range: upper end of that uniform init.
+        sigmoid: squash the output into (0, sigmoid_high) (else the raw dot product plus biases).
+        sigmoid_high: upper bound of the squashed output.
+        sparse: make every table an nn.Embedding with sparse gradients (for SparseAdam).
     """
 
     def __init__(
@@ -55,12 +75,21 @@ class MFAdvanced(nn.Module):
             nn.init.uniform_(self.item_emb.weight, 0.0, init_range)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """nn.Module's forward: the predicted rating (B,) of each (user, item) index pair."""
         return self.predict_with_factors(users, items)[0]
 
     def predict_with_factors(
         self, users: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Predictions (B,) and the batch's user (B, D) and item (B, D) factors, for the L2 term."""
+        """Predictions (B,) and the batch's user (B, D) and item (B, D) factors, for the L2 term.
+
+        Args:
+            users: user indices (B,), an integer tensor on the model's device.
+            items: item indices (B,), likewise.
+
+        Returns:
+            (predictions, user factors, item factors), in the autograd graph.
+        """
         p = self._lookup(self.user_emb, users)  # (B, D)
         q = self._lookup(self.item_emb, items)  # (B, D)
         x = (p * q).sum(dim=1)  # (B,)
@@ -73,8 +102,8 @@ class MFAdvanced(nn.Module):
         return x, p, q
 
     def _lookup(self, table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
-        """Rows of a table. Dense: index_select, whose backward (index_add) runs about twice as fast
-        on CPU as nn.Embedding's; sparse: the embedding op, which alone gives sparse gradients."""
+        """Rows of a table. Dense: index_select, whose backward (index_add) runs faster on CPU than
+        nn.Embedding's; sparse: the embedding op, which alone gives sparse gradients."""
         if self.sparse:
             return table(index)
         return table.weight.index_select(0, index)
@@ -101,13 +130,21 @@ class MFAdvanced(nn.Module):
     def row_grads(
         self, user_rows: torch.Tensor, item_rows: torch.Tensor, ratings: torch.Tensor, *, l2: float
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """The batch's training objective, differentiated by hand.
+        """The batch's training objective, differentiated by hand (no autograd graph).
 
-        `user_rows` and `item_rows` (B, row_width) are each rating's user and item rows (factors,
-        then bias). The objective is the trainer's: mean squared error of the predictions plus
-        `l2 * mean(|p_u|^2 + |q_i|^2)` over the batch. Returns the sum of squared errors (a 0-d
-        tensor), the gradient of each rating's user row then item row (2B, row_width), and the
-        gradients of `dense_parameters()`.
+        The objective is the trainer's: mean squared error of the predictions plus
+        `l2 * mean(|p_u|^2 + |q_i|^2)` over the batch.
+
+        Args:
+            user_rows: each rating's user row (B, row_width): factors, then bias.
+            item_rows: each rating's item row (B, row_width), likewise.
+            ratings: the true ratings (B,).
+            l2: the weight of the L2 term (0: none).
+
+        Returns:
+            The sum of squared errors (a 0-d tensor), the gradient of each rating's user row then
+            item row (2B, row_width), and the gradients of `dense_parameters()` (a list, empty
+            without bias).
         """
         n, d = ratings.shape[0], self.user_emb.embedding_dim
         p, q = user_rows[:, :d], item_rows[:, :d]
@@ -135,7 +172,7 @@ class MFAdvanced(nn.Module):
 
     @torch.no_grad()
     def score_all_items(self, user: int) -> torch.Tensor:
-        """Predicted rating of every item for one user (n_items,), for recommending."""
+        """Predicted rating of every item for one user index (n_items,), for recommending."""
         items = torch.arange(self.item_emb.num_embeddings, device=self.user_emb.weight.device)
         users = torch.full_like(items, user)
         return self(users, items)

@@ -26,17 +26,17 @@ Semantics, against `torch.optim.AdamW` on the same parameters (same lr, betas, e
     simplifications: the bias corrections of one step stand for all k (the step about ten into the
     idle run, where the series' weight is centred: within 0.1 % of dense AdamW's moves after the
     first few dozen steps, a few % before), and eps is scaled with the second moment. So dense
-    AdamW's regularisation (the tuned optimum relies on weight decay ~0.25) and its momentum are
-    kept, whatever the batch size.
+    AdamW's regularisation (which tuned configurations rely on) and its momentum are kept,
+    whatever the batch size.
   - `"decay"`: the k weight decays only (exact); the moments stay as they were, as in TensorFlow
     Addons' LazyAdam. A rare row's momentum then lasts about ten *touches* instead of ten steps,
-    which trains worse at small batches (ml-latest-small, batch 1024: best val MSE 0.842 against
-    dense AdamW's 0.837).
+    which trains worse than dense AdamW at small batches.
   - `"none"`: nothing; weight decay only at the steps that touch a row, as many sparse optimisers
     do. Rarely seen users and items are then barely regularised at all.
   With every row touched at every step the three are dense AdamW.
 
-lr and weight decay are fixed for the optimiser's life (the decay owed by a row is counted in steps).
+The decay owed by a row is counted in steps at one lr and weight decay: change `lr` only right
+after `settle()` (as the trainer does between the pieces of a schedule).
 Dense parameters (the model's global offset) get plain AdamW in the same fused call.
 """
 
@@ -73,8 +73,9 @@ class TouchedRows:
     """The distinct rows a batch touches, read from the table and brought up to date.
 
     `inverse[k]` is the position in `unique` of the k-th id given to `gather`; `order` and `offsets`
-    group the ids by row (for the per-row gradient sums). `weights`, `exp_avg` and `exp_avg_sq` are
-    (K, width) contiguous copies, which `step` updates and writes back.
+    group the ids by row (for the per-row gradient sums). `blocks` holds the rows' weights, exp_avg
+    and exp_avg_sq, each (K, width), contiguous copies that `step` updates and writes back through
+    `rows` into the table.
     """
 
     unique: torch.Tensor  # (K,) int64 row numbers, ascending
@@ -86,6 +87,7 @@ class TouchedRows:
 
     @property
     def weights(self) -> torch.Tensor:
+        """The rows' weights (K, width), brought up to date: `blocks[0]`, which `step` updates."""
         return self.blocks[0]
 
 
@@ -97,6 +99,19 @@ class LazyAdamW:
     numbered across sides in order: side 0's rows first, then side 1's (see `row_offsets`). The
     parameters' storage moves into the optimiser's table (`param.data` becomes a view of it), so
     the model reads what the optimiser writes, with no copy; `dense` parameters stay where they are.
+
+    Args:
+        sides: per kind of row, its 2-D parameters (all of one dtype and device; the parameters of
+            a side have as many rows; every side as wide in total).
+        dense: parameters updated by plain AdamW at every step (the model's global offset).
+        lr: learning rate (> 0).
+        weight_decay: AdamW's decoupled weight decay (>= 0).
+        betas: Adam's (beta1, beta2), each in [0, 1).
+        eps: Adam's epsilon (> 0).
+        idle: how an idle row is brought up to date (`IDLE_RULES`, see the module).
+
+    Raises:
+        MFError: where a setting breaks its rule or the parameters do not fit the rules above.
     """
 
     def __init__(
@@ -169,7 +184,8 @@ class LazyAdamW:
 
     # ---------------------------------------------------------------- one step
     def gather(self, ids: torch.Tensor) -> TouchedRows:
-        """The distinct rows among `ids` (int64 row numbers), with weights as of the last step."""
+        """The distinct rows among `ids` (N,) (int64 row numbers in [0, n_rows)), read from the table
+        and brought up to date as of the last step, for one `step`."""
         unique, inverse, order, offsets = group_ids(ids, self.n_rows)
         rows = self.table.index_select(0, unique)  # (K, row)
         k, w = len(unique), self.width
@@ -180,7 +196,17 @@ class LazyAdamW:
         )
 
     def step(self, rows: TouchedRows, grads: torch.Tensor, dense_grads: Sequence[torch.Tensor] = ()) -> None:
-        """One AdamW step: `grads` (N, width) is the gradient of each id given to `gather`, in order."""
+        """One AdamW step on the rows `gather` returned, written back into the table.
+
+        Args:
+            rows: what `gather` returned for this step's ids.
+            grads: the gradient (N, width) of each id given to `gather`, in order; a row's
+                gradients are summed.
+            dense_grads: the gradient of each dense parameter, in order.
+
+        Raises:
+            MFError: where there are not as many dense gradients as dense parameters.
+        """
         if len(dense_grads) != len(self.dense):
             raise MFError(
                 f"LazyAdamW.step: {len(self.dense)} dense gradients expected, got {len(dense_grads)}"
@@ -275,6 +301,15 @@ class LazyAdamW:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what `state_dict` returned: the moments, each row's last step and the step count.
+
+        The settings (lr, weight decay, betas, eps, idle) stay this optimiser's own; the weights are
+        the model's to load.
+
+        Raises:
+            MFError: where `state` is not that of a LazyAdamW over as many rows of the same width,
+                or has another number of dense parameters.
+        """
         w = self.width
         expected = (self.n_rows, w)
         if state.get("kind") != "lazy_adamw" or tuple(state["exp_avg"].shape) != expected:
@@ -300,8 +335,16 @@ def group_ids(
     """Sort ids (N,) < n_rows into (unique, inverse, order, offsets), as `TouchedRows` holds them.
 
     One stable sort does it all: `order` sorts the ids, runs of equal ids give the rest. On CPU the
-    sort is numpy's radix sort on 16-bit digits (two passes below 2**32 rows), several times faster
-    at a batch's size than torch's CPU sort, and the rest is numpy too; on a GPU it is all torch.
+    sort is numpy's radix sort on 16-bit digits (two passes below 2**32 rows), faster at a batch's
+    size than torch's CPU sort, and the rest is numpy too; on a GPU it is all torch.
+
+    Args:
+        ids: int64 row numbers (N,), each in [0, n_rows).
+        n_rows: rows of the table, which bounds the radix sort's passes.
+
+    Returns:
+        (unique (K,) ascending, inverse (N,), order (N,), offsets (K,)), int64 tensors on the
+        device of `ids`.
     """
     n = ids.shape[0]
     if ids.device.type == "cpu":  # numpy: a few microseconds a call where torch takes tens

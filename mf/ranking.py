@@ -71,6 +71,7 @@ class FactorScorer:
 
     @property
     def n_items(self) -> int:
+        """Items the model scores (rows of `item_factors`)."""
         return int(self.item_factors.shape[0])
 
     def squash(self, x: np.ndarray) -> np.ndarray:
@@ -133,12 +134,14 @@ class _LastBatchScorer(FactorScorer):
         return memo[kind][1]
 
     def logits(self, users: np.ndarray) -> np.ndarray:
+        """FactorScorer.logits, computed once for the last `users` array (a read-only result)."""
         return self._remember("logits", users, lambda: super(_LastBatchScorer, self).logits(users))
 
     def __call__(self, users: np.ndarray) -> np.ndarray:
         return self._remember("ratings", users, lambda: self.squash(self.logits(users)))
 
     def standardised(self, users: np.ndarray) -> np.ndarray:
+        """FactorScorer.standardised, computed once for the last `users` array (a read-only result)."""
         # Shared by every blend weight of the batch.
         return self._remember(
             "standardised", users, lambda: super(_LastBatchScorer, self).standardised(users)
@@ -164,7 +167,12 @@ WEIGHTED = (CONFIDENCE, SHRUNK_BIAS, BLEND)
 
 @dataclass(frozen=True)
 class Ranking:
-    """How the items are ordered for a user: one of `RULES`, with its weight w where it has one."""
+    """How the items are ordered for a user: one of `RULES`, with its weight w where it has one.
+
+    Raises:
+        ConfigError: on construction, for a rule not in RULES, a weighted rule (WEIGHTED) whose
+            weight is not a finite number > 0, or a weight other than 0 for a rule that takes none.
+    """
 
     rule: str
     weight: float = 0.0
@@ -179,7 +187,13 @@ class Ranking:
 
     @classmethod
     def parse(cls, text: str) -> Ranking:
-        """'blend:1.5', 'confidence:8', 'popular', 'predicted' (what `str()` gives back)."""
+        """The Ranking `text` names: 'blend:1.5', 'confidence:8', 'popular', 'predicted' (what `str()`
+        gives back).
+
+        Raises:
+            ConfigError: for an unknown rule, a weight that is not a number, a weighted rule without
+                its weight, or a weight the rule does not allow (see the class).
+        """
         rule, _, weight = str(text).partition(":")
         try:
             w = float(weight) if weight else 0.0
@@ -193,9 +207,11 @@ class Ranking:
         return f"{self.rule}:{self.weight:g}" if self.rule in WEIGHTED else self.rule
 
     def describe(self) -> str:
+        """What the ranking scores, in words (its RULES entry with the weight filled in)."""
         return RULES[self.rule].format(w=f"{self.weight:g}")
 
     def personal(self) -> bool:
+        """Whether the order depends on the user (every rule but `popular`)."""
         return self.rule != POPULAR
 
 
@@ -215,6 +231,18 @@ def ranking_scores(ranking: Ranking, scorer: FactorScorer, counts: np.ndarray) -
 
     `counts` are `item_counts(train)`: only train ratings count, so that the choice on a held-out
     part never sees that part. Per-item terms are computed here once, not per call.
+
+    Args:
+        ranking: the rule and weight.
+        scorer: the model's scorer (a `last_batch_memo()` one lets several rankings share a batch's
+            scores).
+        counts: train ratings per item (n_items,).
+
+    Returns:
+        A function from user indices (B,) to scores (B, n_items); for `predicted`, `scorer` itself.
+
+    Raises:
+        ConfigError: for `shrunk-bias` where the model has no item bias.
     """
     rule, w = ranking.rule, ranking.weight
     dtype = scorer.item_factors.dtype  # per-item terms in the scores' precision: no float64 for float32
@@ -251,6 +279,7 @@ class RankingMetrics:
     threshold: float
 
     def as_dict(self) -> dict[str, float | int]:
+        """Every field by name (k, precision, recall, ndcg, users, skipped, threshold)."""
         return asdict(self)
 
 
@@ -258,8 +287,13 @@ def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Indices (B, k') of the k highest scores per row, best first, never an excluded item.
 
     k' = min(k, n_items); a row with fewer than k' candidates is padded with -1. By `torch.topk`
-    (threaded, one pass per row) rather than numpy's argpartition and a sort, which took most of an
-    export's time at 150k items (bench/README.md, Scale).
+    (threaded, one pass per row) rather than numpy's argpartition and a sort, which cost far more
+    on large catalogues.
+
+    Args:
+        scores: (B, n_items) scores, higher better.
+        exclude: (B, n_items) booleans, True for an item never to return.
+        k: how many per row.
     """
     k = min(k, scores.shape[1])
     values, top = torch.topk(torch.from_numpy(np.where(exclude, -np.inf, scores)), k, dim=1)
@@ -278,7 +312,8 @@ def rows_by_user(part: Interactions, n_users: int) -> tuple[np.ndarray, np.ndarr
 
     User u's items are `items[starts[u]:starts[u + 1]]`: a lookup per request, no mask of the data.
     The grouping is kept for as long as `part` lives (a part's arrays are never changed after it is
-    made): the export ranks the same training part four times, and at 25M ratings its sort is a second.
+    made), so that a part grouped again (the export ranks the same training part several times) is
+    not sorted again. The arrays returned are read-only.
     """
     kept = _GROUPED.get(part)
     if kept is not None and kept[0] == n_users:
@@ -293,7 +328,16 @@ def rows_by_user(part: Interactions, n_users: int) -> tuple[np.ndarray, np.ndarr
 
 def grouped_pairs(users: np.ndarray, items: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row in `users`, item) of every item the batch's users have in a part grouped by
-    `rows_by_user`: user b's items, for every b, in one gather."""
+    `rows_by_user`: user b's items, for every b, in one gather.
+
+    Args:
+        users: the batch's user indices (B,).
+        items: the part's items grouped by user, as `rows_by_user` returns them.
+        starts: the start of each user's items in `items` (n_users + 1,), likewise.
+
+    Returns:
+        Two arrays of one length: the row in `users` of each pair, and its item.
+    """
     begins = starts[users]
     lengths = starts[users + 1] - begins
     rows = np.repeat(np.arange(len(users)), lengths)
@@ -324,6 +368,18 @@ def ranking_metrics(
 
     precision = hits / k; recall = hits / |relevant|; NDCG = DCG / ideal DCG with gain 1 per hit
     at rank r discounted by log2(r + 1). Means are over users with a relevant held-out item.
+
+    Args:
+        scores: user indices (B,) -> scores (B, n_items), higher first (`ranking_scores`).
+        train: the training part, whose items are never candidates for their user.
+        heldout: the held-out part to judge on.
+        n_users: users in the data (index bound).
+        n_items: items in the data (index bound).
+        k: the cut-off, >= 1.
+        threshold: a held-out rating at or above it makes its item relevant.
+
+    Raises:
+        ConfigError: where k < 1.
     """
     return ranking_metrics_many(
         {"": scores},
@@ -347,7 +403,14 @@ def ranking_metrics_many(
     threshold: float = RELEVANT_RATING,
 ) -> dict[str, RankingMetrics]:
     """`ranking_metrics` of several rankings in one pass over the users: each batch's masks are built
-    once, and rankings built on a `last_batch_memo()` scorer share its scores."""
+    once, and rankings built on a `last_batch_memo()` scorer share its scores.
+
+    Takes the arguments of `ranking_metrics`, with `scores` a mapping of names to score functions,
+    and returns the RankingMetrics of each name.
+
+    Raises:
+        ConfigError: where k < 1.
+    """
     if k < 1:
         raise ConfigError(f"k: {k!r} must be >= 1")
     relevant = Interactions(

@@ -45,17 +45,17 @@ FORMAT = 1
 CHOICE_K = 10
 CHOICE_PART = "val"
 MAX_USERS = 20_000
-"""Users the choice scores at most (a seeded sample beyond that): ml-25m's 162k users x 59k items
-would take minutes per rule; 20,000 users keep the NDCG's standard error far below the gaps seen."""
+"""Users the choice scores at most (a seeded sample beyond that): scoring every user of a large set
+would cost minutes per rule, and a sample this large keeps the NDCG's standard error small."""
 MAX_CELLS = 300_000_000
 """Users x items the choice scores per rule at most: each rule ranks every candidate item of every
-sampled user, and the choice tries 26 rules, so on 150k items 20,000 users ran for more than 9
-minutes at the end of a tune.run; the cap scores a tenth of that there (2,000 users), but never
-fewer than MIN_USERS."""
+sampled user, and the choice tries up to 26 rankings, so on a large catalogue MAX_USERS users would
+take minutes; the cap samples fewer users there (2,000 at 150k items), but never fewer than
+MIN_USERS."""
 MIN_USERS = 1_000
 BUDGET_CELLS = MAX_CELLS // 10
 """Users x items per rule where the export runs at the end of a time budget (tune.run
---time-budget-s): on 10M ratings and more the full choice is most of the export's time
+--time-budget-s), so that on large sets the choice does not take most of the export's time
 (docs/decisions.md); `python -m tune.export` scores MAX_CELLS again at any time."""
 
 
@@ -118,6 +118,8 @@ class RankingChoice:
         return how
 
     def to_dict(self) -> dict[str, Any]:
+        """The choice as ranking.json holds it (format FORMAT), with the ranking's description and
+        `chosen_by` in words."""
         return {
             "format": FORMAT,
             "ranking": str(self.ranking),
@@ -135,6 +137,16 @@ class RankingChoice:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, where: str) -> RankingChoice:
+        """The choice `to_dict` wrote.
+
+        Args:
+            d: the dict read from ranking.json.
+            where: the file it came from, named in errors.
+
+        Raises:
+            MFError: where `d` is not a ranking choice of format FORMAT, or a field is missing or
+                bad (a ranking that does not parse included).
+        """
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise MFError(
                 f"{where}: not a ranking choice (format {FORMAT} expected); delete it to choose again"
@@ -162,7 +174,18 @@ def _metrics(m: RankingMetrics) -> dict[str, float]:
 
 
 def sample_users(heldout: Interactions, threshold: float, max_users: int, seed: int) -> Interactions:
-    """The held-out rows of at most `max_users` users with a relevant rating (seeded sample)."""
+    """The held-out rows of at most `max_users` users with a relevant rating (seeded sample).
+
+    Args:
+        heldout: the held-out part.
+        threshold: a rating at or above it is relevant.
+        max_users: how many users with a relevant rating to keep at most.
+        seed: seeds the sample.
+
+    Returns:
+        `heldout` itself where it has no more such users; else every row (relevant or not) of the
+        users sampled.
+    """
     users = np.unique(heldout.users[heldout.ratings >= threshold])
     if len(users) <= max_users:
         return heldout
@@ -187,6 +210,23 @@ def evaluate_rankings(
 
     The one evaluation behind `mf.recommend --evaluate` and the choice; a tuning trial can call it
     per epoch for its NDCG@k (`counts` and `heldout` may be passed in, to skip recomputing them).
+
+    Args:
+        rankings: the rankings to judge, by name.
+        scorer: the model's scorer.
+        dataset: the data the model was trained on.
+        part: the held-out part (`val` or `test`), where `heldout` is not given.
+        k: the cut-off.
+        threshold: a held-out rating at or above it makes its item relevant.
+        counts: `item_counts(dataset.train, dataset.n_items)`, where already computed.
+        heldout: the held-out ratings to judge on (a sample of a part), instead of `part`.
+
+    Returns:
+        The RankingMetrics of each name of `rankings`.
+
+    Raises:
+        DataError: where `part` is not held out from the model (and `heldout` is not given).
+        ConfigError: for k < 1, or a `shrunk-bias` ranking of a model without item bias.
     """
     if heldout is None:
         heldout = dataset.held_out(part)
@@ -218,6 +258,22 @@ def choose_ranking(
 
     Ties go to the earlier candidate (the baselines, then lower weights): the simpler ranking. The
     users scored are a seeded sample (`users_to_score(n_items, max_users, max_cells)`).
+
+    Args:
+        scorer: the model's scorer.
+        dataset: the data the model was trained on, with a val part.
+        k: the cut-off of the NDCG.
+        threshold: a held-out rating at or above it makes its item relevant.
+        max_users: at most this many users are scored (see `users_to_score`).
+        seed: seeds the sample of users.
+        max_cells: at most about this many users x items are scored per ranking.
+
+    Returns:
+        The chosen ranking with its val figures (and test figures where the split has a test part).
+
+    Raises:
+        DataError: where the dataset has no val part (the model trained on it).
+        ConfigError: where k < 1.
     """
     counts = item_counts(dataset.train, dataset.n_items)
     max_users = users_to_score(dataset.n_items, max_users, max_cells)
@@ -254,7 +310,18 @@ def carry_choice(
     """`choice`, made with a model trained on train only, for `scorer`'s model, a refit of it on more
     parts of the same data (`dataset`): the same ranking, chosen on the same val figures (a refit's
     val part is no longer held out, so nothing is chosen with it), and the test check scored again
-    with the refit model where the split holds a test part."""
+    with the refit model where the split holds a test part.
+
+    Args:
+        choice: the choice made with the model trained on train only.
+        scorer: the refit model's scorer.
+        dataset: the refit's data (its training part merged from several parts).
+        max_cells: at most about this many users x items are scored per ranking of the test check.
+
+    Returns:
+        `choice` with the refit model's fingerprint and test figures, and `chosen_with` set to
+        the fingerprint of the model it was made with.
+    """
     test = None
     if dataset.test is not None:
         named = {"served": choice.ranking, "popular": Ranking(POPULAR), "predicted": Ranking(PREDICTED)}
@@ -269,12 +336,18 @@ def carry_choice(
 
 
 def write_ranking(folder: str | os.PathLike, choice: RankingChoice) -> Path:
-    """Write `<folder>/ranking.json` atomically (a reader sees the old file or the new one, whole)."""
+    """Write `choice` to `<folder>/ranking.json` atomically (a reader sees the old file or the new
+    one, whole); return the file's path. OSError where it cannot be written."""
     return write_json(Path(folder) / RANKING_FILE, choice.to_dict())
 
 
 def read_ranking(folder: str | os.PathLike) -> RankingChoice | None:
-    """The choice in `<folder>/ranking.json`, or None where there is none."""
+    """The choice in `<folder>/ranking.json`, or None where there is no such file.
+
+    Raises:
+        MFError: where the file is not JSON or not a valid ranking choice.
+        OSError: where the file exists but cannot be read.
+    """
     path = Path(folder) / RANKING_FILE
     try:
         text = path.read_text()
@@ -289,7 +362,8 @@ def read_ranking(folder: str | os.PathLike) -> RankingChoice | None:
 
 def unchosen(scorer: FactorScorer, *, k: int = CHOICE_K, threshold: float = RELEVANT_RATING) -> RankingChoice:
     """The ranking of a model no choice can be made for, as it trained on its val part (a refit that
-    `mf.train` wrote, without the choice tune.export carries over): the predicted rating."""
+    `mf.train` wrote, without the choice tune.export carries over): the predicted rating, with no
+    figures, recorded for `scorer`'s model with `k` and `threshold`."""
     return RankingChoice(
         ranking=Ranking(PREDICTED),
         k=k,
@@ -307,7 +381,17 @@ def ranking_for(
 ) -> RankingChoice:
     """The export's ranking choice: read from ranking.json when it was made for this model, else chosen
     now on the val part (and written there when `write` and the folder allows it; a read-only
-    export still serves); `unchosen` where the model trained on its val part."""
+    export still serves); `unchosen` where the model trained on its val part.
+
+    Args:
+        folder: the export folder.
+        scorer: the exported model's scorer.
+        dataset: the data it was trained on.
+        write: write a new choice to the folder's ranking.json.
+
+    Raises:
+        MFError: where the folder's ranking.json is damaged (delete it to choose again).
+    """
     choice = read_ranking(folder)
     if choice is not None and choice.fingerprint == scorer.fingerprint():
         return choice

@@ -38,7 +38,18 @@ def recommend(
     fallback: str | None = None,
     exclude: str = "rated",
 ) -> list[Recommendation]:
-    """The k best movies for a raw MovieLens user id, none they rated (see Recommender.recommend)."""
+    """The k best movies for a raw MovieLens user id, none they rated (see Recommender.recommend).
+
+    Args:
+        recommender: the loaded export.
+        raw_user_id: a MovieLens userId.
+        k: how many movies.
+        fallback: None, or `popular` for a user the model does not know.
+        exclude: `rated` (every movie the user rated) or `trained` (those in the training parts).
+
+    Raises:
+        RequestError: for a bad k, fallback or exclude, or an unknown user without a fallback.
+    """
     return recommender.recommend(raw_user_id, k, fallback=fallback, exclude=exclude)
 
 
@@ -47,7 +58,21 @@ def evaluate(
 ) -> dict[str, RankingMetrics]:
     """Ranking quality on `val` or `test` of the served ranking and of the two baselines (the model's
     predicted rating, most popular in its training part): the same candidates (not rated in the parts
-    the model trained on) and relevance. DataError where `part` is not held out from the model."""
+    the model trained on) and relevance.
+
+    Args:
+        recommender: the loaded export.
+        part: `val` or `test`.
+        k: the cut-off.
+        threshold: a held-out rating at or above it makes its item relevant.
+
+    Returns:
+        The RankingMetrics of "served", "predicted" and "popular".
+
+    Raises:
+        DataError: where `part` is not held out from the model.
+        ConfigError: where k < 1.
+    """
     rankings = {"served": recommender.ranking, PREDICTED: Ranking(PREDICTED), POPULAR: Ranking(POPULAR)}
     return evaluate_rankings(
         rankings,
@@ -63,6 +88,14 @@ def evaluate(
 def format_ranking(
     results: dict[str, RankingMetrics], part: str, served: Ranking, trained_on: tuple[str, ...] = ("train",)
 ) -> str:
+    """`evaluate`'s results as text: a line saying what was judged, then a line per ranking.
+
+    Args:
+        results: what `evaluate` returned (not empty; its names among served, predicted, popular).
+        part: the part judged, for the heading.
+        served: the served ranking, for its label.
+        trained_on: the parts the model trained on, which were not candidates.
+    """
     first = next(iter(results.values()))
     lines = [
         f"{part}: over {first.users} users with held-out ratings >= {first.threshold:g} ({first.skipped} users "
@@ -78,6 +111,7 @@ def format_ranking(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m mf.recommend`."""
     parser = argparse.ArgumentParser(
         prog="python -m mf.recommend",
         description="Top-k movies for a user from an exported model, or its ranking quality.",
@@ -126,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mf.recommend`: print a user's recommendations and/or the ranking figures.
+
+    Args:
+        argv: the command line after the program name (None: sys.argv's).
+
+    Returns:
+        0; 2 for a user's mistake (an MFError: unknown user, bad k, an export or data that cannot
+        be loaded), printed as one `error:` line. argparse exits with status 2 for flags it refuses
+        or where neither --user nor --evaluate is given.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.user is None and args.evaluate is None:

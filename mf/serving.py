@@ -42,7 +42,7 @@ from mf.training import check_matches, dataset_for, load_model
 
 MODEL_FILE, METRICS_FILE = "model.pt", "metrics.json"
 MAX_PAIRS = 10_000
-"""Pairs one /predict request may hold: 10,000 pairs take about a millisecond; more is a bulk job."""
+"""Pairs one /predict request may hold: more is a bulk job, not a request."""
 FALLBACKS = (POPULAR,)
 EXCLUDES = ("rated", "trained")
 """What a recommendation leaves out: every movie the user rated (the default), or those the model
@@ -60,6 +60,8 @@ class RequestError(MFError):
 
 @dataclass(frozen=True)
 class Recommendation:
+    """One recommended movie: its rank (1: the best), raw MovieLens id and title."""
+
     rank: int
     movie_id: int
     title: str
@@ -67,6 +69,8 @@ class Recommendation:
     """The model's predicted rating; None for a popularity fallback to an unknown user."""
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form that /recommend and `mf.recommend --json` give: rank, movieId, title and
+        predicted_rating (rounded to 4 decimals, or None)."""
         return {
             "rank": self.rank,
             "movieId": self.movie_id,
@@ -87,7 +91,18 @@ class LoadedModel:
 
 
 def load(model_path: str | os.PathLike, *, data: str | os.PathLike | None = None) -> LoadedModel:
-    """Load an export folder (or a model.pt) and the data of its config (or `data`), checked to match."""
+    """Load an export folder (or a model.pt) and the data of its config (or `data`), checked to match.
+
+    Args:
+        model_path: an export folder (its model.pt is read) or a checkpoint file.
+        data: ratings to use instead of the data the checkpoint's config names.
+
+    Raises:
+        MFError: where there is no readable checkpoint, or the data has other users or items than
+            the model was trained on.
+        ConfigError: where the checkpoint's config is not valid.
+        DataError: where the data cannot be found, fetched or read.
+    """
     path = Path(model_path)
     if path.is_dir():
         path = path / MODEL_FILE
@@ -120,7 +135,17 @@ def _ids(value: Any, field: str, what: str) -> int:
 
 
 def parse_pairs(body: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A /predict body `[{"user": raw_id, "movie": raw_id}, ...]` as (raw users, raw movies), checked."""
+    """A /predict body `[{"user": raw_id, "movie": raw_id}, ...]` as (raw users, raw movies), checked.
+
+    Returns:
+        Two int64 arrays of raw ids, in the body's order (whether the ids are known is not checked
+        here: `Recommender.indices` does that).
+
+    Raises:
+        RequestError: 413 for more than MAX_PAIRS pairs; 422 for a body that is not an array, an
+            element that is not an object with exactly the keys user and movie, or an id that is not
+            an integer in int64's range.
+    """
     if not isinstance(body, list):
         kind = JSON_TYPES.get(type(body), _shown(body))
         raise RequestError(
@@ -160,7 +185,11 @@ class Recommender:
         ranking: Ranking | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> None:
-        """Serve `ranking`, by default the one `choice` chose; `metrics` are the export's metrics.json."""
+        """Serve `ranking`, by default the one `choice` chose; `metrics` are the export's metrics.json.
+
+        Raises:
+            ConfigError: where the ranking served is `shrunk-bias` and the model has no item bias.
+        """
         d = loaded.dataset
         self.loaded, self.choice, self.metrics = loaded, choice, metrics or {}
         self.scorer = loaded.scorer
@@ -185,7 +214,20 @@ class Recommender:
         ranking: Ranking | None = None,
         write_ranking: bool = True,
     ) -> Recommender:
-        """Load an export; serve `ranking`, or the export's ranking.json choice (chosen now if absent)."""
+        """Load an export; serve `ranking`, or the export's ranking.json choice (chosen now if absent).
+
+        Args:
+            path: an export folder or its model.pt.
+            data: ratings to use instead of the data the model's config names.
+            ranking: the ranking to serve instead of the export's choice.
+            write_ranking: write a choice made now to the export's ranking.json.
+
+        Raises:
+            MFError: where the export cannot be loaded (see `load`), or its ranking.json or
+                metrics.json is damaged.
+            ConfigError: as `load`, or for a `shrunk-bias` ranking of a model without item bias.
+            DataError: as `load`.
+        """
         loaded = load(path, data=data)
         folder = loaded.path.parent
         choice = ranking_for(folder, loaded.scorer, loaded.dataset, write=write_ranking)
@@ -199,6 +241,7 @@ class Recommender:
 
     @property
     def dataset(self) -> Dataset:
+        """The data the model was loaded with."""
         return self.loaded.dataset
 
     def user_index(self, user_id: int) -> int | None:
@@ -209,6 +252,7 @@ class Recommender:
         return int(at[0]) if found[0] else None
 
     def check_k(self, k: int) -> None:
+        """RequestError (422, field k) unless `k` is an integer from 1 to the number of items."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.dataset.n_items:
             raise RequestError(
                 f"k: {k!r} must be an integer from 1 to {self.dataset.n_items} (the catalogue)", field="k"
@@ -222,6 +266,21 @@ class Recommender:
 
         An unknown user is a RequestError (404), or with fallback="popular" the k most popular items
         (without a predicted rating: the model knows nothing of that user).
+
+        Args:
+            user_id: a raw MovieLens user id.
+            k: how many items, 1 to the number of items; fewer come back where fewer are left
+                after the exclusion.
+            fallback: None, or `popular` for an unknown user.
+            exclude: one of EXCLUDES.
+
+        Returns:
+            The recommendations, best first, each with the model's predicted rating (None for the
+            popular fallback).
+
+        Raises:
+            RequestError: 422 for a bad k, fallback or exclude; 404 for an unknown user without a
+                fallback.
         """
         self.check_k(k)
         if fallback is not None and fallback not in FALLBACKS:
@@ -260,7 +319,8 @@ class Recommender:
         ]
 
     def indices(self, users: np.ndarray, movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (user, movie) ids as indices; RequestError naming the first unknown one."""
+        """Raw (user, movie) id arrays as int64 index arrays; RequestError (422) naming the first
+        unknown id."""
         u, u_ok = lookup_many(self._user_ids, users)
         i, i_ok = lookup_many(self._item_ids, movies)
         for ok, raw, key, n in (
@@ -280,7 +340,11 @@ class Recommender:
         return self.scorer.predict(users, items)
 
     def predict(self, pairs: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
-        """`[{"user", "movie", "predicted_rating"}, ...]` for the raw pairs of `parse_pairs`, in order."""
+        """`[{"user", "movie", "predicted_rating"}, ...]` for the raw pairs of `parse_pairs`, in order.
+
+        Raises:
+            RequestError: 422 naming the first user or movie id the model does not know.
+        """
         users, movies = pairs
         predicted = self.predict_indices(*self.indices(users, movies))
         return [

@@ -1,8 +1,8 @@
 """`permutation(n, seed)`: a uniformly random permutation of range(n), as int32, drawn in parallel (CPU, numba).
 
 Why: the trainer draws one permutation of the training ratings per pass (mf.training), and
-`torch.randperm`'s Fisher-Yates swaps at random across the whole array: at 10M ratings, tables far
-larger than the caches, it costs about a tenth of a fused epoch, and its share grows with the data.
+`torch.randperm`'s Fisher-Yates swaps at random across the whole array: on arrays far larger than
+the caches nearly every swap waits on memory, and its share of an epoch grows with the data.
 This is Rao and Sandelius' two-pass shuffle: each index goes to one of B buckets at random (a counting
 sort, in parallel over fixed blocks of the input), then each bucket, small enough for the caches, is
 shuffled by Fisher-Yates. A uniform choice of bucket and a uniform shuffle of each bucket give a
@@ -37,7 +37,17 @@ def available() -> bool:
 
 
 def permutation(n: int, seed: int) -> np.ndarray:
-    """A uniformly random permutation of range(n) as int32, the same for the same (n, seed)."""
+    """A uniformly random permutation of range(n) as int32, the same for the same (n, seed).
+
+    Needs numba (`available()`); it runs on as many threads as torch has.
+
+    Args:
+        n: the length, 0 <= n < 2**31.
+        seed: any integer (taken modulo 2**64).
+
+    Raises:
+        ValueError: where n is out of that range.
+    """
     if not 0 <= n < 2**31:
         raise ValueError(f"permutation: n={n}; expected 0 <= n < 2**31 (int32 positions)")
     log2_buckets = max(0, int(np.ceil(np.log2(max(1, n) / BUCKET_SIZE))))

@@ -24,6 +24,7 @@ from mf.training import Trainer, dataset_for
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m mf.train`: --out, --quiet and the config flags."""
     parser = argparse.ArgumentParser(
         prog="python -m mf.train",
         description="Train MFAdvanced on MovieLens with one configuration.",
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def history_csv(history: list[dict[str, float]]) -> str:
+    """Per-epoch metrics as CSV text, with a header of the first epoch's keys. `history` must not be
+    empty (IndexError); an epoch with a key the first lacks raises ValueError, one without a key of
+    the first has it written empty."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(history[0]))
     writer.writeheader()
@@ -45,7 +49,25 @@ def history_csv(history: list[dict[str, float]]) -> str:
 def train(config: TrainConfig, out: Path, *, quiet: bool = False) -> dict[str, Any]:
     """Train, writing config.yaml, history.csv, metrics.json and model.pt into `out`; return the
     metrics. With a val part the best epoch is reported beside the last; a config that trains on val
-    (train_on: a refit) has none, and its epochs are the model."""
+    (train_on: a refit) has none, and its epochs are the model.
+
+    Args:
+        config: the run's config.
+        out: the output folder (created if missing).
+        quiet: print nothing (else the data, each epoch and a summary).
+
+    Returns:
+        epochs, seconds and trained_on; with a val part the trained model's val metrics (val_mse, ...)
+        and best_epoch / best_val_mse; with a test part the test metrics and test_ratings; and the
+        unseen counts (`<part>_unseen`).
+
+    Raises:
+        ConfigError: for split settings the data layer rejects.
+        DataError: where the data cannot be found, fetched or read.
+        MFError: for `device: cuda` without a CUDA device.
+        TrainingDiverged: where the loss becomes NaN or infinite.
+        OSError: where the output files cannot be written.
+    """
     dataset = dataset_for(config)
     trainer = Trainer(config, dataset)
     if not quiet:
@@ -99,6 +121,15 @@ def train(config: TrainConfig, out: Path, *, quiet: bool = False) -> dict[str, A
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mf.train`: train the command line's config and write the run's files.
+
+    Args:
+        argv: the command line after the program name (None: sys.argv's).
+
+    Returns:
+        0; 2 for a user's mistake (an MFError: a bad config, unreadable data, a diverging run),
+        printed as one `error:` line. argparse exits with status 2 for flags it refuses.
+    """
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")

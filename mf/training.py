@@ -59,10 +59,12 @@ class BestModel:
     weights: dict[str, torch.Tensor]
 
     def to_dict(self) -> dict[str, Any]:
+        """The best epoch as a checkpoint holds it: epoch, val_mse and the weights (a state_dict)."""
         return {"epoch": self.epoch, "val_mse": self.val_mse, "weights": self.weights}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BestModel:
+        """The best epoch from what `to_dict` gave; KeyError where a field is missing."""
         return cls(epoch=int(d["epoch"]), val_mse=float(d["val_mse"]), weights=d["weights"])
 
 
@@ -76,7 +78,11 @@ class TensorPart:
 
     @classmethod
     def from_interactions(cls, part: Interactions, device: torch.device) -> TensorPart:
-        """On CPU the Dataset's arrays themselves (no copy); on a GPU one copy, made once per trial."""
+        """`part` as tensors on `device`: int32 users and items, float32 ratings.
+
+        On CPU the Dataset's arrays themselves where their dtypes fit (no copy); on a GPU one copy,
+        made once per trial.
+        """
         return cls(
             users=_as_tensor(part.users, torch.int32, device),
             items=_as_tensor(part.items, torch.int32, device),
@@ -99,6 +105,14 @@ def _as_tensor(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> t
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a `device` setting: `auto` is CUDA where torch sees it, else the CPU.
+
+    Other names go to `torch.device` as they are.
+
+    Raises:
+        MFError: for `cuda` where torch sees no CUDA device.
+        RuntimeError: (torch's) for a name torch does not know.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -107,7 +121,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset:
-    """The data set and split a config names (one place that maps config keys to the data layer)."""
+    """The data set and split a config names (one place that maps config keys to the data layer).
+
+    Args:
+        config: its data, split, val_data, test_data, train_on and split seed are used.
+        cache_dir: where named data sets are cached (None: `mf.data.data_home()`'s default).
+
+    Raises:
+        ConfigError: for split settings that `prepare_dataset` rejects.
+        DataError: where the data cannot be found, fetched or read as MovieLens ratings.
+    """
     return prepare_dataset(
         config.data,
         split=config.split,
@@ -124,8 +147,9 @@ def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset
 
 
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:
-    """A fresh MFAdvanced of `config`'s shape: emb_dim factors, emb_dim * ensemble for an ensemble
-    (its members' factors side by side)."""
+    """A fresh MFAdvanced of `config`'s shape over `n_users` users and `n_items` items: emb_dim
+    factors, emb_dim * ensemble for an ensemble (its members' factors side by side), with sparse
+    gradients for `sparse_adam`. Its init draws from torch's global RNG."""
     return MFAdvanced(
         n_users,
         n_items,
@@ -147,6 +171,10 @@ def build_optimizers(config: TrainConfig, model: MFAdvanced, epoch_ratings: int)
     offset, idle rows brought up to date as dense AdamW would have moved them (the model's tables then
     live in the optimiser's table, see mf.optim); `adamw`: dense AdamW over everything (the
     tutorial); `sparse_adam`: SparseAdam for the tables + Adam for the offset.
+
+    Returns:
+        The optimisers, all to be stepped at every step: one for `lazy_adamw` and `adamw`, one or
+        two (the second where the model has an offset) for `sparse_adam`.
     """
     decay = weight_decay_for(config, epoch_ratings)
     if config.optimizer == "lazy_adamw":
@@ -168,7 +196,21 @@ class Trainer:
     def __init__(
         self, config: TrainConfig, dataset: Dataset, *, device: str | None = None, fused: bool | None = None
     ) -> None:
-        """`fused`: LazyAdamW's step as one compiled pass (mf.fused_step) where it can run; None: if so."""
+        """Build the model (seeded by config.seed), its optimisers and the data tensors.
+
+        With config.threads > 0 on a CPU it sets torch's thread count, for the whole process.
+
+        Args:
+            config: the run's config.
+            dataset: the data set and split the config names (`dataset_for`).
+            device: the device to train on, overriding config.device (a name `resolve_device`
+                takes).
+            fused: LazyAdamW's step as one compiled pass (mf.fused_step) where it can run;
+                None: if so; False: the torch path.
+
+        Raises:
+            MFError: where the device is `cuda` and torch sees none.
+        """
         self.config = config
         self.dataset = dataset
         self.device = resolve_device(device or config.device)
@@ -237,8 +279,16 @@ class Trainer:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch (a pass, or `epoch_ratings` ratings); return its loss and validation metrics.
 
+        The epoch's metrics are also appended to `history`, and with a val part the epoch is kept as
+        the best where its val MSE is the lowest so far.
+
+        Returns:
+            epoch, train_loss and epoch_seconds; with a val part val_mse, val_rmse and val_mae, and
+            val_ndcg where val_ndcg_k > 0.
+
         Raises:
             MFError: for an ensemble, which only `fit` trains.
+            TrainingDiverged: where the training loss or the val MSE is NaN or infinite.
         """
         if self.config.ensemble > 1:
             raise MFError(
@@ -410,9 +460,18 @@ class Trainer:
         after the other from scratch (each member's epochs reach `on_epoch` with a `member` key), then
         holds their average; its history is the members' mean at each epoch.
 
+        Args:
+            epochs: the epoch count to reach, counting those already trained (nothing is trained
+                where it is reached).
+            on_epoch: called with each epoch's metrics as `run_epoch` returns them.
+
+        Returns:
+            `history`: every epoch's metrics, the first epoch first.
+
         Raises:
             MFError: an ensemble that has already trained other epochs (it cannot go on from its
                 average).
+            TrainingDiverged: as `run_epoch`.
         """
         target = epochs if epochs is not None else self.config.epochs
         if self.config.ensemble > 1:
@@ -464,7 +523,7 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def predict_part(self, part: TensorPart) -> np.ndarray:
-        """The scoring model's predictions for every rating of `part`."""
+        """The scoring model's predictions (N,) for every rating of `part`, as a float32 array."""
         model = self.scoring_model
         model.eval()
         chunks = [
@@ -474,7 +533,15 @@ class Trainer:
         return torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0, dtype=np.float32)
 
     def evaluate(self, part: str = "val") -> dict[str, float]:
-        """All metrics (MSE, RMSE, MAE, F1, precision, recall) on `val` or `test`."""
+        """All metrics (MSE, RMSE, MAE, F1, precision, recall) of the scoring model on `part`.
+
+        Args:
+            part: `val`, `test` or `train`.
+
+        Raises:
+            DataError: where `part` is not held out (no such part in the split, the model trained
+                on it, or not a part name).
+        """
         tensors = {"val": self.val_part, "test": self.test_part, "train": self.train_part}.get(part)
         if tensors is None:
             self.dataset.held_out(part)  # raises, saying why there is no such part
@@ -482,7 +549,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: config, model, optimisers, epoch, RNG, id mapping."""
+        """Everything needed to resume exactly: config, model, optimisers, epoch, RNG, id mapping.
+
+        It settles the lazy optimiser first, so the weights saved are current.
+        """
         self.settle()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -511,14 +581,20 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike, *, fsync: bool = True) -> Path:
-        """Write the checkpoint atomically (a crash keeps the previous file or the new one, whole);
-        fsync=False: not flushed to the disk (see mf.atomic)."""
+        """Write `state()` to `path` atomically (a crash keeps the previous file or the new one, whole);
+        fsync=False: not flushed to the disk (see mf.atomic). Returns `path` as a Path; OSError where
+        it cannot be written."""
         state = self.state()
         return atomic_write(path, lambda f: torch.save(state, f), fsync=fsync)
 
     def rewind_to_best(self) -> None:
         """Put back the weights of the best epoch (what an export serves), with fresh optimiser moments;
-        with swa_start, those are the running mean's, and an epoch trained after this starts a new one."""
+        with swa_start, those are the running mean's, and an epoch trained after this starts a new one.
+        The history and the epoch count go back to that epoch.
+
+        Raises:
+            MFError: where no epoch has been judged on a val part (none trained, or no val part).
+        """
         if self.best is None:
             raise MFError(
                 "rewind_to_best: no epoch has been judged on a val part yet (none trained, or the model "
@@ -531,6 +607,20 @@ class Trainer:
         self.epoch = self.best.epoch
 
     def load_state(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
+        """Resume from `state` (as `state()` or `read_checkpoint` gives it): weights, optimisers,
+        epoch, history, best epoch, running mean, the pass in progress and the generator.
+
+        The trainer keeps its own config: `state` must come from a run of the same model shape and
+        optimiser (`from_checkpoint` builds the trainer from the checkpoint's config).
+
+        Args:
+            state: the saved state.
+            source: what it came from, named in the error.
+
+        Raises:
+            MFError: where `state` was trained on other users or items than this trainer's data, or
+                its LazyAdamW state does not fit this optimiser.
+        """
         check_matches(state, self.dataset, source=source)
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
@@ -554,6 +644,18 @@ class Trainer:
     def from_checkpoint(
         cls, path: str | os.PathLike, dataset: Dataset, *, device: str | None = None
     ) -> Trainer:
+        """A trainer resumed from the checkpoint at `path`, with the checkpoint's config.
+
+        Args:
+            path: a checkpoint written by `save_checkpoint`.
+            dataset: the data it was trained on (same users and items, same order).
+            device: the device to train on (None: the config's).
+
+        Raises:
+            MFError: where there is no readable checkpoint at `path`, it was trained on other data,
+                or the device is `cuda` and torch sees none.
+            ConfigError: where the checkpoint's config is not a valid config.
+        """
         state = read_checkpoint(path)
         trainer = cls(from_dict(state["config"], where=f"{path} (config)"), dataset, device=device)
         trainer.load_state(state, source=str(path))
@@ -574,6 +676,12 @@ def _cut(slices: list[torch.Tensor], lengths: list[int]) -> Iterator[tuple[int, 
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The state a checkpoint holds (`Trainer.state()`), loaded onto the CPU with weights_only.
+
+    Raises:
+        MFError: where there is no file at `path`, torch cannot read it, or it is not an mf-tune
+            checkpoint of format CHECKPOINT_FORMAT.
+    """
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -587,7 +695,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_matches(state: dict[str, Any], dataset: Dataset, *, source: str) -> None:
-    """A checkpoint is only valid with the same users and items in the same order."""
+    """Check that `state` (a checkpoint's) was trained on `dataset`'s users and items, in the same order:
+    a model knows them only by index.
+
+    Args:
+        state: a checkpoint's state (n_users, n_items, user_ids, item_ids are read).
+        dataset: the data it is to be used with.
+        source: what the state came from, named in the error.
+
+    Raises:
+        MFError: where the users or items differ.
+    """
     same = (
         state["n_users"] == dataset.n_users
         and state["n_items"] == dataset.n_items
@@ -603,7 +721,19 @@ def check_matches(state: dict[str, Any], dataset: Dataset, *, source: str) -> No
 
 def load_model(path: str | os.PathLike, *, device: str = "cpu") -> tuple[MFAdvanced, dict[str, Any]]:
     """The trained model of a checkpoint, for serving, with the checkpoint's state (config, id maps):
-    the running mean of its weights where it has one (swa_start), as the trainer scores with."""
+    the running mean of its weights where it has one (swa_start), as the trainer scores with.
+
+    Args:
+        path: a checkpoint (model.pt).
+        device: where the model goes.
+
+    Returns:
+        (the model in eval mode on `device`, the checkpoint's state).
+
+    Raises:
+        MFError: where there is no readable checkpoint at `path`.
+        ConfigError: where the checkpoint's config is not a valid config.
+    """
     state = read_checkpoint(path)
     config = from_dict(state["config"], where=f"{path} (config)")
     model = build_model(config, state["n_users"], state["n_items"])

@@ -63,10 +63,12 @@ class Dataset:
 
     @property
     def n_users(self) -> int:
+        """Users in the data (all parts): user indices run 0..n_users-1."""
         return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
+        """Items in the data (all parts): item indices run 0..n_items-1."""
         return len(self.item_ids)
 
     def held_out(self, part: str) -> Interactions:
@@ -90,7 +92,13 @@ class Dataset:
 
     def training_on(self, train_on: str) -> Dataset:
         """This data set with the parts `train_on` names (a key of TRAIN_ON) merged into its training
-        part: what `prepare_dataset(..., train_on=train_on)` builds, without reading the files again."""
+        part: what `prepare_dataset(..., train_on=train_on)` builds, without reading the files again.
+        Returns `self` where it already trains on those parts.
+
+        Raises:
+            ConfigError: where `train_on` is not a key of TRAIN_ON, or this data set already has
+                other parts merged into its training part.
+        """
         if train_on not in TRAIN_ON:
             raise ConfigError(f"train_on: {train_on!r} is not one of {', '.join(map(repr, TRAIN_ON))}")
         parts = TRAIN_ON[train_on]
@@ -167,6 +175,29 @@ def prepare_dataset(
     TRAIN_ON) merges held-out parts into the training part.
 
     Arguments are checked before any file is read (ConfigError); bad data raises DataError.
+
+    Args:
+        source: the ratings: a folder, a zip, a ratings file or a data set name (`load_movielens`).
+        split: `last-n`, `random` or `time` (SPLIT_METHODS).
+        val_n: last-n: ratings per user held out for validation.
+        test_n: last-n: ratings per user held out as test, after the val ones (0: no test part).
+        val_fraction: random, time: fraction of the ratings for validation.
+        test_fraction: random, time: fraction of the ratings for test (0: no test part).
+        seed: seeds the random split.
+        val_data: a ratings file that is the validation part, or None.
+        test_data: a ratings file that is the test part, or None (test_n and test_fraction must
+            then be 0).
+        train_on: `train`, `train+val` or `all`: the parts the training part holds.
+        cache_dir: where named data sets are cached (None: `data_home()`'s default).
+
+    Returns:
+        The encoded, split Dataset.
+
+    Raises:
+        ConfigError: for a bad split argument or train_on, or test_data with a test_n or
+            test_fraction above 0.
+        DataError: where `source`, `val_data` or `test_data` cannot be found, fetched or read as
+            MovieLens ratings.
     """
     check_split_args(
         split, val_n=val_n, test_n=test_n, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed

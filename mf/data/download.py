@@ -94,6 +94,18 @@ def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path
     bundled copy raises `DataError` rather than falling back to a download, since it means a
     broken install that a reinstall mends. A bundled file that is absent (an install made without
     the package data) is downloaded instead.
+
+    Args:
+        name: a key of DATASETS.
+        cache_dir: the cache folder (None: `data_home()`'s default).
+
+    Returns:
+        The folder the set was unpacked to.
+
+    Raises:
+        DataError: for a name not in DATASETS, a cache folder that cannot be created, a bundled
+            zip with the wrong checksum, a download that fails, is truncated or has the wrong
+            checksum, or a zip that cannot be unpacked.
     """
     if name not in DATASETS:
         raise DataError(f"{name!r}: not a known data set; expected one of {', '.join(DATASETS)}")

@@ -30,7 +30,8 @@ _TABLE_MIN = 1 << 24
 
 
 def label_encode(raw: np.ndarray) -> Encoding:
-    """Same result as sklearn's LabelEncoder().fit_transform: index = rank among sorted unique ids."""
+    """Encode raw ids (any shape, read as int64) as sklearn's LabelEncoder().fit_transform does:
+    index = rank among the sorted unique ids; returned as an Encoding (`ids`, and `codes` per row)."""
     raw = np.asarray(raw, dtype=np.int64).reshape(-1)
     top = int(raw.max()) if len(raw) else -1
     if len(raw) and int(raw.min()) >= 0 and top < max(_TABLE_PER_ROW * len(raw), _TABLE_MIN):

@@ -62,6 +62,18 @@ def load_movielens(
 
     A path that exists is read as a path; otherwise a name from `DATASETS` is fetched into the
     cache (see `mf.data.download`). Bad input raises `DataError` naming file, line and value.
+
+    Args:
+        source: a path (`~` expanded) or a data set name.
+        cache_dir: where named data sets are cached (None: `data_home()`'s default).
+
+    Returns:
+        The ratings in file order, the titles where the set has them, and `source` as its label.
+
+    Raises:
+        DataError: where `source` is neither an existing path nor a data set name, the set cannot
+            be fetched, no MovieLens ratings file is found, or a ratings or titles file is
+            malformed.
     """
     path = Path(source).expanduser()
     if not path.exists():

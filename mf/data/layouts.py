@@ -19,6 +19,7 @@ class Scale:
     step: float
 
     def describe(self) -> str:
+        """The scale in words, for messages that say what rating was expected."""
         if self.step == 1.0:
             return f"an integer rating from {self.low:g} to {self.high:g}"
         return f"a rating from {self.low:g} to {self.high:g} in steps of {self.step:g}"
@@ -66,10 +67,16 @@ class FileRef:
 
 
 def folder_file(path: Path) -> FileRef:
+    """A FileRef to the plain file `path` (opened in binary; `path` kept for readers that open it
+    themselves). Nothing is opened here: a missing file raises OSError when it is opened."""
     return FileRef(str(path), lambda: path.open("rb"), path)
 
 
 def zip_member(archive: Path, member: str) -> FileRef:
+    """A FileRef to `member` of the zip `archive`, labelled `<archive>/<member>`; each open opens the
+    archive again. Nothing is opened here: a missing member raises KeyError, a bad archive
+    zipfile.BadZipFile, when it is opened."""
+
     @contextlib.contextmanager
     def _open() -> Iterator[IO[bytes]]:
         with zipfile.ZipFile(archive) as zf, zf.open(member) as f:

@@ -31,7 +31,18 @@ _PARSE_ERRORS = (ValueError, OverflowError, pd.errors.ParserError, UnicodeDecode
 
 
 def read_ratings(ref: FileRef, layout: Layout, scale: Scale) -> pd.DataFrame:
-    """Columns user, item (int64 raw ids), rating (float32), timestamp (int64), in file order."""
+    """Read a ratings file into columns user, item (int64 raw ids), rating (float32), timestamp
+    (int64), in file order.
+
+    Args:
+        ref: the ratings file.
+        layout: how its lines are laid out (separator, header).
+        scale: the ratings it may hold; any other rating is an error.
+
+    Raises:
+        DataError: naming the file (and, where it can, the line and column) where the file is
+            empty, its header lacks a column, a line does not parse, or a rating is off the scale.
+    """
     fields = _check_header(ref, layout) if layout.header else []
     columns = _parse_arrow(ref, layout)
     if columns is None:  # pyarrow refused it: pandas accepts more, else the scan says what is wrong
@@ -248,7 +259,15 @@ def _show(text: str, limit: int = 60) -> str:
 
 
 def read_titles(ref: FileRef, layout: Layout) -> dict[int, str]:
-    """Raw item id -> title from movies.csv (utf-8), u.item ('|', latin-1) or movies.dat ('::')."""
+    """Raw item id -> title from movies.csv (utf-8), u.item ('|', latin-1) or movies.dat ('::').
+
+    Args:
+        ref: the titles file.
+        layout: the ratings layout, whose `titles_file` says which of the three it is.
+
+    Raises:
+        DataError: where the file cannot be parsed as that titles file.
+    """
     try:
         with ref.open() as f:
             data = f.read()
