@@ -26,10 +26,8 @@ from typing import Any
 
 import torch
 
+from bench import DEFAULT_DATA, REPO
 from bench.trainer import SCALE_PATHS, scale
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
 
 
 def trials_per_hour(
@@ -64,7 +62,7 @@ def trials_per_hour(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="the tuning runs' data (ml-latest-small)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="the tuning runs' data (default: %(default)s)")
     parser.add_argument("--sizes", default="10000000,25000000", help="synthetic sizes of part 1 (10M, 25M)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per path and size in part 1 (2)")
     parser.add_argument("--budget-s", type=float, default=100.0, help="each tuning run's budget (100 s)")

@@ -41,10 +41,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench import DEFAULT_DATA, REPO
 from bench.recipes import RECIPES, Recipe
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
 TOOLS = ("ours", "optuna")
 RECIPE_NAMES = tuple(r.name for r in RECIPES)
 
@@ -255,7 +254,11 @@ def paired_differences(rows: list[Row], *, column: str = "test_mse", ours: str =
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="MovieLens data, or 'planted' (generated)")
+    parser.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="MovieLens data (default: the bundled %(default)s), or 'planted' (generated)",
+    )
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0-4)")
     parser.add_argument(
         "--budget-s", type=float, default=420.0, help="wall-clock budget per run (default 420)"

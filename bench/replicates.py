@@ -33,15 +33,13 @@ from typing import Any
 
 import yaml
 
+from bench import DEFAULT_DATA
 from bench.optuna_alone import trial_config
 from mf.config import TrainConfig, from_dict, load_config
 from mf.metrics import VAL_MSE
 from mf.training import Trainer, TrainingDiverged, dataset_for
 from tune.export import SPLIT_KEYS
 from tune.settings import read_experiment, recorded_settings
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-latest-small"
 
 
 @dataclass(frozen=True)
@@ -76,10 +74,10 @@ class Replicates:
 def ours(folder: Path, group: Path, seed: int | None = None) -> Export:
     metrics = json.loads((folder / "best" / "metrics.json").read_text())
     max_epochs = recorded_settings(read_experiment(folder)).max_epochs
-    # Judged as the search judged it: trained on the training part, read at its best epoch on val.
-    # Its own length: the span of its schedule (its tuned epochs, or max_epochs).
+    # Judged as the search judged it: one run trained on the training part, read at its best epoch
+    # on val. Its own length: the span of its schedule (its tuned epochs, or max_epochs).
     exported = load_config(folder / "best" / "config.yaml")
-    config = exported.replace(epochs=exported.schedule_epochs or max_epochs, train_on="train")
+    config = exported.replace(epochs=exported.schedule_epochs or max_epochs, train_on="train", ensemble=1)
     search = metrics.get("search_best_val_mse") or metrics[VAL_MSE]
     return Export("ours", seed, config, float(search), str(folder), str(group))
 
@@ -147,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", default="100,101,102,103,104,105,106,107", help="fresh seeds (default 100-107)"
     )
-    parser.add_argument(
-        "--data", default=str(DEFAULT_DATA), help="Optuna alone's data (bench.quality's --data)"
-    )
+    parser.add_argument("--data", default=DEFAULT_DATA, help="Optuna alone's data (bench.quality's --data)")
     parser.add_argument("--max-epochs", type=int, default=30, help="Optuna alone's max_epochs (default 30)")
     parser.add_argument("--json", type=Path, help="also write every run to this JSON file")
     args = parser.parse_args(argv)

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+from bench import DEFAULT_DATA
+
 # The README's tuned-looking configuration (seconds to train): what a tuning run exports.
 TUNED = ["--emb-dim", "32", "--lr", "0.034", "--l2", "0.135", "--weight-decay", "0.25"]
 TUNED += ["--init-range", "0.001", "--epochs", "17"]
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", help="export folder; default: train the tuned-looking config into a temp dir"
     )
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="data for that training (ml-latest-small)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="data for that training (default: %(default)s)")
     parser.add_argument(
         "--configs", default=CONFIGS, help=f"ingress:replicas, comma-separated (default {CONFIGS})"
     )

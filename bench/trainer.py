@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from bench import DEFAULT_DATA, REPO, data_folder
 from bench.synthetic import synthetic_movielens
 from mf.atomic import write_json
 from mf.config import TrainConfig, tutorial_config
@@ -49,8 +50,6 @@ from mf.errors import MFError
 from mf.metrics import VAL_MSE, regression_metrics
 from mf.training import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 TARGET_SPEEDUP = 20.0
 SCALE_PATHS: dict[str, dict[str, Any]] = {
     "adamw": {"optimizer": "adamw"},  # the tutorial's optimiser and weight decay
@@ -456,7 +455,7 @@ def _paths(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="ml-latest-small (default: %(default)s)"
+        "--data", type=data_folder, default=DEFAULT_DATA, help="ml-latest-small (default: the bundled copy)"
     )
     parser.add_argument("--epochs-ref", type=_at_least(1), default=10, help="epochs of part 1 (default: 10)")
     parser.add_argument(

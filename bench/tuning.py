@@ -34,14 +34,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import DEFAULT_DATA, REPO, data_folder
 from mf.errors import MFError
 
 if TYPE_CHECKING:  # the parent process imports neither torch nor Ray
     from mf.config import TrainConfig
     from mf.data import Dataset
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 RUNS = {"a": "tune.run (ours)", "b": "Optuna alone", "c": "stock Ray Tune"}
 FRACTIONS = (0.25, 0.5, 1.0)
 EXPERIMENT = "bench"  # the experiment name of runs a and c
@@ -302,7 +301,10 @@ def format_table(rows: list[Figures], budget_s: float) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.tuning", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="MovieLens data (default: %(default)s)"
+        "--data",
+        type=data_folder,
+        default=DEFAULT_DATA,
+        help="MovieLens data (default: the bundled %(default)s)",
     )
     parser.add_argument("--space", default="default", help="search space (default: %(default)s)")
     parser.add_argument(

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from mf.errors import ConfigError
-from tune.study_storage import JOURNAL_FILE, SQLITE_FILE, exists, open_storage, study_location
+from tune.study_storage import JOURNAL_FILE, exists, open_storage, study_location
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -24,15 +24,6 @@ def test_a_new_experiment_keeps_its_study_in_a_journal_file(tmp_path: Path):
 def test_a_journal_in_a_missing_folder_is_refused_by_name(tmp_path: Path):
     with pytest.raises(ConfigError, match="--study-storage.*does not exist"):
         open_storage(str(tmp_path / "no" / "such" / JOURNAL_FILE), writer=True)
-
-
-def test_an_experiment_made_with_sqlite_keeps_its_optuna_db(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / SQLITE_FILE}"
-    optuna.create_study(study_name="old", storage=open_storage(url)).ask()
-    assert study_location(tmp_path) == url
-    assert (
-        len(optuna.load_study(study_name="old", storage=open_storage(study_location(tmp_path))).trials) == 1
-    )
 
 
 def study_with_two_epochs(path: Path) -> None:

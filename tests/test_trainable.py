@@ -127,19 +127,22 @@ def test_own_trial_seeds_are_fixed_by_the_parameters_and_keep_the_split():
         ExperimentSettings(trial_seed="mine")
 
 
-def test_an_experiment_recorded_before_a_default_changed_keeps_what_it_ran_with():
+def test_an_experiment_yaml_from_another_version_is_refused_by_key():
+    from mf.errors import ConfigError
     from tune.settings import recorded_settings
 
-    # An experiment.yaml of a version before --trial-seed: its trials shared the seed, so its
-    # resume and its export must too, whatever today's default is.
-    older = {"settings": {k: v for k, v in ExperimentSettings().to_dict().items() if k != "trial_seed"}}
-    assert recorded_settings(older).trial_seed == "shared"
-    # What a run recorded wins.
+    # What a run recorded is what its resume and export do.
     for value in ("own", "shared"):
-        assert (
-            recorded_settings({"settings": ExperimentSettings(trial_seed=value).to_dict()}).trial_seed
-            == value
-        )
+        recorded = {"settings": ExperimentSettings(trial_seed=value).to_dict()}
+        assert recorded_settings(recorded).trial_seed == value
+    # A key this version lacks (a newer one's) or a key missing (an older one's, whose run may have
+    # done what today's default does not) is named, not guessed.
+    newer = {"settings": {**ExperimentSettings().to_dict(), "warp": 9}}
+    with pytest.raises(ConfigError, match="settings: 'warp' unknown to this mf-tune"):
+        recorded_settings(newer)
+    older = {"settings": {k: v for k, v in ExperimentSettings().to_dict().items() if k != "ensemble"}}
+    with pytest.raises(ConfigError, match="settings: 'ensemble' missing .written by an older mf-tune"):
+        recorded_settings(older)
 
 
 def test_an_epoch_is_a_pass_up_to_a_million_ratings_and_a_whole_fraction_of_one_beyond():

@@ -257,8 +257,12 @@ def concurrent_trials(settings: ExperimentSettings) -> int:
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """What a search left for its export: where it is, how long the search took, its budget's end
+    and the split it trained on."""
+
     experiment_dir: Path
     seconds: float
+    """The search's and the confirmation's wall-clock seconds."""
     deadline: float | None = None
     """The end of --time-budget-s (epoch seconds), which the export's refit must also fit in."""
     dataset: Dataset | None = None
@@ -275,7 +279,27 @@ def write_experiment_file(settings: ExperimentSettings, base: TrainConfig, space
 def run_experiment(
     settings: ExperimentSettings, base: TrainConfig, space: SearchSpace, options: RunOptions = QUIET
 ) -> RunOutcome:
-    """Run a new experiment to the end (trials done or budget spent), then its confirmation."""
+    """Run a new experiment to the end (its trials done, or its budget spent: Ctrl-C or SIGTERM ends
+    it early, resumable), then confirm its best configurations with fresh seeds. Connects to the
+    Ray cluster of `settings.address`, or starts a local Ray. Exporting is the caller's next step
+    (`tune.export_best`).
+
+    Args:
+        settings: how the experiment runs; its folder `settings.experiment_dir` must not hold one.
+        base: the training config every trial starts from (`experiment_config` builds it as
+            tune.run does); the keys `space` tunes are each trial's own.
+        space: the search space (`search_spaces.load_space`).
+        options: how the run shows itself (progress line, dashboard, MLflow) and when its budget
+            began.
+
+    Returns:
+        The outcome, for the export.
+
+    Raises:
+        ConfigError: the folder already holds an experiment, or settings, data or storage are
+            refused.
+        DataError: the data cannot be read.
+    """
     folder = settings.experiment_dir
     if (folder / EXPERIMENT_FILE).exists():
         raise ConfigError(f"--name: {folder} already holds an experiment; pick another --name or --resume it")
@@ -316,8 +340,22 @@ def budget_left(settings: ExperimentSettings, options: RunOptions) -> float | No
 
 
 def resume_experiment(folder: Path, *, address: str | None = None, options: RunOptions = QUIET) -> RunOutcome:
-    """Continue an experiment whose driver died: finished trials stay, unfinished ones resume from
-    their checkpoints, the searcher, the study and ASHA's rungs carry on where they were saved."""
+    """Continue an experiment whose driver died or was stopped: finished trials stay, unfinished
+    ones resume from their checkpoints, and the searcher, the study and ASHA's rungs carry on where
+    they were saved; then the confirmation, as `run_experiment`.
+
+    Args:
+        folder: the experiment folder, where it ran.
+        address: a Ray cluster to run on instead of the recorded one.
+        options: as `run_experiment`'s.
+
+    Returns:
+        The outcome, for the export.
+
+    Raises:
+        ConfigError: `folder` holds no resumable experiment (no experiment.yaml or Tune state, a
+            damaged study, or a folder moved from where it ran).
+    """
     experiment = read_experiment(folder)
     settings = recorded_settings(experiment)
     if address:

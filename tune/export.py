@@ -76,7 +76,17 @@ SPLIT_KEYS = ("data", "split", "val_n", "test_n", "val_fraction", "test_fraction
 
 def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
     """Read every trial of the experiment, with its confirmation where it had one, and (re)write
-    its trials.csv."""
+    its trials.csv (atomically): from the files alone, on a finished, running or interrupted run.
+
+    Args:
+        folder: the experiment folder (`<storage_path>/<name>`).
+
+    Returns:
+        One record per trial, in the order the searcher proposed them.
+
+    Raises:
+        ConfigError: `folder` is not an experiment, or its experiment.yaml or study is damaged.
+    """
     experiment = read_experiment(folder)
     study = load_experiment_study(folder, experiment["settings"])
     records = collect_trials(folder, max_epochs=int(experiment["settings"]["max_epochs"]), study=study)
@@ -313,16 +323,32 @@ def export_best(
     dataset: Dataset | None = None,
     ensemble: int | None = None,
 ) -> dict[str, Any]:
-    """Write best/ (and trials.csv, unless `records` were just written) for the experiment in
-    `folder`, refit as `refit` (a --refit rule) and `ensemble` say (None: the experiment's own), and return the
-    figures written to best/metrics.json. The refit is skipped (and metrics.json says why) where its
-    estimate would end it later than `deadline` plus `tune.settings.refit_grace_s`.
+    """Write best/ for the experiment in `folder`: the chosen configuration's model (the
+    confirmation's winner, else the search's best trial), refit as `refit` and `ensemble` say, with
+    config.yaml (it retrains the model exactly), metrics.json, model.pt and ranking.json. The
+    folder is swapped in whole: a crash leaves the previous export.
 
-    The tutorial's reference comes from the confirmation (`confirm/tutorial.json`); without it, it is
-    trained here when `train_reference` (tune.run, bound by its budget, says no: on a large data set
-    its ten dense epochs take many minutes), else left out with the reason. `deadline` (epoch
-    seconds): the end of the run's budget, which the refit must fit in. `dataset`: the experiment's
-    split already loaded (tune.run's driver holds it), else loaded here.
+    Args:
+        folder: the experiment folder.
+        records: its trials, where the caller just read them (and wrote trials.csv); None: read
+            here, and trials.csv written.
+        quiet: print nothing (else the export's summary, the test error first).
+        train_reference: train the tutorial's configuration on the same split for comparison when
+            the confirmation did not (tune.run, bound by its budget, says no: on a large data set
+            its ten dense epochs take minutes); else it is left out with the reason.
+        deadline: the end of the run's budget (epoch seconds): a refit whose estimate would end
+            later than it plus `tune.settings.refit_grace_s` is skipped, and metrics.json says why;
+            an ensemble gets as many runs as fit. None: no limit.
+        refit: a --refit rule (`none`, `train+val`, `all`); None: the experiment's own.
+        dataset: the experiment's split, already loaded (tune.run's driver holds it); None: loaded here.
+        ensemble: runs each refit model averages; None: the experiment's --ensemble.
+
+    Returns:
+        The figures written to best/metrics.json.
+
+    Raises:
+        ConfigError: `folder` is not an experiment, or its files are damaged.
+        MFError: no trial has a readable checkpoint to export.
     """
     folder = Path(folder).resolve()
     if records is None:

@@ -205,9 +205,7 @@ def best_so_far_figure(events: pd.DataFrame, *, max_epochs: int, n_trials: int) 
 def param_importances(study: optuna.Study | None) -> tuple[dict[str, float], int]:
     """fANOVA importance of each parameter for val MSE over the COMPLETE trials (and their count)."""
     if study is None:
-        raise NotAvailable(
-            "no Optuna study found in the experiment (optuna.journal, optuna.db or --study-storage)"
-        )
+        raise NotAvailable("no Optuna study found in the experiment (optuna.journal or --study-storage)")
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
         raise NotAvailable(

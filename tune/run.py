@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from mf.cli_args import add_config_flags, explicit_keys
-from mf.config import from_dict
 from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
 from tune.confirmation import format_confirmation, read_summary
@@ -36,13 +35,16 @@ from tune.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
 from tune.lock import IN_RAY_JOB, writer_lock
 from tune.outcome import COMPLETE, FAIL, PRUNED
 from tune.results import TrialRecord, epochs_spent
-from tune.settings import ExperimentSettings, RunOptions, doc, read_experiment, recorded_settings
+from tune.settings import (
+    ExperimentSettings,
+    RunOptions,
+    doc,
+    experiment_config,
+    read_experiment,
+    recorded_settings,
+)
 
 SMOKE_TEST = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "confirm_top": 2, "confirm_seeds": 1}
-HELD_OUT_TEST = {"last-n": ("test_n", 5), "random": ("test_fraction", 0.1), "time": ("test_fraction", 0.1)}
-"""The test part tune.run holds out unless told otherwise (--test-n 0 / --test-fraction 0: none, the
-tutorial's split; --test-data: a file of its own): the search selects on validation, so only a part
-it never saw tells the truth."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,14 +225,7 @@ def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, opti
         fixed = explicit_keys(args)
         space = load_space(settings.space)
         space.check_against(fixed)
-        for key in ("data", "val_data", "test_data"):
-            if fixed.get(key) is not None and Path(fixed[key]).exists():
-                # Trials, the export and a later retrain may run elsewhere: keep no relative path.
-                fixed[key] = str(Path(fixed[key]).resolve())
-        if fixed.get("split", "last-n") in HELD_OUT_TEST and fixed.get("test_data") is None:
-            key, value = HELD_OUT_TEST[fixed.get("split", "last-n")]
-            fixed.setdefault(key, value)
-        base = from_dict(fixed, where="command line")
+        base = experiment_config(fixed, where="command line")
         from tune.experiment import run_experiment  # imports Ray: only once the input is checked
 
         outcome = run_experiment(settings, base, space, options)

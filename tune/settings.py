@@ -17,16 +17,13 @@ from typing import Any
 
 import yaml
 
-from mf.config import TrainConfig
+from mf.config import TrainConfig, from_dict
 from mf.errors import ConfigError
 
 EXPERIMENT_FILE = "experiment.yaml"
 TRIAL_SEEDS = ("shared", "own")
 REFITS = {"none": "train", "train+val": "train+val", "all": "all"}
 """--refit: the TrainConfig.train_on of the exported model."""
-SETTINGS_OF_OLDER_RUNS = {"trial_seed": "shared", "refit": "none"}
-"""Settings whose default changed, with the value an experiment.yaml written before they existed
-means: resuming or exporting an older experiment must do what its run did, not today's default."""
 
 
 def setting(default: Any, doc: str) -> Any:
@@ -35,7 +32,13 @@ def setting(default: Any, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """Everything about a tuning run that is not a training hyperparameter."""
+    """Everything about a tuning run that is not a training hyperparameter: each field is a
+    `python -m tune.run` flag (`--time-budget-s` for `time_budget_s`), its doc the flag's help, and
+    the whole is recorded in the experiment's experiment.yaml.
+
+    Raises:
+        ConfigError: a value out of its range, naming the flag and the rule.
+    """
 
     name: str = setting(
         "mf-tune", "Experiment name: the folder under --storage-path and the Optuna study name."
@@ -254,7 +257,15 @@ def doc(name: str) -> str:
 
 
 def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
-    """The `experiment.yaml` of an experiment folder: settings, base config, space, tuned keys."""
+    """The `experiment.yaml` of an experiment folder, as written when the experiment started.
+
+    Returns:
+        A mapping with `settings` (see `recorded_settings`), `base_config` (TrainConfig keys) and
+        `space` (the search space).
+
+    Raises:
+        ConfigError: no experiment.yaml in `folder`, or one that is not valid YAML or lacks a part.
+    """
     path = Path(folder) / EXPERIMENT_FILE
     if not path.is_file():
         raise ConfigError(f"{folder}: not an mf-tune experiment folder (no {EXPERIMENT_FILE})")
@@ -275,10 +286,39 @@ def read_experiment(folder: str | os.PathLike) -> dict[str, Any]:
     return experiment
 
 
-def recorded_settings(experiment: dict[str, Any]) -> ExperimentSettings:
-    """The settings an experiment ran with, from its `experiment.yaml` (see SETTINGS_OF_OLDER_RUNS).
+HELD_OUT_TEST = {"last-n": ("test_n", 5), "random": ("test_fraction", 0.1), "time": ("test_fraction", 0.1)}
+"""The test part an experiment holds out unless told otherwise (test_n 0 / test_fraction 0: none,
+the tutorial's split; test_data: a file of its own): the search selects on validation, so only a
+part it never saw tells the truth."""
 
-    Raises ConfigError naming a key this version does not know (a newer mf-tune's, or a typo)."""
+
+def experiment_config(keys: Mapping[str, Any], *, where: str = "experiment config") -> TrainConfig:
+    """An experiment's base training config from the keys a user set (`python -m tune.run`'s flags
+    and --config, or a Python caller's): TrainConfig's defaults, but a test part held out
+    (HELD_OUT_TEST) unless the keys set one, and data files by absolute path, since the trials, the
+    export and a later retrain may run in other folders or on other machines.
+
+    Raises:
+        ConfigError: a key or value TrainConfig refuses (`where` says where it came from).
+    """
+    fixed = dict(keys)
+    for key in ("data", "val_data", "test_data"):
+        if fixed.get(key) is not None and Path(fixed[key]).exists():
+            fixed[key] = str(Path(fixed[key]).resolve())
+    split = fixed.get("split", TrainConfig.split)
+    if split in HELD_OUT_TEST and fixed.get("test_data") is None:
+        key, value = HELD_OUT_TEST[split]
+        fixed.setdefault(key, value)
+    return from_dict(fixed, where=where)
+
+
+def recorded_settings(experiment: dict[str, Any]) -> ExperimentSettings:
+    """The settings an experiment ran with, from its `experiment.yaml` as `read_experiment` returns it.
+
+    Raises:
+        ConfigError: a key this version does not know (a newer mf-tune's, or a typo), or one it
+            lacks (an older mf-tune's: its resume or export would not do what its run did).
+    """
     known = {f.name for f in dataclasses.fields(ExperimentSettings)}
     unknown = sorted(set(experiment["settings"]) - known)
     if unknown:
@@ -286,7 +326,13 @@ def recorded_settings(experiment: dict[str, Any]) -> ExperimentSettings:
             f"{EXPERIMENT_FILE}: settings: {', '.join(map(repr, unknown))} unknown to this mf-tune (written by a "
             "newer one, or edited by hand); use the mf-tune that ran it, or remove the key"
         )
-    return ExperimentSettings(**{**SETTINGS_OF_OLDER_RUNS, **experiment["settings"]})
+    missing = sorted(known - set(experiment["settings"]))
+    if missing:
+        raise ConfigError(
+            f"{EXPERIMENT_FILE}: settings: {', '.join(map(repr, missing))} missing (written by an older "
+            "mf-tune, or edited by hand); use the mf-tune that ran it, or add the keys with the values it ran with"
+        )
+    return ExperimentSettings(**experiment["settings"])
 
 
 EPOCH_RATINGS_MAX = 1_000_000

@@ -4,7 +4,7 @@ By default a journal file in the experiment folder (`optuna.journal`): Optuna's 
 the study in memory and appends each change to the file as one line, so an ask, a report or a tell
 costs the driver about what an in-memory study costs, where SQLite spends most of each call in
 SQLAlchemy. `--study-storage` takes an RDB URL (sqlite:///..., postgresql://...) or another journal
-file. An experiment made before the journal was the default keeps its `optuna.db`.
+file.
 """
 
 from __future__ import annotations
@@ -20,17 +20,12 @@ from mf.errors import ConfigError
 from tune.trial_files import drop_cut_last_line
 
 JOURNAL_FILE = "optuna.journal"
-SQLITE_FILE = "optuna.db"
 
 
 def study_location(experiment_dir: Path, study_storage: str | None = None) -> str:
-    """The study's storage: `study_storage` (a URL or a journal file) if given; else the experiment's
-    optuna.db if an earlier version made one, else its journal file."""
-    if study_storage:
-        return study_storage
-    if (experiment_dir / SQLITE_FILE).is_file() and not (experiment_dir / JOURNAL_FILE).exists():
-        return f"sqlite:///{experiment_dir / SQLITE_FILE}"
-    return str(experiment_dir / JOURNAL_FILE)
+    """The study's storage: `study_storage` (a URL or a journal file) if given, else the
+    experiment's journal file."""
+    return study_storage or str(experiment_dir / JOURNAL_FILE)
 
 
 def is_url(location: str) -> bool:

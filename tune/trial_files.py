@@ -188,9 +188,8 @@ def save_trial_checkpoint(trainer: Trainer, trial_dir: Path) -> Path:
 def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
     """The state of the trial's checkpoint with the most epochs, or None.
 
-    Chosen by the epoch inside, not the folder's name: in an experiment from before trials wrote
-    their own checkpoints, a resumed trial numbered them from Tune's snapshot, which may be older
-    than the folders on disk. A checkpoint that cannot be read (cut short by a kill) is passed over, with a warning naming it.
+    Chosen by the epoch inside, not by the folder's name. A checkpoint that cannot be read (cut
+    short by a kill) is passed over, with a warning naming it.
     """
     newest = None
     for path in checkpoint_files(trial_dir):

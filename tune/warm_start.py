@@ -9,7 +9,7 @@ import optuna
 from mf.errors import ConfigError
 from search_spaces import SearchSpace
 from tune.keys import RAY_TRIAL_ID, WARM_START_FROM
-from tune.study_storage import JOURNAL_FILE, SQLITE_FILE, exists, is_url, open_storage, study_location
+from tune.study_storage import JOURNAL_FILE, exists, is_url, open_storage, study_location
 
 
 def warm_start_trials(source: str, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
@@ -20,7 +20,7 @@ def warm_start_trials(source: str, space: SearchSpace) -> list[optuna.trial.Froz
     location = where if is_url(where) or Path(where).is_file() else study_location(Path(where).resolve())
     if not exists(location):
         raise ConfigError(
-            f"--warm-start: {where!r} holds no Optuna study ({JOURNAL_FILE} or {SQLITE_FILE}); give an "
+            f"--warm-start: {where!r} holds no Optuna study (no {JOURNAL_FILE}); give an "
             "experiment folder, a journal file or a storage URL"
         )
     storage = open_storage(location)
