@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench import DEFAULT_DATA, REPO
+from bench import DEFAULT_DATA, REPO, data_folder
 from bench.recipes import RECIPES, Recipe
 
 TOOLS = ("ours", "optuna")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data = work / "planted"
             if not (args.data / "ratings.csv").is_file():
                 write_planted(args.data)
-        args.data = Path(args.data).resolve()
+        args.data = data_folder(str(args.data))  # a path, or a name fetched (the bundled data: no network)
         print(
             f"bench.quality: {args.data.name}, split {args.split} (test_n {args.test_n}, fractions "
             f"{args.val_fraction}/{args.test_fraction}), space {args.space}, {args.budget_s:g} s per run, "
