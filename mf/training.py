@@ -256,6 +256,9 @@ class Trainer:
         self._pass_rng_state = self.generator.get_state()
 
     def _build_optimizers(self) -> None:
+        if self.config.ensemble > 1:  # trained by its members (fit); its own weights never step
+            self.optimizers, self.fused = [], None
+            return
         epoch = self.config.epoch_ratings or len(self.dataset.train)
         self.optimizers = build_optimizers(self.config, self.model, epoch)
         lazy = self.lazy
@@ -272,7 +275,7 @@ class Trainer:
     @property
     def lazy(self) -> LazyAdamW | None:
         """The row-sparse optimiser when the config uses one (its step is written out, not autograd)."""
-        first = self.optimizers[0]
+        first = self.optimizers[0] if self.optimizers else None
         return first if isinstance(first, LazyAdamW) else None
 
     # ---------------------------------------------------------------- training
@@ -492,7 +495,7 @@ class Trainer:
                 f"an ensemble (ensemble > 1) trains whole, from scratch: it has already trained {self.epoch} "
                 f"epochs, so it cannot be trained to {epochs}"
             )
-        members = []
+        weights, histories = [], []
         for i, seed in enumerate(member_seeds(self.config)):
             member = Trainer(
                 self.config.replace(ensemble=1, seed=seed),
@@ -505,15 +508,16 @@ class Trainer:
                 on_epoch=None if on_epoch is None else lambda m, i=i: on_epoch({**m, "member": i}),
             )
             member.settle()
-            members.append(member)
-        self.model.load_state_dict(average_of([m.scoring_model for m in members]))
+            # Only its weights and history are kept: its optimiser's moments and the fused step's
+            # scratch go before the next member is built.
+            weights.append(_copy(member.scoring_model))
+            histories.append(member.history)
+            del member
+        self.model.load_state_dict(average_of(weights))
         self.epoch = epochs
         self.history = [
             {
-                **{
-                    k: statistics.fmean(float(m.history[e][k]) for m in members)
-                    for k in members[0].history[e]
-                },
+                **{k: statistics.fmean(float(h[e][k]) for h in histories) for k in histories[0][e]},
                 EPOCH: e + 1,
             }
             for e in range(epochs)
@@ -748,14 +752,14 @@ def member_seeds(config: TrainConfig) -> list[int]:
 
 
 @torch.no_grad()
-def average_of(members: list[MFAdvanced]) -> dict[str, torch.Tensor]:
-    """The weights of one MFAdvanced (emb_dim: the members' summed) that predicts what `members`
-    (alike but for their weights) predict on average in logit space: their factors side by side,
-    each scaled by 1/sqrt(n), so that p . q is the mean of the members' dot products, and the means
-    of their biases and offsets. Through the sigmoid this is the mean of the members' logits, not of
-    their ratings (the two differ by far less than the models' error)."""
-    scale = 1.0 / math.sqrt(len(members))
-    states = [m.state_dict() for m in members]
+def average_of(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The weights of one MFAdvanced (emb_dim: the members' summed) that predicts what the members
+    whose weights are `states` (MFAdvanced state dicts, alike but for their values) predict on
+    average in logit space: their factors side by side, each scaled by 1/sqrt(n), so that p . q is
+    the mean of the members' dot products, and the means of their biases and offsets. Through the
+    sigmoid this is the mean of the members' logits, not of their ratings (the two differ by far
+    less than the models' error)."""
+    scale = 1.0 / math.sqrt(len(states))
     return {
         k: torch.cat([s[k] * scale for s in states], dim=1)
         if k in ("user_emb.weight", "item_emb.weight")

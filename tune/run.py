@@ -20,21 +20,14 @@ from typing import Any
 from mf.cli_args import add_config_flags, explicit_keys
 from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
-from tune.confirmation import format_confirmation, read_summary
-from tune.export import (
-    BEST_RANKING_DIR,
-    collect_and_write_trials,
-    export_best,
-    export_best_ranking,
-    format_export,
-    format_ranking_export,
-    headline,
-)
-from tune.fidelity import pruning_fidelity
-from tune.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
-from tune.lock import IN_RAY_JOB, writer_lock
-from tune.outcome import COMPLETE, FAIL, PRUNED
-from tune.results import TrialRecord, epochs_spent
+from tune.export.confirmation import format_confirmation, read_summary
+from tune.export.summary import BEST_RANKING_DIR, format_export, format_ranking_export, headline
+from tune.export.best import collect_and_write_trials, export_best, export_best_ranking
+from tune.report.fidelity import pruning_fidelity
+from tune.search.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
+from tune.record.lock import IN_RAY_JOB, writer_lock
+from tune.record.outcome import COMPLETE, FAIL, PRUNED
+from tune.record.results import TrialRecord, epochs_spent
 from tune.settings import (
     ExperimentSettings,
     RunOptions,
@@ -216,7 +209,7 @@ def run_and_export(args: argparse.Namespace, settings: ExperimentSettings, optio
 
 def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, options: RunOptions) -> int:
     if args.resume is not None:
-        from tune.experiment import resume_experiment  # imports Ray: only once the input is checked
+        from tune.search.experiment import resume_experiment  # imports Ray: only once the input is checked
 
         folder = Path(args.resume) if args.resume else settings.experiment_dir
         outcome = resume_experiment(folder, address=getattr(args, "address", None), options=options)
@@ -226,7 +219,7 @@ def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, opti
         space = load_space(settings.space)
         space.check_against(fixed)
         base = experiment_config(fixed, where="command line")
-        from tune.experiment import run_experiment  # imports Ray: only once the input is checked
+        from tune.search.experiment import run_experiment  # imports Ray: only once the input is checked
 
         outcome = run_experiment(settings, base, space, options)
     folder = outcome.experiment_dir
@@ -246,7 +239,7 @@ def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, opti
             folder, records=records, quiet=True, deadline=outcome.deadline, dataset=outcome.dataset
         )
     if exported is not None and options.mlflow_uri is not None:
-        from tune.tracking import tag_best
+        from tune.extras.tracking import tag_best
 
         best = folder / "best"
         try:
@@ -259,7 +252,7 @@ def _run_and_export(args: argparse.Namespace, settings: ExperimentSettings, opti
         except MFError as e:  # the export is done and stays; the summary still comes
             print(f"warning: --mlflow: the export was not tagged in MLflow: {e}", file=sys.stderr)
     if args.report:
-        from tune.report import write_report
+        from tune.report.page import write_report
 
         print(f"report: {write_report(folder)}")
     # The summary comes last, so that it is what a terminal or a job's log ends with.

@@ -23,21 +23,12 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from mf.atomic import write_json
-from tune._optuna import live_trial
-from tune.keys import (
-    BEST_VAL_NDCG,
-    DIVERGED,
-    EPOCH,
-    METRIC,
-    MODE,
-    RANKING_METRIC,
-    RAY_TRIAL_ID,
-    WARM_START_FROM,
-)
-from tune.outcome import outcome_of_curve
+from tune._internals.optuna import live_trial
+from tune.record.keys import BEST_VAL_NDCG, DIVERGED, EPOCH, METRIC, MODE, RANKING_METRIC, RAY_TRIAL_ID, WARM_START_FROM
+from tune.record.outcome import outcome_of_curve
 from tune.settings import trial_epochs
-from tune.study_storage import open_storage
-from tune.trial_files import epoch_rows
+from tune.record.study import open_storage
+from tune.record.trial_files import epoch_rows
 
 
 def make_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:

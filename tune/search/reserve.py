@@ -27,9 +27,9 @@ from typing import Any
 
 from ray.tune import Stopper
 
-from tune.confirmation import CONFIRM_START_S, confirmation_seconds, refit_cost, run_cost
-from tune.keys import EPOCH_SECONDS, METRIC
-from tune.trial_files import epoch_rows
+from tune.export.confirmation import CONFIRM_START_S, confirmation_seconds, refit_cost, run_cost
+from tune.record.keys import EPOCH_SECONDS, METRIC
+from tune.record.trial_files import epoch_rows
 
 READ_BACK_S_PER_TRIAL = 0.005
 """The driver's read-back between the search's end and the confirmation's start, per trial: on 2

@@ -17,7 +17,7 @@ import optuna
 import sqlalchemy
 
 from mf.errors import ConfigError
-from tune.trial_files import drop_cut_last_line
+from tune.record.trial_files import drop_cut_last_line
 
 JOURNAL_FILE = "optuna.journal"
 

@@ -22,12 +22,7 @@ import numpy as np
 from ray.tune.schedulers import ASHAScheduler
 
 from mf.atomic import write_json
-from tune._ray import (
-    asha_num_stopped,
-    asha_rungs,
-    set_asha_num_stopped,
-    set_asha_trial_bracket,
-)
+from tune._internals.ray import asha_num_stopped, asha_rungs, set_asha_num_stopped, set_asha_trial_bracket
 
 ASHA_STATE_FILE = "asha_state.json"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from mf.errors import MFError
 from mf.training import Trainer, read_checkpoint
-from tune.keys import DIVERGED, DONE, EARLIER_EPOCHS, WALL_TIME
+from tune.record.keys import DIVERGED, DONE, EARLIER_EPOCHS, WALL_TIME
 
 RESULT_FILE = "result.json"  # the names Tune's own JSON logger uses, so Tune's tools read them too
 PARAMS_FILE = "params.json"

@@ -12,7 +12,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tune.keys import DIVERGED, EPOCH, MODE
+from tune.record.keys import DIVERGED, EPOCH, MODE
 
 COMPLETE, PRUNED, FAIL, RUNNING = (
     s.name for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)

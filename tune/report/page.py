@@ -28,14 +28,14 @@ from typing import Any
 
 from mf.atomic import atomic_write, atomic_write_text
 from mf.errors import MFError, user_errors_exit
-from tune.confirmation import Confirmed, read_summary
-from tune.export import BEST_DIR, METRICS_FILE, RANK_K, headline
-from tune.fidelity import PruningFidelity, pruning_fidelity
-from tune.outcome import COMPLETE, FAIL, PRUNED
-from tune.report_figures import ReportFigure, build_figures
-from tune.results import TrialRecord, best_trial, collect_trials
+from tune.export.confirmation import Confirmed, read_summary
+from tune.export.summary import BEST_DIR, METRICS_FILE, RANK_K, headline
+from tune.report.fidelity import PruningFidelity, pruning_fidelity
+from tune.record.outcome import COMPLETE, FAIL, PRUNED
+from tune.report.figures import ReportFigure, build_figures
+from tune.record.results import TrialRecord, best_trial, collect_trials
 from tune.settings import ExperimentSettings, read_experiment, recorded_settings
-from tune.study_storage import load_experiment_study
+from tune.record.study import load_experiment_study
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
 TOP_TRIALS = 10

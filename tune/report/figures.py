@@ -25,9 +25,9 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 
 from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
-from tune.keys import RAY_TRIAL_ID
-from tune.outcome import COMPLETE, FAIL, PRUNED
-from tune.results import TrialRecord
+from tune.record.keys import RAY_TRIAL_ID
+from tune.record.outcome import COMPLETE, FAIL, PRUNED
+from tune.record.results import TrialRecord
 from tune.settings import ExperimentSettings, recorded_settings
 
 COLOURS = {COMPLETE: "#1f77b4", PRUNED: "#ff7f0e", FAIL: "#d62728"}

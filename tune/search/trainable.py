@@ -23,24 +23,9 @@ from ray import tune
 from mf.config import TrainConfig
 from mf.data import Dataset
 from mf.training import Trainer, TrainingDiverged
-from tune.keys import (
-    ALREADY_LOGGED,
-    DEVICE,
-    DIVERGED,
-    EARLIER_EPOCHS,
-    EPOCH,
-    EPOCH_SECONDS,
-    ERROR,
-    GPU_IDS,
-    NODE_ID,
-    OWN_RESULT_KEYS,
-    RAN_AHEAD,
-    TRAIN_LOSS,
-    VAL_MSE,
-    WALL_TIME,
-)
+from tune.record.keys import ALREADY_LOGGED, DEVICE, DIVERGED, EARLIER_EPOCHS, EPOCH, EPOCH_SECONDS, ERROR, GPU_IDS, NODE_ID, OWN_RESULT_KEYS, RAN_AHEAD, TRAIN_LOSS, VAL_MSE, WALL_TIME
 from tune.settings import trial_config
-from tune.trial_files import has_ended, newest_checkpoint, read_results, save_trial_checkpoint, trial_dirname
+from tune.record.trial_files import has_ended, newest_checkpoint, read_results, save_trial_checkpoint, trial_dirname
 
 
 @dataclass(frozen=True)
@@ -251,7 +236,7 @@ def reference_run(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """The tutorial's configuration on the experiment's split, trained on `train_on` (a Ray task
     beside the confirmation): its config and held-out metrics, as tune.export reports them."""
-    from tune.export import tutorial_metrics
+    from tune.export.models import tutorial_metrics
 
     torch.set_num_threads(max(1, threads))
     config, metrics = tutorial_metrics(base.to_dict(), data, train_on=train_on)

@@ -1,6 +1,6 @@
 """A live optuna-dashboard for the experiment's study, served on loopback while the run goes on.
 
-`start_dashboard(location)` starts `python -m tune.dashboard` (optuna-dashboard's public `wsgi()`
+`start_dashboard(location)` starts `python -m tune.extras.dashboard` (optuna-dashboard's public `wsgi()`
 app under a threaded `wsgiref` server) and returns once it listens, with its URL; `stop()` ends
 it. Why a process of its own: on a 2-core machine the driver is what limits a run, and the
 dashboard's JSON for a study of a thousand trials costs real CPU; in the driver it would hold the
@@ -88,7 +88,7 @@ def start_dashboard(
     )
     with open(*log) as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tune.dashboard", location, host, str(port)],
+            [sys.executable, "-m", "tune.extras.dashboard", location, host, str(port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -195,5 +195,5 @@ def _serve(location: str, host: str, port: int) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit(f"usage: {sys.executable} -m tune.dashboard STUDY_LOCATION HOST PORT")
+        sys.exit(f"usage: {sys.executable} -m tune.extras.dashboard STUDY_LOCATION HOST PORT")
     sys.exit(_serve(sys.argv[1], sys.argv[2], int(sys.argv[3])))

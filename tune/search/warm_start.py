@@ -8,8 +8,8 @@ import optuna
 
 from mf.errors import ConfigError
 from search_spaces import SearchSpace
-from tune.keys import RAY_TRIAL_ID, WARM_START_FROM
-from tune.study_storage import JOURNAL_FILE, exists, is_url, open_storage, study_location
+from tune.record.keys import RAY_TRIAL_ID, WARM_START_FROM
+from tune.record.study import JOURNAL_FILE, exists, is_url, open_storage, study_location
 
 
 def warm_start_trials(source: str, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tune.outcome import COMPLETE
-from tune.results import TrialRecord
+from tune.record.outcome import COMPLETE
+from tune.record.results import TrialRecord
 from tune.settings import ExperimentSettings
 
 TOP = 10

@@ -23,33 +23,10 @@ import pandas as pd
 
 from mf.atomic import atomic_write_text
 from mf.errors import MFError
-from tune.keys import (
-    DIVERGED,
-    EPOCH,
-    ERROR,
-    METRIC,
-    NODE_ID,
-    RANKING_METRIC,
-    RAY_TRIAL_ID,
-    VAL_MSE,
-    WARM_START_FROM,
-)
-from tune.outcome import FAIL, RUNNING, outcome_of_curve
+from tune.record.keys import DIVERGED, EPOCH, ERROR, METRIC, NODE_ID, RANKING_METRIC, RAY_TRIAL_ID, VAL_MSE, WARM_START_FROM
+from tune.record.outcome import FAIL, RUNNING, outcome_of_curve
 from tune.settings import trial_epochs
-from tune.trial_files import (
-    ERROR_EVENT,
-    EVENTS_FILE,
-    RETRY_EVENT,
-    checkpoint_files,
-    curve_of,
-    has_ended,
-    read_events,
-    read_params,
-    read_results,
-    trial_dirname,
-    trial_folders,
-    trial_id_of,
-)
+from tune.record.trial_files import ERROR_EVENT, EVENTS_FILE, RETRY_EVENT, checkpoint_files, curve_of, has_ended, read_events, read_params, read_results, trial_dirname, trial_folders, trial_id_of
 
 TRIALS_FILE = "trials.csv"
 

@@ -16,18 +16,8 @@ from typing import IO, Any
 from ray.tune.logger import LoggerCallback
 
 from mf.atomic import atomic_write_text
-from tune.keys import ALREADY_LOGGED
-from tune.trial_files import (
-    ERROR_EVENT,
-    EVENTS_FILE,
-    PARAMS_FILE,
-    RESULT_FILE,
-    RETRY_EVENT,
-    append_json_line,
-    drop_cut_last_line,
-    epoch_rows,
-    json_line,
-)
+from tune.record.keys import ALREADY_LOGGED
+from tune.record.trial_files import ERROR_EVENT, EVENTS_FILE, PARAMS_FILE, RESULT_FILE, RETRY_EVENT, append_json_line, drop_cut_last_line, epoch_rows, json_line
 
 
 class TrialFolderLogger(LoggerCallback):

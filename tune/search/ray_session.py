@@ -149,7 +149,7 @@ def start_watchdog(experiment_dir: Path) -> subprocess.Popen:
         "PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tune.ray_session", "--watch", str(experiment_dir)],
+        [sys.executable, "-m", "tune.search.ray_session", "--watch", str(experiment_dir)],
         stdin=subprocess.PIPE,
         stdout=log,
         stderr=log,
@@ -370,4 +370,4 @@ def _watch(experiment_dir: Path, *, settle_s: float = 5.0) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--watch":
         sys.exit(_watch(Path(sys.argv[2])))
-    sys.exit(f"usage: {sys.executable} -m tune.ray_session --watch EXPERIMENT_DIR")
+    sys.exit(f"usage: {sys.executable} -m tune.search.ray_session --watch EXPERIMENT_DIR")

@@ -26,10 +26,10 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from tqdm import tqdm
 
-from tune.keys import ALREADY_LOGGED, VAL_MSE
-from tune.outcome import COMPLETE, FAIL, PRUNED, outcome_of_last
+from tune.record.keys import ALREADY_LOGGED, VAL_MSE
+from tune.record.outcome import COMPLETE, FAIL, PRUNED, outcome_of_last
 from tune.settings import trial_epochs
-from tune.trial_files import epoch_rows
+from tune.record.trial_files import epoch_rows
 
 SHOWN = {COMPLETE: "complete", PRUNED: "pruned", FAIL: "failed"}
 """How the line names each outcome."""

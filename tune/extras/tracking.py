@@ -35,11 +35,11 @@ from ray.tune import Callback
 
 from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
-from tune.keys import ALREADY_LOGGED
-from tune.outcome import FAIL
-from tune.progress import trial_outcome
-from tune.tracking_writer import OUTCOME_TAG, PARENT_TAG, RUN_FILE, TRIAL_ID_TAG
-from tune.trial_files import epoch_rows
+from tune.record.keys import ALREADY_LOGGED
+from tune.record.outcome import FAIL
+from tune.extras.progress import trial_outcome
+from tune.extras.tracking_writer import OUTCOME_TAG, PARENT_TAG, RUN_FILE, TRIAL_ID_TAG
+from tune.record.trial_files import epoch_rows
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -130,7 +130,7 @@ class MlflowTracking(Callback):
         log = (self.experiment_dir / WRITER_LOG).open("a")
         path = os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tune.tracking_writer"],
+            [sys.executable, "-m", "tune.extras.tracking_writer"],
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 from mf.atomic import write_json
 from mf.config import TrainConfig
-from tune.keys import EPOCH_SECONDS
-from tune.outcome import FAIL
-from tune.results import TrialRecord
+from tune.record.keys import EPOCH_SECONDS
+from tune.record.outcome import FAIL
+from tune.record.results import TrialRecord
 from tune.settings import trial_config, trial_epochs
 
 CONFIRM_START_S = 10.0

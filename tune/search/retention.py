@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.trial_files import empty_checkpoints, epoch_rows, read_results
+from tune.record.trial_files import empty_checkpoints, epoch_rows, read_results
 
 
 class CheckpointRetention(Callback):

@@ -1,0 +1,5 @@
+import sys
+
+from tune.export.best import main
+
+sys.exit(main())

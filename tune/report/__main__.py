@@ -1,0 +1,5 @@
+import sys
+
+from tune.report.page import main
+
+sys.exit(main())

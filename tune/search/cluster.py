@@ -1,0 +1,92 @@
+"""The Ray the experiment runs on: joining a cluster or starting a private local one, and how
+many trials it holds at once."""
+
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+
+from mf.atomic import write_yaml
+from mf.config import TrainConfig, from_dict
+from mf.data import Dataset
+from mf.errors import ConfigError
+from mf.training import dataset_for
+from search_spaces import SearchSpace
+from tune._internals.ray import fit_noting_interrupt, without_default_loggers
+from tune.export.confirmation import CONFIRM_START_S, Candidate, Confirmed, affordable, candidates, checkpoint_file, confirm, confirmation_seeds, read_reference, read_run, refit_cost, run_config, run_seconds, save_reference, save_run, write_summary
+from tune.search.reserve import ConfirmationReserve
+from tune.extras.dashboard import start_dashboard
+from tune.export.models import reference_config, reference_train_on
+from tune.search.interrupts import Interrupted, take_sigterm
+from tune.record.keys import EPOCH, METRIC, MODE
+from tune.extras.progress import LiveProgress, RayOutput, ray_output
+from tune.search.ray_session import end_leftovers_in, start_private_ray
+from tune.record.results import collect_trials
+from tune.search.retention import CheckpointRetention
+from tune.search.scheduler import ASHA_STATE_FILE, PersistentASHA
+from tune.search.searcher import StudySearcher, settle_stopped_trials
+from tune.settings import (
+    EXPERIMENT_FILE,
+    ExperimentSettings,
+    RunOptions,
+    epoch_ratings_for,
+    read_experiment,
+    recorded_settings,
+)
+from tune.record.study import load_experiment_study, mend_journal, open_storage, study_location
+from tune.extras.tracking import MlflowTracking
+from tune.search.trainable import CheckpointPolicy, ReportPolicy, RunAhead, confirmation_run, reference_run, train_trial
+from tune.record.trial_files import trial_dirname, trial_id_of
+from tune.search.trial_logger import TrialFolderLogger
+from tune.search.warm_start import warm_start_trials
+
+
+def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
+    """Join --address; inside a Ray job, the job's cluster (RAY_ADDRESS); else start a private local
+    Ray, recorded in the experiment folder so that its leftovers can be ended if the driver is killed
+    (tune.ray_session), after ending what earlier killed drivers beside it left.
+
+    `ray.init()` alone would join any cluster someone started on this machine with `ray start`.
+    Prints one line naming the Ray it runs on (quiet mode mutes Ray's own "Connecting to ...").
+    """
+    if ray.is_initialized():
+        return
+    if settings.address:
+        ray.init(address=settings.address, **output.init_kwargs)
+        which = "joined the Ray cluster at"
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**output.init_kwargs)
+        which = "joined the Ray cluster at"
+    else:
+        end_leftovers_in(settings.experiment_dir.parent)
+        start_private_ray(settings.experiment_dir, **output.init_kwargs)
+        which = "started a private local Ray at"
+    resources = ray.cluster_resources()
+    print(
+        f"ray: {which} {ray.get_runtime_context().gcs_address}: "
+        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    )
+
+
+def concurrent_trials(settings: ExperimentSettings) -> int:
+    """--max-concurrent, or as many trials as the cluster's CPUs and GPUs hold now.
+
+    The searcher keeps no more than this many trials live, and a pending trial is what makes Tune
+    start a new worker: without one, on a cluster whose workers take longer to start than a trial
+    lasts, Tune keeps reusing the first few workers and leaves the rest idle.
+    """
+    if settings.max_concurrent:
+        return settings.max_concurrent
+    resources = ray.cluster_resources()
+    slots = resources.get("CPU", 0) / settings.cpus_per_trial
+    if settings.gpus_per_trial > 0:
+        slots = min(slots, resources.get("GPU", 0) / settings.gpus_per_trial)
+    return max(1, int(slots + 1e-9))
