@@ -14,7 +14,7 @@ The trials' own processes share this machine's cores with the driver, so on a sm
 figures are a floor for a driver with its cores to itself.
 
     python -m bench.driver                                  # 4, 8, 16, 32 trials at once, 60 s each
-    python -m bench.driver --trials 8,64 --epoch-s 0.02 --seconds 30 --report-every 3
+    python -m bench.driver --trials 8,64 --epoch-s 0.02 --seconds 30
 """
 
 from __future__ import annotations
@@ -33,29 +33,22 @@ from typing import Any
 EPOCH_S_DEFAULT = 0.05
 
 
-def sleeping_trial(
-    params: dict[str, Any], *, epoch_s: float, max_epochs: int, report_every: int, decisions: frozenset[int]
-) -> None:
-    """A trainable that trains nothing: each epoch sleeps `epoch_s` and reports a made-up curve.
-
-    Its reports are batched as tune.run's trainable batches them (`--report-every`, the same
-    `ReportPolicy` and `batched`), so the driver unpacks them as in a real run.
-    """
+def sleeping_trial(params: dict[str, Any], *, epoch_s: float, max_epochs: int) -> None:
+    """A trainable that trains nothing: each epoch sleeps `epoch_s` and reports a made-up curve."""
     from ray import tune
 
-    from tune.trainable import ReportPolicy, batched
-
-    reports = ReportPolicy(decisions, max_epochs, every=report_every)
     floor = 0.8 + 0.1 * abs(math.log10(params["lr"]) + 1.5) + 0.05 * abs(math.log10(params["l2"]) + 1.0)
-    pending: list[dict[str, float]] = []
     for epoch in range(1, max_epochs + 1):
         started = time.time()
         time.sleep(epoch_s)
-        pending.append({"epoch": epoch, "val_mse": floor + 0.5 / epoch, "epoch_started": started})
-        pending[-1]["wall_time"] = time.time()
-        if reports.due(epoch, len(pending), epoch_s * len(pending)):
-            tune.report(batched(pending))
-            pending = []
+        tune.report(
+            {
+                "epoch": epoch,
+                "val_mse": floor + 0.5 / epoch,
+                "epoch_started": started,
+                "wall_time": time.time(),
+            }
+        )
 
 
 def run_one(n_trials: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -64,16 +57,15 @@ def run_one(n_trials: int, args: argparse.Namespace, work: Path) -> dict[str, An
     from ray import tune
 
     from search_spaces import load_space
-    from tune._ray import without_default_loggers
-    from tune.keys import EPOCH, METRIC, MODE
-    from tune.progress import LiveProgress, ray_output
-    from tune.retention import CheckpointRetention
-    from tune.scheduler import PersistentASHA
-    from tune.searcher import StudySearcher
-    from tune.settings import ExperimentSettings
-    from tune.study_storage import open_storage
-    from tune.trial_files import trial_dirname
-    from tune.trial_logger import TrialFolderLogger
+    from tune._internals.ray import without_default_loggers
+    from tune.extras.progress import LiveProgress, ray_output
+    from tune.record.keys import EPOCH, METRIC, MODE
+    from tune.record.study import open_storage
+    from tune.record.trial_files import trial_dirname
+    from tune.search.retention import CheckpointRetention
+    from tune.search.scheduler import PersistentASHA
+    from tune.search.searcher import StudySearcher
+    from tune.search.trial_logger import TrialFolderLogger
 
     folder = work / f"n{n_trials}"
     folder.mkdir(parents=True)
@@ -83,13 +75,10 @@ def run_one(n_trials: int, args: argparse.Namespace, work: Path) -> dict[str, An
     output = ray_output(verbose=False)
     ray.init(num_cpus=n_trials, include_dashboard=False, **output.init_kwargs)
     space = load_space("default")
-    rungs = ExperimentSettings(max_epochs=args.max_epochs, grace_period=1, reduction_factor=3)
     trainable = tune.with_parameters(
         sleeping_trial,
         epoch_s=args.epoch_s,
         max_epochs=args.max_epochs,
-        report_every=args.report_every,
-        decisions=rungs.decision_epochs,
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
@@ -168,12 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-s", type=float, default=EPOCH_S_DEFAULT, help="a sleeping epoch's length")
     parser.add_argument("--max-epochs", type=int, default=27)
     parser.add_argument("--seconds", type=float, default=60.0, help="each run's budget (default 60)")
-    parser.add_argument(
-        "--report-every",
-        type=int,
-        default=1,
-        help="epochs per report between rungs (tune.run's --report-every)",
-    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, help=argparse.SUPPRESS)
@@ -190,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         print(
             f"bench.driver: sleeping epochs of {args.epoch_s * 1000:.0f} ms, max {args.max_epochs} epochs, "
-            f"ASHA grace 1 rf 3, {args.seconds:g} s per level, reports every {args.report_every} epoch(s) "
-            f"between rungs, {os.cpu_count()} CPUs",
+            f"ASHA grace 1 rf 3, {args.seconds:g} s per level, {os.cpu_count()} CPUs",
             flush=True,
         )
         print(
@@ -200,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in levels:
             cmd = [sys.executable, "-m", "bench.driver", "--child", str(n), "--work-dir", str(work)]
             cmd += ["--epoch-s", str(args.epoch_s), "--max-epochs", str(args.max_epochs)]
-            cmd += ["--seconds", str(args.seconds), "--report-every", str(args.report_every)]
+            cmd += ["--seconds", str(args.seconds)]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = json.loads((work / f"n{n}.json").read_text())
             rows.append(r)

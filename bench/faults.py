@@ -37,7 +37,7 @@ from pathlib import Path
 import optuna
 
 from mf.training import load_model
-from tune.study_storage import JOURNAL_FILE, open_storage
+from tune.record.study import JOURNAL_FILE, open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "MF_FAULTS_RUN"

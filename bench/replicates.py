@@ -38,7 +38,7 @@ from bench.optuna_alone import trial_config
 from mf.config import TrainConfig, from_dict, load_config
 from mf.metrics import VAL_MSE
 from mf.training import Trainer, TrainingDiverged, dataset_for
-from tune.export import SPLIT_KEYS
+from tune.export.models import SPLIT_KEYS
 from tune.settings import read_experiment, recorded_settings
 
 

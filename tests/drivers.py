@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 
 from tests.files import ml_latest_small
-from tune.study_storage import JOURNAL_FILE, open_storage
+from tune.record.study import JOURNAL_FILE, open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -46,7 +46,6 @@ def test_an_experiment_config_holds_out_a_test_part_as_the_command_line_does(tmp
     assert config.test_n == 0 and config.test_data == str(ratings.resolve())
 
 
-@pytest.mark.slow
 def test_the_readme_example_runs_and_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MF_TUNE_DATA", str(DATA_CACHE))  # the bundled data, unpacked once for the tests
@@ -60,3 +59,18 @@ def test_the_readme_example_runs_and_exports(tmp_path: Path, monkeypatch: pytest
     assert metrics["trials"] == 8 and metrics["trained_on"] == ["train", "val"]
     assert metrics["test_ratings"] == 3050 and 0.5 < metrics["test_mse"] < 1.5
     assert (tmp_path / "runs" / "small" / "best" / "model.pt").is_file()
+
+
+def test_a_runs_own_tune_callbacks_join_tune_runs_own(tmp_path: Path):
+    # Ray's loggers (MLflowLoggerCallback, WandbLoggerCallback) or a user's own: RunOptions.callbacks.
+    from ray.tune import Callback
+
+    from tune.extras.progress import LiveProgress, ray_output
+    from tune.search.experiment import make_run_config
+
+    mine = Callback()
+    settings = tune.ExperimentSettings(name="callbacks", storage_path=str(tmp_path))
+    options = tune.RunOptions(callbacks=(mine,))
+    callbacks = make_run_config(settings, options, ray_output(verbose=False), dataset=None).callbacks
+    # Called after the trial folders' logger and before the progress line, which is drawn last.
+    assert callbacks.index(mine) == len(callbacks) - 2 and isinstance(callbacks[-1], LiveProgress)

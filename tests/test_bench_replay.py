@@ -13,7 +13,7 @@ import yaml
 from bench import replicates
 from tests.files import ml_latest_small
 from tune import run as tune_run
-from tune.confirmation import read_run, read_summary
+from tune.export.confirmation import read_run, read_summary
 
 DATA = ml_latest_small()
 

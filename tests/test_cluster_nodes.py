@@ -18,7 +18,7 @@ from ray.cluster_utils import Cluster
 
 from tests.files import ml_latest_small
 from tune import run as tune_run
-from tune.study_storage import JOURNAL_FILE, open_storage
+from tune.record.study import JOURNAL_FILE, open_storage
 
 DATA = ml_latest_small()
 pytestmark = pytest.mark.slow

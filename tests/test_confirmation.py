@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tune.confirmation import (
+from tune.export.confirmation import (
     Candidate,
     affordable,
     candidates,
@@ -19,7 +19,7 @@ from tune.confirmation import (
     save_run,
     write_summary,
 )
-from tune.results import TrialRecord
+from tune.record.results import TrialRecord
 from tune.settings import refit_grace_s
 
 
@@ -97,7 +97,7 @@ def test_a_confirmation_run_keeps_the_experiments_random_split(tmp_path: Path):
     from mf.config import TrainConfig
     from mf.training import dataset_for
     from tests.files import ml_latest_small
-    from tune.confirmation import run_config
+    from tune.export.confirmation import run_config
 
     base = TrainConfig(data=str(ml_latest_small()), split="random", val_fraction=0.1, seed=3)
     config = run_config(base, Candidate("a", {"lr": 0.01}, 0.9), seed=4, max_epochs=5)

@@ -6,8 +6,7 @@ import pickle
 
 import pytest
 
-from tune.confirmation import CONFIRM_START_S
-from tune.confirmation_reserve import MARGIN, READ_BACK_S_PER_TRIAL, ConfirmationReserve
+from tune.search.reserve import ConfirmationReserve
 
 
 def reserve(**overrides) -> ConfirmationReserve:
@@ -28,8 +27,12 @@ def estimate(stopper: ConfirmationReserve) -> float:
     return stopper.reserve_s()
 
 
+# The rule, by hand: the confirmation's start (10 s), then a quarter more than the read-back (5 ms a
+# trial) and the candidates' runs (seeds x max_epochs x median epoch, over the slots).
+
+
 def test_before_any_result_only_the_confirmations_start_is_kept():
-    assert estimate(reserve()) == CONFIRM_START_S
+    assert estimate(reserve()) == 10.0
 
 
 def test_the_best_distinct_configurations_runs_are_kept_spread_over_the_slots():
@@ -38,8 +41,8 @@ def test_the_best_distinct_configurations_runs_are_kept_spread_over_the_slots():
     report(stopper, "b", 0.85, 0.2, lr=0.01)  # the same configuration again: not a second candidate
     report(stopper, "c", 0.86, 0.5, lr=0.02)  # second: 10 epochs of 0.5 s
     report(stopper, "d", 0.90, 9.0, lr=0.03)  # outside the top 2: its cost does not count
-    runs = 3 * (2.0 + 5.0) / 2  # 3 seeds of each, on 2 slots
-    assert estimate(stopper) == pytest.approx(CONFIRM_START_S + MARGIN * (4 * READ_BACK_S_PER_TRIAL + runs))
+    # 10 s + 1.25 x (4 trials x 5 ms + 3 seeds x (2 s + 5 s) / 2 slots)
+    assert estimate(stopper) == pytest.approx(23.15)
 
 
 def test_a_trial_is_costed_at_its_median_epoch_and_ranked_by_its_best():
@@ -47,9 +50,8 @@ def test_a_trial_is_costed_at_its_median_epoch_and_ranked_by_its_best():
     for val_mse, seconds in [(0.95, 0.1), (0.84, 0.3), (0.88, 5.0)]:
         report(stopper, "a", val_mse, seconds, lr=0.01)
     report(stopper, "b", 0.85, 1.0, lr=0.02)
-    assert estimate(stopper) == pytest.approx(
-        CONFIRM_START_S + MARGIN * (2 * READ_BACK_S_PER_TRIAL + 3 * 3.0 / 2)
-    )
+    # a's median epoch 0.3 s: 10 s + 1.25 x (2 trials x 5 ms + 3 seeds x 3 s / 2 slots)
+    assert estimate(stopper) == pytest.approx(15.6375)
 
 
 def test_the_search_always_keeps_the_rest_of_the_budget():
@@ -60,11 +62,11 @@ def test_the_search_always_keeps_the_rest_of_the_budget():
 
 def test_the_search_ends_when_the_time_left_is_the_reserve(monkeypatch: pytest.MonkeyPatch):
     clock = [1000.0]
-    monkeypatch.setattr("tune.confirmation_reserve.time.time", lambda: clock[0])
+    monkeypatch.setattr("tune.search.reserve.time.time", lambda: clock[0])
     stopper = reserve(budget_s=100.0)  # the budget's clock starts here
     report(stopper, "a", 0.84, 1.0)
-    # The start, then the read-back and 3 runs of 10 s on 2 slots, with their margin.
-    kept = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL + 3 * 10.0 / 2)
+    # 10 s + 1.25 x (1 trial x 5 ms + 3 seeds x 10 s / 2 slots)
+    kept = 28.75625
     clock[0] += 100.0 - kept - 0.5
     assert not stopper.stop_all()
     clock[0] += 1.0
@@ -73,7 +75,7 @@ def test_the_search_ends_when_the_time_left_is_the_reserve(monkeypatch: pytest.M
 
 def test_a_restored_search_counts_its_budget_again(monkeypatch: pytest.MonkeyPatch):
     clock = [1000.0]
-    monkeypatch.setattr("tune.confirmation_reserve.time.time", lambda: clock[0])
+    monkeypatch.setattr("tune.search.reserve.time.time", lambda: clock[0])
     stopper = reserve(budget_s=100.0)
     clock[0] += 95.0
     assert stopper.stop_all()

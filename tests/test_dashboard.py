@@ -24,7 +24,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from mf.errors import MFError
-from tune.dashboard import start_dashboard
+from tune.extras.dashboard import start_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_dashboard_ends_when_its_driver_dies(writer: tuple[Path, subprocess.Pope
         [
             sys.executable,
             "-c",
-            "import sys, time; from tune.dashboard import start_dashboard; "
+            "import sys, time; from tune.extras.dashboard import start_dashboard; "
             "d = start_dashboard(sys.argv[1], port=0, echo=None); print(d.port, d.proc.pid, flush=True); time.sleep(600)",
             str(journal),
         ],

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune.fidelity import pruning_fidelity
-from tune.results import TrialRecord
+from tune.record.results import TrialRecord
+from tune.report.fidelity import pruning_fidelity
 from tune.settings import ExperimentSettings
 
 

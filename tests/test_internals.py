@@ -1,4 +1,4 @@
-"""The few Ray and Optuna internals the project relies on are all in tune/_ray.py, tune/_optuna.py and
+"""The few Ray and Optuna internals the project relies on are all in tune/_internals/ray.py, tune/_internals/optuna.py and
 mf/_ray_serve.py, and still there in the installed releases; everything else uses public attributes
 only."""
 
@@ -12,10 +12,15 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from tune import _optuna, _ray
+from tune._internals import optuna as _optuna
+from tune._internals import ray as _ray
 
 REPO = Path(__file__).resolve().parents[1]
-ADAPTERS = {REPO / "tune" / "_ray.py", REPO / "tune" / "_optuna.py", REPO / "mf" / "_ray_serve.py"}
+ADAPTERS = {
+    REPO / "tune" / "_internals" / "ray.py",
+    REPO / "tune" / "_internals" / "optuna.py",
+    REPO / "mf" / "_ray_serve.py",
+}
 SCANNED = ("mf", "tune", "search_spaces")
 
 
@@ -91,7 +96,7 @@ def _library_names(tree: ast.Module) -> set[str]:
 def test_no_private_attribute_of_ray_or_optuna_is_used_outside_the_adapters():
     files = [p for folder in SCANNED for p in (REPO / folder).rglob("*.py") if p not in ADAPTERS]
     uses = [use for path in files for use in private_attribute_uses(path)]
-    # Each use belongs in tune/_ray.py, tune/_optuna.py or mf/_ray_serve.py, with the reason and a test below.
+    # Each use belongs in tune/_internals/ray.py, tune/_internals/optuna.py or mf/_ray_serve.py, with the reason and a test below.
     assert uses == []
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.drivers import finish, resume, start_run, study_of, tasks_running, trials_with_results, wait_until
-from tune.confirmation import CONFIRM_DIR, SUMMARY_FILE
+from tune.export.confirmation import CONFIRM_DIR, SUMMARY_FILE
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.drivers import ENV, REPO
-from tune.lock import LOCK_FILE, ExperimentBusy, writer_lock
+from tune.record.lock import LOCK_FILE, ExperimentBusy, writer_lock
 
-HOLD = "import sys, time; from pathlib import Path; from tune.lock import writer_lock\n" \
+HOLD = "import sys, time; from pathlib import Path; from tune.record.lock import writer_lock\n" \
     "with writer_lock(Path(sys.argv[1]), 'a test holder'):\n" \
     "    print('held', flush=True); time.sleep(600)\n"  # fmt: skip
 

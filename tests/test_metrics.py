@@ -10,8 +10,6 @@ import pytest
 from sklearn.metrics import precision_score
 
 from mf.metrics import (
-    EPOCH,
-    TRAIN_LOSS,
     VAL_MAE,
     VAL_MSE,
     VAL_RMSE,
@@ -21,17 +19,6 @@ from mf.metrics import (
     prefixed,
     regression_metrics,
 )
-
-
-def test_metric_names_are_the_spelled_out_constants() -> None:
-    # Tune, the export and the report key on these exact strings.
-    assert (EPOCH, TRAIN_LOSS, VAL_MSE, VAL_RMSE, VAL_MAE) == (
-        "epoch",
-        "train_loss",
-        "val_mse",
-        "val_rmse",
-        "val_mae",
-    )
 
 
 def test_regression_metrics_on_hand_computed_values() -> None:

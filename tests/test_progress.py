@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tune.outcome import COMPLETE, FAIL, PRUNED
-from tune.progress import ProgressState, trial_outcome
+from tune.extras.progress import ProgressState
+from tune.record.outcome import COMPLETE, FAIL, PRUNED, trial_outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     import math, os, sys, time
     import ray
     from ray import tune
-    from tune.progress import LiveProgress, ray_output
+    from tune.extras.progress import LiveProgress, ray_output
 
     def trainable(config):
         for epoch in range(1, 4):
@@ -173,3 +173,6 @@ def test_trial_outcome_rule() -> None:
     assert trial_outcome("TERMINATED", {"epoch": 2, "diverged": 1}, 30) == FAIL
     assert trial_outcome("ERROR", {"epoch": 5}, 30) == FAIL
     assert trial_outcome("TERMINATED", {}, 30) == FAIL
+    # A trial whose space tunes its length is COMPLETE at its own last epoch.
+    assert trial_outcome("TERMINATED", {"epoch": 12, "config": {"epochs": 12}}, 30) == COMPLETE
+    assert trial_outcome("TERMINATED", {"epoch": 6, "config": {"epochs": 12}}, 30) == PRUNED

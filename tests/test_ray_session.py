@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tune.ray_session import (
+from tune.search.ray_session import (
     SESSION_FILE,
     WATCHDOG_LOG,
     RaySession,
@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent(
     import sys
     from pathlib import Path
     import ray
-    from tune.ray_session import start_private_ray
+    from tune.search.ray_session import start_private_ray
     session = start_private_ray(
         Path(sys.argv[1]), watchdog=sys.argv[2] == "1", num_cpus=1, log_to_driver=False
     )
@@ -113,7 +113,7 @@ def test_leftovers_of_a_sigkilled_driver_are_ended_and_nothing_else(
     victim.proc.wait()
     time.sleep(2)
     # What Ray 2.60 leaves after a SIGKILL: its agents at least (if this fails, Ray now cleans up
-    # after itself, and tune/ray_session.py's docstring needs updating).
+    # after itself, and tune/search/ray_session.py's docstring needs updating).
     left = session_processes(victim.session_dir)
     assert any("Agent" in p.name for p in left), left
 

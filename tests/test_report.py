@@ -19,10 +19,10 @@ import pytest
 import ray
 
 from tests.files import ml_latest_small
-from tune import export as tune_export
-from tune import report as tune_report
 from tune import run as tune_run
-from tune.report_figures import NotAvailable, asha_rungs, param_importances
+from tune.export import best as tune_export
+from tune.report import page as tune_report
+from tune.report.figures import NotAvailable, asha_rungs, param_importances
 from tune.settings import ExperimentSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,6 @@ DATA = ml_latest_small()
 FIGURES = ("val-mse-per-epoch", "best-so-far", "param-importance", "val-mse-vs-params", "asha-rungs")
 MAX_EPOCHS = 4
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-pytestmark = pytest.mark.slow
 
 
 class Page(HTMLParser):
@@ -393,3 +392,13 @@ def test_resume_refuses_a_damaged_study_in_one_line(experiment: Path, tmp_path: 
     code, err = run_cli("tune.run", "--resume", str(copy), capsys=capsys)
     assert code == 2, err[-2000:]
     assert "optuna.journal: the study is damaged" in err and "tune.export" in err and err.count("\n") == 1
+
+
+def test_export_refuses_an_ensemble_below_one_before_it_writes_anything(
+    experiment: Path, tmp_path: Path, capsys
+):
+    copy = damaged_copy(experiment, tmp_path, lambda c: None)
+    code, err = run_cli("tune.export", str(copy), "--ensemble", "0", capsys=capsys)
+    assert code == 2, err[-2000:]
+    assert err == "error: --ensemble: 0 must be >= 1\n"
+    assert not (copy / "best").exists() and not (copy / "trials.csv").exists()

@@ -19,9 +19,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tests.files import ml_latest_small
-from tune.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.study_storage import JOURNAL_FILE, open_storage
-from tune.trial_files import read_results
+from tune.record.study import JOURNAL_FILE, open_storage
+from tune.record.trial_files import read_results
+from tune.search.scheduler import ASHA_STATE_FILE, PersistentASHA
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = ml_latest_small()
@@ -137,7 +137,6 @@ def resumable_trials(folder: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "snapshot_every_s",
     [
@@ -147,7 +146,7 @@ def resumable_trials(folder: Path) -> list[str]:
         # Tune snapshots only at the start: the resumed run knows none of the trials; those that
         # ended are counted and listed from their folders and the study, those that were running
         # start again (as the same Optuna trials).
-        "3600",
+        pytest.param("3600", marks=pytest.mark.slow),
     ],
 )
 def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(tmp_path: Path, snapshot_every_s: str):

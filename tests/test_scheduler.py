@@ -13,7 +13,7 @@ from pathlib import Path
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from tune.scheduler import PersistentASHA
+from tune.search.scheduler import PersistentASHA
 from tune.settings import ExperimentSettings
 
 

@@ -10,9 +10,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces import load_space
-from tune.keys import DIVERGED, RAY_TRIAL_ID
-from tune.searcher import StudySearcher, settle_stopped_trials
-from tune.study_storage import open_storage
+from tune.record.keys import DIVERGED, RAY_TRIAL_ID
+from tune.record.study import open_storage
+from tune.search.searcher import StudySearcher, settle_stopped_trials
 
 
 def make_searcher(

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from mf.errors import ConfigError
-from tune.study_storage import JOURNAL_FILE, exists, open_storage, study_location
+from tune.record.study import JOURNAL_FILE, exists, open_storage, study_location
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

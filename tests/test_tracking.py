@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from mf.errors import MFError
-from tune.tracking import BEST_TAG, MlflowTracking, default_tracking_uri, tag_best
+from tune.extras.tracking import BEST_TAG, MlflowTracking, default_tracking_uri, tag_best
 
 X = [0.1, 0.5, 0.3, 0.95, 0.7, 0.2]  # 0.95 diverges at epoch 1
 
@@ -153,7 +153,7 @@ def test_unusable_store_is_reported_naming_uri_and_log(tmp_path: Path) -> None:
 def test_callbacks_pickle_as_their_settings(tmp_path: Path) -> None:
     import pickle
 
-    from tune.progress import LiveProgress
+    from tune.extras.progress import LiveProgress
 
     # Tune pickles the callbacks when the Tuner is made and a resume runs those copies: they come
     # back as configured, and not started (a started one, with its terminal stream, pickles too).

@@ -1,5 +1,5 @@
-"""When a trial may train its next epoch before the driver has handled its last report, and when
-it sends its epochs to the driver."""
+"""When a trial may train its next epoch before the driver has handled its last report, and which
+epochs a trial trains."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tune.scheduler import PersistentASHA
+from tune.search.scheduler import PersistentASHA
+from tune.search.trainable import RunAhead
 from tune.settings import ExperimentSettings
-from tune.trainable import ReportPolicy, RunAhead, batched
-from tune.trial_files import epoch_rows
 
 
 @pytest.mark.parametrize(
@@ -46,43 +45,6 @@ def test_run_ahead_waits_after_a_decision_epoch_and_after_a_slow_epoch():
     assert not run_ahead.allowed(30, 0.02)
     # A slow epoch gains nothing from running ahead, and would hold up a stop by the time budget.
     assert not run_ahead.allowed(5, 1.5)
-
-
-def test_report_policy_batches_epochs_between_rungs_and_never_skips_one():
-    reports = ReportPolicy(decision_epochs=frozenset({2, 6, 18, 30}), max_epochs=30, every=4, max_batch_s=1.0)
-    sent, batch = [], []
-    for epoch in range(1, 31):
-        batch.append(epoch)
-        if reports.due(epoch, len(batch), 0.05 * len(batch)):
-            sent.append(batch)
-            batch = []
-    # Every rung and the last epoch end a batch (ASHA decides on the same values as unbatched);
-    # between them, batches of at most 4; no epoch is left out or sent twice.
-    assert [b[-1] for b in sent] == [2, 6, 10, 14, 18, 22, 26, 30]
-    assert sum(sent, []) == list(range(1, 31))
-    # A batch is also sent once its epochs took max_batch_s of training, however few they are.
-    assert reports.due(3, 1, 1.5) and not reports.due(3, 1, 0.2)
-    # every=1 (the default) reports each epoch.
-    assert all(ReportPolicy(frozenset({2}), 30).due(e, 1, 0.0) for e in range(1, 31))
-
-
-def test_a_batched_report_unpacks_into_one_result_per_epoch():
-    rows = [{"epoch": e, "val_mse": 1.0 / e, "wall_time": 100.0 + e} for e in (3, 4, 5)]
-    report = batched(rows)
-    # The report is the newest epoch, as Tune, ASHA and the progress view read it ...
-    assert report["epoch"] == 5 and len(report["earlier_epochs"]) == 2
-    # ... and each consumer that records epochs sees them all, in order, with Tune's clock keys
-    # filled in for the earlier ones from the wall-clock time between them and the report.
-    tune_keys = {"time_total_s": 12.0, "timestamp": 105, "done": True}
-    unpacked = epoch_rows({**report, **tune_keys})
-    assert [r["epoch"] for r in unpacked] == [3, 4, 5]
-    assert [r["time_total_s"] for r in unpacked] == [10.0, 11.0, 12.0]
-    assert [r["timestamp"] for r in unpacked] == [103, 104, 105]
-    # Only the report itself is a trial's last result.
-    assert [bool(r.get("done")) for r in unpacked] == [False, False, True]
-    assert "earlier_epochs" not in unpacked[-1]
-    # A result of one epoch is itself.
-    assert epoch_rows(rows[0]) == [rows[0]] and batched(rows[:1]) == rows[0]
 
 
 def test_a_trial_trains_its_own_epochs_if_the_space_tunes_them_and_its_schedule_spans_them():

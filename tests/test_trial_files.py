@@ -11,7 +11,7 @@ from mf.config import TrainConfig
 from mf.errors import MFError
 from mf.training import Trainer
 from tests.files import tiny_dataset, write_file
-from tune.trial_files import (
+from tune.record.trial_files import (
     CHECKPOINT_FILE,
     checkpoint_files,
     drop_cut_last_line,

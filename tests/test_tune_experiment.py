@@ -20,14 +20,13 @@ from mf.config import from_dict
 from mf.training import Trainer, dataset_for, load_model
 from tests.files import ml_latest_small
 from tune import run as tune_run
-from tune.export import export_best, export_best_ranking
+from tune.export.best import export_best, export_best_ranking
+from tune.record.study import JOURNAL_FILE, open_storage
+from tune.record.trial_files import read_results
+from tune.search.trainable import RunAhead, trial_config
 from tune.settings import read_experiment, recorded_settings
-from tune.study_storage import JOURNAL_FILE, open_storage
-from tune.trainable import RunAhead, trial_config
-from tune.trial_files import read_results
 
 DATA = ml_latest_small()
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -227,6 +226,7 @@ def test_refit_none_exports_the_chosen_run_as_it_was(experiment: Path, tmp_path:
     assert abs(retrained["val_mse"] - metrics["val_mse"]) <= 0.01
 
 
+@pytest.mark.slow
 def test_refit_all_serves_a_model_of_every_rating_and_reports_the_train_val_refits_test(
     experiment: Path, tmp_path: Path
 ):
@@ -371,6 +371,7 @@ def test_existing_experiment_name_is_not_overwritten(experiment: Path, capsys):
     assert (experiment / "trials.csv").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_warm_start_seeds_the_new_study_with_earlier_trials(experiment: Path, tmp_path: Path):
     code = tune_run.main(
         [
@@ -399,6 +400,7 @@ def test_warm_start_seeds_the_new_study_with_earlier_trials(experiment: Path, tm
     assert len(pd.read_csv(tmp_path / "warm" / "trials.csv")) == 2
 
 
+@pytest.mark.slow
 def test_test_n_0_runs_on_the_tutorials_split_with_no_test_part(tmp_path: Path):
     code = tune_run.main(
         [
@@ -456,6 +458,7 @@ def test_a_test_file_of_its_own_is_scored_on_its_known_ratings(tmp_path: Path, c
     assert f"{1830 + 7 - known} of unknown users or items left out" in out
 
 
+@pytest.mark.slow
 def test_a_time_budget_is_shared_by_the_search_and_the_confirmation_of_its_best(tmp_path: Path):
     code = tune_run.main(
         [
@@ -480,52 +483,9 @@ def test_a_time_budget_is_shared_by_the_search_and_the_confirmation_of_its_best(
     assert all(t.state.is_finished() for t in study.trials)
     for t in study.trials:
         assert t.state.name == trials.loc[t.number, "outcome"]
-    # The confirmation's runs of these configurations take a second or two, so the search kept only
-    # what confirming its best needs: a fixed share of 0.6 would have given the confirmation more
-    # time than the search; here the search took more than twice what the confirmation did (both
-    # measured on this machine in this run, so a slow or busy machine slows both alike).
-    times = [r["wall_time"] for f in folder.glob("trial_*") for r in read_results(f)]
-    confirmation_s = (folder / "confirm" / "summary.json").stat().st_mtime - max(times)
-    assert max(times) - min(times) > 2 * confirmation_s
+    # Both got their part: the search ran trials to their end before the budget's end, and the
+    # confirmation then ran its best configurations with fresh seeds. (How much of the budget the
+    # reserve keeps for it is tests/test_confirmation_reserve.py's.)
+    assert (trials["outcome"] == "COMPLETE").sum() >= 2
     summary = json.loads((folder / "confirm" / "summary.json").read_text())
     assert summary["planned_runs"] >= 2 and summary["confirmed"]
-
-
-def test_report_every_batches_the_epochs_between_rungs_and_every_epoch_is_still_recorded(tmp_path: Path):
-    # ASHA's rungs at epochs 1 and 3, max 9; one trial at a time, so the first one, alone at every
-    # rung, trains all 9 epochs.
-    code = tune_run.main(
-        [
-            "--data", str(DATA),
-            "--storage-path", str(tmp_path),
-            "--name", "batched",
-            "--num-samples", "3",
-            "--max-epochs", "9",
-            "--grace-period", "1",
-            "--reduction-factor", "3",
-            "--max-concurrent", "1",
-            "--space", "ablation",
-            "--emb-dim", "8",
-            "--report-every", "4",
-            "--confirm-top", "0",
-        ]
-    )  # fmt: skip
-    assert code == 0
-    folder = tmp_path / "batched"
-    study = load_study(folder)
-    trials = pd.read_csv(folder / "trials.csv").set_index("optuna_number")
-    assert trials["epochs"].max() == 9
-    for t in study.trials:
-        rows = read_results(folder / f"trial_{t.user_attrs['ray_trial_id']}")
-        epochs = int(trials.loc[t.number, "epochs"])
-        # The trial's folder and the study hold every epoch once, in order, as unbatched ...
-        assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
-        assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
-        # ... while Tune got a report at each rung the trial reached and at its last epoch, and in
-        # between one per 4 epochs, or sooner where those epochs took a second of training.
-        reported = [r["epoch"] for r in rows if "training_iteration" in r]
-        assert {1, 3, epochs} & set(range(1, epochs + 1)) <= set(reported)
-        for start, end in zip([0, *reported[:-1]], reported, strict=True):
-            batch = rows[start:end]
-            seconds = sum(r["epoch_seconds"] for r in batch)
-            assert len(batch) <= 4 and (end in {1, 3, epochs} or len(batch) == 4 or seconds >= 1.0)

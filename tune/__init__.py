@@ -26,13 +26,13 @@ _HOMES = {
     "experiment_config": "tune.settings",
     "read_experiment": "tune.settings",
     "recorded_settings": "tune.settings",
-    "run_experiment": "tune.experiment",
-    "resume_experiment": "tune.experiment",
-    "RunOutcome": "tune.experiment",
-    "export_best": "tune.export",
-    "export_best_ranking": "tune.export",
-    "collect_and_write_trials": "tune.export",
-    "TrialRecord": "tune.results",
+    "run_experiment": "tune.search.experiment",
+    "resume_experiment": "tune.search.experiment",
+    "RunOutcome": "tune.search.experiment",
+    "export_best": "tune.export.best",
+    "export_best_ranking": "tune.export.best",
+    "collect_and_write_trials": "tune.export.best",
+    "TrialRecord": "tune.record.results",
 }
 
 __all__ = sorted(_HOMES)

@@ -20,14 +20,14 @@ from typing import Any
 from mf.cli_args import add_config_flags, explicit_keys
 from mf.errors import MFError, user_errors_exit
 from search_spaces import load_space
+from tune.export.best import collect_and_write_trials, export_best, export_best_ranking
 from tune.export.confirmation import format_confirmation, read_summary
 from tune.export.summary import BEST_RANKING_DIR, format_export, format_ranking_export, headline
-from tune.export.best import collect_and_write_trials, export_best, export_best_ranking
-from tune.report.fidelity import pruning_fidelity
-from tune.search.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
 from tune.record.lock import IN_RAY_JOB, writer_lock
 from tune.record.outcome import COMPLETE, FAIL, PRUNED
 from tune.record.results import TrialRecord, epochs_spent
+from tune.report.fidelity import pruning_fidelity
+from tune.search.interrupts import EXIT_CODE, Interrupted, sigterm_as_sigint
 from tune.settings import (
     ExperimentSettings,
     RunOptions,
@@ -126,7 +126,7 @@ def format_summary(
     trials and epochs, the top trials, how well ASHA's rungs ranked them, the confirmation, and what
     was exported against the tutorial's configuration."""
     counts = {k: sum(r.outcome == k for r in records) for k in (COMPLETE, PRUNED, FAIL)}
-    # A trial the budget stopped before its first epoch is FAIL too (tune.outcome); say which they are.
+    # A trial the budget stopped before its first epoch is FAIL too (tune.record.outcome); say which they are.
     unstarted = sum(r.outcome == FAIL and r.epochs == 0 and not r.error for r in records)
     spent, fifo = epochs_spent(records), len(records) * settings.max_epochs
     lines = [headline(exported)] if exported is not None else []
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_and_export(args: argparse.Namespace, settings: ExperimentSettings, options: RunOptions) -> int:
     """The experiment (new or resumed), its export, report and summary, holding the folder's writer
-    lock (tune.lock) throughout; 0 when done.
+    lock (tune.record.lock) throughout; 0 when done.
 
     Raises Interrupted when a SIGINT or SIGTERM stopped the search or the confirmation (nothing is
     exported then), KeyboardInterrupt when a second one came, MFError for a user's mistake or when

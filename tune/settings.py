@@ -72,12 +72,6 @@ class ExperimentSettings:
     startup_trials: int = setting(
         10, "Trials TPE proposes at random before it models the results (Optuna's n_startup_trials)."
     )
-    report_every: int = setting(
-        1,
-        "Report a trial's epochs to the driver in batches of up to N (always at ASHA's rungs, at the last "
-        "epoch and within 1 s): fewer results for one driver to handle at many trial slots. Every epoch "
-        "is still recorded.",
-    )
     cpus_per_trial: float = setting(1.0, "CPUs each trial holds (torch threads follow it).")
     gpus_per_trial: float = setting(0.0, "GPUs each trial holds; fractions share a GPU (0.25: four a GPU).")
     max_concurrent: int = setting(
@@ -151,7 +145,6 @@ class ExperimentSettings:
             ("reduction_factor", self.reduction_factor >= 2, ">= 2"),
             ("trial_seed", self.trial_seed in TRIAL_SEEDS, f"one of {', '.join(TRIAL_SEEDS)}"),
             ("startup_trials", self.startup_trials >= 1, ">= 1"),
-            ("report_every", self.report_every >= 1, ">= 1"),
             ("cpus_per_trial", self.cpus_per_trial > 0, "> 0"),
             ("gpus_per_trial", self.gpus_per_trial >= 0, ">= 0"),
             ("max_concurrent", self.max_concurrent >= 0, ">= 0"),
@@ -242,6 +235,9 @@ class RunOptions:
     started: float | None = None
     """When --time-budget-s began (epoch seconds): tune.run's start, so that loading the data and
     starting Ray are spent from the budget too; None: when the search begins."""
+    callbacks: tuple[Any, ...] = ()
+    """More `ray.tune.Callback`s for the run (Ray's own loggers, such as `MLflowLoggerCallback` or
+    `WandbLoggerCallback`), called before the progress line's."""
 
 
 def refit_grace_s(budget_s: float) -> float:
@@ -250,6 +246,14 @@ def refit_grace_s(budget_s: float) -> float:
     to the exported model than any other step (docs/decisions.md), so a confirmation that ended a
     second late must not cost it; the other half is the rest of the export's."""
     return 0.5 * max(30.0, 0.05 * budget_s)
+
+
+def module_env() -> dict[str, str]:
+    """The environment for a `python -m tune...` process a run starts (the dashboard, the MLflow
+    writer, the Ray watchdog): this one's, with the folder holding the tune package first on
+    PYTHONPATH, so that the child runs this source tree from whatever working directory."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def doc(name: str) -> str:
@@ -350,7 +354,7 @@ def epoch_ratings_for(train_ratings: int) -> int:
 
 def trial_epochs(params: Mapping[str, Any], max_epochs: int) -> int:
     """The epochs a trial trains if nothing stops it: its own `epochs` where the space tunes them (at
-    most ASHA's max epochs), else max_epochs. A trial that reaches them is COMPLETE (tune.outcome)."""
+    most ASHA's max epochs), else max_epochs. A trial that reaches them is COMPLETE (tune.record.outcome)."""
     return min(int(params.get("epochs", max_epochs)), max_epochs)
 
 

@@ -21,7 +21,7 @@ RAY_VERSION_READ = "2.60.0"
 # ---------------------------------------------------------------- ASHA's rung records
 # Why internal: ASHAScheduler keeps the values recorded at each rung only in memory, and exposes
 # neither them nor a way to save them; `Tuner.restore` brings it back empty (ray-project/ray#30838).
-# tune.scheduler.PersistentASHA saves and reloads them through these functions.
+# tune.search.scheduler.PersistentASHA saves and reloads them through these functions.
 def asha_rungs(scheduler: ASHAScheduler) -> list[dict[int, dict[str, float]]]:
     """Per bracket: rung epoch -> {trial id: recorded reward} (the live dicts, to read and fill)."""
     return [{int(milestone): recorded for milestone, recorded in b._rungs} for b in scheduler._brackets]
@@ -52,7 +52,7 @@ def without_default_loggers() -> Iterator[None]:
     Why an environment variable: `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS` (documented among Tune's
     environment variables) is the only switch; Tune reads it when `fit()` builds its callbacks. The
     JSON logger stages every trial's result.json and copies it at each snapshot, and the TensorBoard
-    writer is a large share of the driver's work; tune.trial_logger writes result.json itself. Set
+    writer is a large share of the driver's work; tune.search.trial_logger writes result.json itself. Set
     for the call only, and put back after it.
     """
     name, before = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
@@ -73,7 +73,7 @@ def without_default_loggers() -> Iterator[None]:
 # a signal comes, and otherwise stays installed after `fit()` returns, where a later Ctrl-C would
 # only set Tune's spent flag. tests/test_interrupts.py fails when a release changes either.
 def fit_noting_interrupt(tuner: Tuner) -> tuple[ResultGrid, bool]:
-    """`tuner.fit()`, and whether a SIGINT (Ctrl-C, or SIGTERM through tune.interrupts) stopped it.
+    """`tuner.fit()`, and whether a SIGINT (Ctrl-C, or SIGTERM through tune.search.interrupts) stopped it.
 
     Also counts as stopped: a grid with trials neither terminated nor errored, which only an
     interrupted fit returns (a finished search or a spent budget ends every trial). The SIGINT

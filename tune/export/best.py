@@ -1,6 +1,6 @@
 """Export the best trial of an experiment: `<experiment>/best/` and `<experiment>/trials.csv`.
 
-The chosen configuration is the confirmation's winner (tune.confirmation: the best mean val MSE
+The chosen configuration is the confirmation's winner (tune.export.confirmation: the best mean val MSE
 over fresh seeds), as its first seed's confirmation run left it at that run's best epoch; without a
 confirmation, the search's best trial at its best epoch, from its checkpoint. That model trained on
 the training part only, and everything was chosen on the validation part; so by default
@@ -18,7 +18,6 @@ rule. Reads only files: it works on a finished, running or interrupted experimen
     python -m tune.export runs/mf-tune
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -28,38 +27,51 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mf.atomic import replace_folder, write_json, write_yaml
-from mf.config import TrainConfig, from_dict, tutorial_config
+from mf.config import from_dict
 from mf.data import Dataset
-from mf.errors import MFError, user_errors_exit
-from mf.metrics import EPOCH_SECONDS, VAL_NDCG, prefixed
-from mf.ranking import PREDICTED, RELEVANT_RATING, FactorScorer, Ranking
-from mf.ranking_choice import (
-    BUDGET_CELLS,
-    MAX_CELLS,
-    RANKING_FILE,
-    RankingChoice,
-    carry_choice,
-    choose_ranking,
-    evaluate_rankings,
-    sample_users,
-    users_to_score,
-    write_ranking,
+from mf.errors import user_errors_exit
+from mf.metrics import VAL_NDCG
+from mf.ranking import FactorScorer
+from mf.ranking_choice import RankingChoice, choose_ranking, write_ranking
+from mf.training import Trainer, dataset_for
+from tune.export.confirmation import read_reference, read_summary
+from tune.export.models import (
+    best_trainer,
+    budget_cells,
+    confirmed_trainer,
+    held_out_counts,
+    model_metrics,
+    reference_config,
+    reference_train_on,
+    say_sampled,
+    tutorial_metrics,
 )
-from mf.training import Trainer, dataset_for, read_checkpoint
-from tune.export.confirmation import REFIT_RUNS, Candidate, Confirmed, checkpoint_file, fresh_seeds, read_reference, read_summary, run_config
+from tune.export.refit import refit_export, refit_seconds
+from tune.export.summary import (
+    BEST_DIR,
+    BEST_RANKING_DIR,
+    METRICS_FILE,
+    format_export,
+    format_ranking_export,
+    ranking_summary,
+)
 from tune.record.lock import writer_lock
 from tune.record.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
-from tune.settings import REFITS, doc, read_experiment, recorded_settings, refit_grace_s, trial_config
 from tune.record.study import load_experiment_study
-from tune.record.trial_files import newest_checkpoint
-from tune.export.summary import BEST_DIR, BEST_RANKING_DIR, METRICS_FILE, RANK_K, ranking_summary, headline, format_export, format_ranking_export
-from tune.export.models import SPLIT_KEYS, model_metrics, reference_config, reference_train_on, tutorial_metrics, trainer_at_best, best_trainer, confirmed_trainer, budget_cells, say_sampled, held_out_counts
-from tune.export.refit import refit_config, refit, refit_seconds, Exported, refit_export
+from tune.settings import (
+    REFITS,
+    ExperimentSettings,
+    doc,
+    read_experiment,
+    recorded_settings,
+    refit_grace_s,
+    trial_config,
+)
 
 
 def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
@@ -85,6 +97,15 @@ def collect_and_write_trials(folder: Path) -> list[TrialRecord]:
             r.confirm_val_mse, r.confirm_val_mse_sd, r.confirm_epoch = c.mean, c.sd, c.epoch
     write_trials_csv(folder, records)
     return records
+
+
+def export_settings(
+    experiment: dict[str, Any], *, refit: str | None, ensemble: int | None
+) -> ExperimentSettings:
+    """The experiment's recorded settings with the export's `refit` and `ensemble` in place of its own
+    (None: its own), checked by the settings' own rules (a ConfigError names the one broken)."""
+    overrides = {"refit": refit, "ensemble": ensemble}
+    return replace(recorded_settings(experiment), **{k: v for k, v in overrides.items() if v is not None})
 
 
 def export_best(
@@ -129,8 +150,8 @@ def export_best(
     if records is None:
         records = collect_and_write_trials(folder)
     experiment = read_experiment(folder)
-    settings = recorded_settings(experiment)
-    rule = refit or settings.refit
+    settings = export_settings(experiment, refit=refit, ensemble=ensemble)
+    rule = settings.refit
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
     dataset = dataset if dataset is not None else dataset_for(base)
     by_id = {r.trial_id: r for r in records}
@@ -173,7 +194,7 @@ def export_best(
         record=best,
         deadline=refit_by,
         max_cells=cells,
-        ensemble=ensemble or settings.ensemble,
+        ensemble=settings.ensemble,
     )
     metrics = exported.metrics
     metrics.update(held_out_counts(dataset))
@@ -212,7 +233,7 @@ def write_export(target: Path, trainer: Trainer, metrics: dict[str, Any], choice
     """config.yaml, metrics.json, model.pt and the served ranking in `target`, written into a fresh
     folder beside it and then swapped in (mf.atomic.replace_folder): a crash leaves the old export
     whole, and a reader never finds no export. The caller holds the experiment's writer lock
-    (tune.lock), so staging folders found beside `target` are a killed export's, and are removed."""
+    (tune.record.lock), so staging folders found beside `target` are a killed export's, and are removed."""
     for leftover in target.parent.glob(f".{target.name}-staging-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-staging-", dir=target.parent))
@@ -252,8 +273,8 @@ def export_best_ranking(
         return None
     experiment = read_experiment(folder)
     base = from_dict(experiment["base_config"], where=f"{folder} experiment.yaml (base_config)")
-    settings = recorded_settings(experiment)
-    rule = refit or settings.refit
+    settings = export_settings(experiment, refit=refit, ensemble=ensemble)
+    rule = settings.refit
     config = trial_config(base, best.params, settings.max_epochs, own_seed=settings.own_trial_seeds)
     config = config.replace(epochs=best.ndcg_epoch, device="auto")
     dataset = dataset if dataset is not None else dataset_for(base)
@@ -294,7 +315,7 @@ def export_best_ranking(
         record=best,
         deadline=deadline,
         max_cells=cells,
-        ensemble=ensemble or settings.ensemble,
+        ensemble=settings.ensemble,
     )
     metrics = {
         **exported.metrics,
@@ -327,15 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"runs each refit model averages instead of the experiment's --ensemble: {doc('ensemble')}",
     )
     args = parser.parse_args(argv)
-    if args.ensemble is not None and args.ensemble < 1:
-        parser.error(f"--ensemble: {args.ensemble} must be >= 1")
     read_experiment(args.experiment)  # an experiment folder, or a one-line error
     with writer_lock(args.experiment, "tune.export"):
+        # Settings their rules accept, or a one-line error, before anything is written.
+        export_settings(read_experiment(args.experiment), refit=args.refit, ensemble=args.ensemble)
         records = collect_and_write_trials(args.experiment.resolve())
         export_best(args.experiment, records=records, refit=args.refit, ensemble=args.ensemble)
         export_best_ranking(args.experiment, records=records, refit=args.refit, ensemble=args.ensemble)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

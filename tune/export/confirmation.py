@@ -6,7 +6,7 @@ max_epochs with `confirm_seeds` new seeds (same data and split, new initialisati
 and the one whose mean validation curve is lowest at some epoch is exported, with that epoch count
 and the mean and standard deviation over the seeds there. This module chooses the candidates,
 stores each run's curve in `<experiment>/confirm/` and picks the winner, from files alone (no Ray);
-tune.experiment runs the trainings on the cluster.
+tune.search.experiment runs the trainings on the cluster.
 """
 
 from __future__ import annotations

@@ -1,47 +1,22 @@
 """The export's refit: the chosen configuration trained again on training + validation (and on
 every rating with --refit all), as an average of --ensemble runs, within what is left of the budget."""
 
-
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from mf.atomic import replace_folder, write_json, write_yaml
-from mf.config import TrainConfig, from_dict, tutorial_config
+from mf.config import TrainConfig
 from mf.data import Dataset
-from mf.errors import MFError, user_errors_exit
-from mf.metrics import EPOCH_SECONDS, VAL_NDCG, prefixed
-from mf.ranking import PREDICTED, RELEVANT_RATING, FactorScorer, Ranking
-from mf.ranking_choice import (
-    BUDGET_CELLS,
-    MAX_CELLS,
-    RANKING_FILE,
-    RankingChoice,
-    carry_choice,
-    choose_ranking,
-    evaluate_rankings,
-    sample_users,
-    users_to_score,
-    write_ranking,
-)
-from mf.training import Trainer, dataset_for, read_checkpoint
-from tune.export.confirmation import REFIT_RUNS, Candidate, Confirmed, checkpoint_file, fresh_seeds, read_reference, read_summary, run_config
-from tune.record.lock import writer_lock
-from tune.record.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
-from tune.settings import REFITS, doc, read_experiment, recorded_settings, refit_grace_s, trial_config
-from tune.record.study import load_experiment_study
-from tune.record.trial_files import newest_checkpoint
-from tune.export.summary import BEST_DIR, BEST_RANKING_DIR, METRICS_FILE, RANK_K, ranking_summary, headline, format_export, format_ranking_export
-from tune.export.models import SPLIT_KEYS, model_metrics, reference_config, reference_train_on, tutorial_metrics, trainer_at_best, best_trainer, confirmed_trainer, budget_cells, say_sampled, held_out_counts
+from mf.metrics import EPOCH_SECONDS
+from mf.ranking import FactorScorer
+from mf.ranking_choice import MAX_CELLS, RankingChoice, carry_choice
+from mf.training import Trainer
+from tune.export.confirmation import REFIT_RUNS
+from tune.export.models import model_metrics
+from tune.record.results import TrialRecord
 
 
 def refit_config(

@@ -1,56 +1,18 @@
 """What the export wrote, said to a person: the folder and file names, the headline (the test error
 first) and the summaries tune.run and tune.export print. Files only."""
 
-
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import shutil
-import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mf.atomic import replace_folder, write_json, write_yaml
-from mf.config import TrainConfig, from_dict, tutorial_config
-from mf.data import Dataset
-from mf.errors import MFError, user_errors_exit
-from mf.metrics import EPOCH_SECONDS, VAL_NDCG, prefixed
-from mf.ranking import PREDICTED, RELEVANT_RATING, FactorScorer, Ranking
-from mf.ranking_choice import (
-    BUDGET_CELLS,
-    MAX_CELLS,
-    RANKING_FILE,
-    RankingChoice,
-    carry_choice,
-    choose_ranking,
-    evaluate_rankings,
-    sample_users,
-    users_to_score,
-    write_ranking,
-)
-from mf.training import Trainer, dataset_for, read_checkpoint
-from tune.export.confirmation import REFIT_RUNS, Candidate, Confirmed, checkpoint_file, fresh_seeds, read_reference, read_summary, run_config
-from tune.record.lock import writer_lock
-from tune.record.results import TrialRecord, best_ranking_trial, best_trial, collect_trials, write_trials_csv
-from tune.settings import REFITS, doc, read_experiment, recorded_settings, refit_grace_s, trial_config
-from tune.record.study import load_experiment_study
-from tune.record.trial_files import newest_checkpoint
-
+from mf.ranking_choice import RANKING_FILE, RankingChoice
+from tune.export.confirmation import fresh_seeds
 
 BEST_DIR = "best"
-
-
 BEST_RANKING_DIR = "best-ranking"
-
-
 METRICS_FILE = "metrics.json"
-
-
 RANK_K = 10
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from mf.errors import MFError
+from tune.settings import module_env
 
 DEFAULT_PORT = 8080
 LOOPBACK = "127.0.0.1"
@@ -83,16 +84,13 @@ def start_dashboard(
     if not 0 <= port <= 65535:
         raise MFError(f"--dashboard: port {port!r}; expected 0 (any free port) to 65535")
     log = (log_path or os.devnull, "a")
-    path = os.pathsep.join(
-        filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
-    )
     with open(*log) as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tune.extras.dashboard", location, host, str(port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
-            env={**os.environ, "PYTHONPATH": path},
+            env=module_env(),
             text=True,
         )
     assert proc.stdout is not None

@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -27,9 +26,7 @@ from ray.tune import Callback
 from tqdm import tqdm
 
 from tune.record.keys import ALREADY_LOGGED, VAL_MSE
-from tune.record.outcome import COMPLETE, FAIL, PRUNED, outcome_of_last
-from tune.settings import trial_epochs
-from tune.record.trial_files import epoch_rows
+from tune.record.outcome import COMPLETE, FAIL, PRUNED, trial_outcome
 
 SHOWN = {COMPLETE: "complete", PRUNED: "pruned", FAIL: "failed"}
 """How the line names each outcome."""
@@ -77,13 +74,6 @@ def ray_output(*, verbose: bool) -> RayOutput:
     return RayOutput(
         run_config_verbose=0, init_kwargs={"log_to_driver": False, "logging_level": logging.WARNING}
     )
-
-
-def trial_outcome(status: str, last: Mapping[str, Any], max_epochs: int) -> str:
-    """How a trial ended, from Tune's status and its last result (tune.outcome's rule; Tune puts the
-    trial's parameters in it, which may set its own length)."""
-    own = trial_epochs(last.get("config") or {}, max_epochs)
-    return outcome_of_last(dict(last), failed=status == "ERROR", max_epochs=own)
 
 
 @dataclass
@@ -212,9 +202,8 @@ class LiveProgress(Callback):
     ) -> None:
         if result.get(ALREADY_LOGGED):
             return
-        for row in epoch_rows(result):
-            self.state.epochs += 1
-            self.state.score(trial.trial_id, row.get(VAL_MSE))
+        self.state.epochs += 1
+        self.state.score(trial.trial_id, result.get(VAL_MSE))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.state.end(trial.trial_id, trial_outcome("TERMINATED", trial.last_result or {}, self.max_epochs))

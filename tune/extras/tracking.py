@@ -11,7 +11,7 @@ default kind of store, no server needed (its file store is deprecated), `mlflow 
 Why a callback and a second process: the driver is what limits a tuning run on few cores, and
 MLflow costs about 15 ms of CPU a trial (SQLAlchemy, measured). The callback only appends each
 epoch's values to the trial's buffer; when a trial ends its whole history goes, as one JSON line
-through a thread, to `tune.tracking_writer`, a process at lower priority that makes the MLflow
+through a thread, to `tune.extras.tracking_writer`, a process at lower priority that makes the MLflow
 calls. The run's end waits for it to catch up.
 """
 
@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import json
 import math
-import os
 import queue
 import subprocess
 import sys
@@ -35,11 +34,10 @@ from ray.tune import Callback
 
 from mf.errors import MFError
 from mf.metrics import EPOCH, VAL_MSE
-from tune.record.keys import ALREADY_LOGGED
-from tune.record.outcome import FAIL
-from tune.extras.progress import trial_outcome
 from tune.extras.tracking_writer import OUTCOME_TAG, PARENT_TAG, RUN_FILE, TRIAL_ID_TAG
-from tune.record.trial_files import epoch_rows
+from tune.record.keys import ALREADY_LOGGED
+from tune.record.outcome import FAIL, trial_outcome
+from tune.settings import module_env
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -66,7 +64,7 @@ def check_tracking_uri(uri: str) -> str:
 
 
 class MlflowTracking(Callback):
-    """A `ray.tune.Callback` logging the experiment to MLflow through `tune.tracking_writer`.
+    """A `ray.tune.Callback` logging the experiment to MLflow through `tune.extras.tracking_writer`.
 
     The writer process starts in `setup` (Tune calls it as `fit()` begins; MLflow's import and the
     store's creation, about 3 s of CPU, happen there, not in the driver). `on_experiment_end` sends
@@ -128,13 +126,12 @@ class MlflowTracking(Callback):
         if self._proc is not None or self._closed:
             return
         log = (self.experiment_dir / WRITER_LOG).open("a")
-        path = os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tune.extras.tracking_writer"],
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONPATH": path},
+            env=module_env(),
             text=True,
         )
         log.close()
@@ -166,9 +163,8 @@ class MlflowTracking(Callback):
     ) -> None:
         if result.get(ALREADY_LOGGED) or EPOCH not in result:
             return
-        for row in epoch_rows(result):
-            values = {k: row[k] for k in self.metrics if isinstance(row.get(k), (int, float))}
-            self._steps.setdefault(trial.trial_id, []).append((int(row[EPOCH]), _ms(), values))
+        values = {k: result[k] for k in self.metrics if isinstance(result.get(k), (int, float))}
+        self._steps.setdefault(trial.trial_id, []).append((int(result[EPOCH]), _ms(), values))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._send(trial, trial_outcome("TERMINATED", trial.last_result or {}, self.max_epochs))
@@ -319,10 +315,6 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _source_root() -> str:
-    return str(Path(__file__).resolve().parents[1])
 
 
 def _ms() -> int:

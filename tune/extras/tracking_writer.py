@@ -1,6 +1,6 @@
 """The process that writes a tuning run to MLflow, so that the driver never waits on it.
 
-`tune.tracking.MlflowTracking` starts it (`python -m tune.extras.tracking_writer`) and sends it one JSON
+`tune.extras.tracking.MlflowTracking` starts it (`python -m tune.extras.tracking_writer`) and sends it one JSON
 line per event on its stdin: `start` (the experiment), `trial` (a trial that ended, with its whole
 per-epoch history) and `end`. It imports MLflow and neither Ray nor torch, runs at a lower CPU
 priority than the trials, and logs each trial with three calls (create_run, log_batch,

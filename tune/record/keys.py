@@ -27,9 +27,6 @@ RAN_AHEAD = "ran_ahead"
 """1 if the epoch was trained while the driver handled the previous epoch's report."""
 ALREADY_LOGGED = "already_logged"
 """Set by a trial that sends its last result again after a driver restart: not logged twice."""
-EARLIER_EPOCHS = "earlier_epochs"
-"""A batched report's epochs before its own (--report-every), oldest first: each a result of its
-own; `tune.trial_files.epoch_rows` unpacks them."""
 DONE = "done"
 """Set by Tune on a trial's last result (ASHA stopped it, or it reached max_epochs)."""
 
@@ -65,7 +62,6 @@ __all__ = [
     "DEVICE",
     "DIVERGED",
     "DONE",
-    "EARLIER_EPOCHS",
     "EPOCH",
     "EPOCH_SECONDS",
     "ERROR",

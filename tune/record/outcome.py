@@ -8,11 +8,13 @@ the summary and the report spell them the same way; RUNNING is a trial not ended
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from optuna.trial import TrialState
 
 from tune.record.keys import DIVERGED, EPOCH, MODE
+from tune.settings import trial_epochs
 
 COMPLETE, PRUNED, FAIL, RUNNING = (
     s.name for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -20,12 +22,15 @@ COMPLETE, PRUNED, FAIL, RUNNING = (
 ENDED = (COMPLETE, PRUNED, FAIL)
 
 
-def outcome_of_last(last: dict[str, Any], *, failed: bool, max_epochs: int) -> str:
-    """The same rule from a trial's last result alone (a live view that keeps no curves): FAIL if it
-    `failed`, diverged or has no epoch, COMPLETE if it reached `max_epochs`, else PRUNED."""
-    if failed or last.get(DIVERGED) or EPOCH not in last:
+def trial_outcome(status: str, last: Mapping[str, Any], max_epochs: int) -> str:
+    """The same rule from Tune's `status` of a trial and its last result alone (for a live view that
+    keeps no curves): FAIL if Tune's status is ERROR, or the trial diverged or has no epoch;
+    COMPLETE if it reached its own epochs (`trial_epochs` of the parameters Tune puts in the result,
+    at most `max_epochs`); else PRUNED."""
+    if status == "ERROR" or last.get(DIVERGED) or EPOCH not in last:
         return FAIL
-    return COMPLETE if int(last[EPOCH]) >= max_epochs else PRUNED
+    own = trial_epochs(last.get("config") or {}, max_epochs)
+    return COMPLETE if int(last[EPOCH]) >= own else PRUNED
 
 
 def outcome_of_curve(

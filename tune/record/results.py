@@ -1,7 +1,7 @@
 """What happened in an experiment, read from its files alone: the Optuna study and the trial folders.
 
 The study lists the experiment's trials (the searcher made each one) with their parameters and how
-each ended (tune.outcome); each trial's folder (tune.trial_files) holds what it did: every result,
+each ended (tune.record.outcome); each trial's folder (tune.record.trial_files) holds what it did: every result,
 its failures, its checkpoints. `collect_trials` joins the two; trials.csv, the end-of-run summary,
 the export and the report all read an experiment through it. Tune's own snapshot of the experiment
 is left to Tune: it may be older than both, and reading it would need Ray.
@@ -23,10 +23,33 @@ import pandas as pd
 
 from mf.atomic import atomic_write_text
 from mf.errors import MFError
-from tune.record.keys import DIVERGED, EPOCH, ERROR, METRIC, NODE_ID, RANKING_METRIC, RAY_TRIAL_ID, VAL_MSE, WARM_START_FROM
+from tune.record.keys import (
+    DIVERGED,
+    EPOCH,
+    ERROR,
+    METRIC,
+    NODE_ID,
+    RANKING_METRIC,
+    RAY_TRIAL_ID,
+    VAL_MSE,
+    WARM_START_FROM,
+)
 from tune.record.outcome import FAIL, RUNNING, outcome_of_curve
+from tune.record.trial_files import (
+    ERROR_EVENT,
+    EVENTS_FILE,
+    RETRY_EVENT,
+    checkpoint_files,
+    curve_of,
+    has_ended,
+    read_events,
+    read_params,
+    read_results,
+    trial_dirname,
+    trial_folders,
+    trial_id_of,
+)
 from tune.settings import trial_epochs
-from tune.record.trial_files import ERROR_EVENT, EVENTS_FILE, RETRY_EVENT, checkpoint_files, curve_of, has_ended, read_events, read_params, read_results, trial_dirname, trial_folders, trial_id_of
 
 TRIALS_FILE = "trials.csv"
 
@@ -47,7 +70,7 @@ class TrialRecord:
     optuna_number: int | None = None
     error: str = ""
     confirm_val_mse: float = math.nan
-    """The mean val MSE over the confirmation's fresh seeds (tune.confirmation); NaN: not confirmed."""
+    """The mean val MSE over the confirmation's fresh seeds (tune.export.confirmation); NaN: not confirmed."""
     confirm_val_mse_sd: float = math.nan
     confirm_epoch: int | None = None
     best_val_ndcg: float = math.nan
@@ -118,7 +141,7 @@ def _readable(
 
 
 def _from_folders(folder: Path, *, max_epochs: int) -> list[TrialRecord]:
-    """The trials as their folders alone tell: ended by tune.outcome's rule, else RUNNING."""
+    """The trials as their folders alone tell: ended by tune.record.outcome's rule, else RUNNING."""
     records = []
     for trial_dir in trial_folders(folder):
         record = _readable(trial_dir, _record_of_folder, trial_dir, max_epochs)
@@ -186,7 +209,7 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord:
     best = min(r.best_val_mse for r in scored)
     tied = [r for r in scored if r.best_val_mse == best]
     # Trials that tie (the same params train the same curve) may not all have kept their
-    # checkpoint (tune/retention.py keeps the best few): prefer one that has.
+    # checkpoint (tune/search/retention.py keeps the best few): prefer one that has.
     return next((r for r in tied if r.has_checkpoint()), tied[0])
 
 

@@ -5,13 +5,13 @@ every result: the snapshot grows with the trials, and snapshotting often made th
 bottleneck. So the truth about what a trial did is its folder, which is always current:
 
 - `result.json`: one JSON line per result, appended by the driver as the result arrives
-  (`tune.trial_logger.TrialFolderLogger`);
+  (`tune.search.trial_logger.TrialFolderLogger`);
 - `params.json`: the trial's sampled parameters;
 - `events.json`: one JSON line per failure the driver saw (retried or final);
 - `checkpoint_epoch_NNNNNN/state.pt`: written by the trial's worker (`save_trial_checkpoint`).
 
 Resume and retry (the trainable), trials.csv, the export and the report read these through this
-module; nothing here imports Ray, so reading works where Ray is not installed.
+module; nothing here imports Ray, nor torch until a checkpoint is read.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mf.errors import MFError
-from mf.training import Trainer, read_checkpoint
-from tune.record.keys import DIVERGED, DONE, EARLIER_EPOCHS, WALL_TIME
+from tune.record.keys import DIVERGED, DONE
+
+if TYPE_CHECKING:
+    from mf.training import Trainer
 
 RESULT_FILE = "result.json"  # the names Tune's own JSON logger uses, so Tune's tools read them too
 PARAMS_FILE = "params.json"
@@ -97,26 +99,6 @@ def append_json_line(path: Path, values: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- results, params, events
-def epoch_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One result per epoch of a report: a batched report's earlier epochs (--report-every), then
-    the report itself. An earlier epoch gets Tune's `time_total_s` and `timestamp` back from the
-    wall-clock time between it and the report, so that every row reads alike."""
-    earlier = result.get(EARLIER_EPOCHS)
-    if not earlier:
-        return [result]
-    last = {k: v for k, v in result.items() if k != EARLIER_EPOCHS}
-    rows = []
-    for row in earlier:
-        row = dict(row)
-        behind = float(last.get(WALL_TIME, 0.0)) - float(row.get(WALL_TIME, 0.0))
-        if "time_total_s" in last:
-            row["time_total_s"] = float(last["time_total_s"]) - behind
-        if "timestamp" in last:
-            row["timestamp"] = int(float(last["timestamp"]) - behind)
-        rows.append(row)
-    return [*rows, last]
-
-
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:
     """The trial's results in the order they arrived."""
     return read_json_lines(trial_dir / RESULT_FILE)
@@ -191,6 +173,8 @@ def newest_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
     Chosen by the epoch inside, not by the folder's name. A checkpoint that cannot be read (cut
     short by a kill) is passed over, with a warning naming it.
     """
+    from mf.training import read_checkpoint  # torch: only for a reader that loads a model
+
     newest = None
     for path in checkpoint_files(trial_dir):
         try:

@@ -1,4 +1,4 @@
 """Reading an experiment: the HTML report, its figures and how well pruning kept the good trials.
 
-    python -m tune.report runs/mf-tune
+python -m tune.report runs/mf-tune
 """

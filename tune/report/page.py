@@ -2,7 +2,7 @@
 
 People would rather look than read a table of 200 trials. The page (`<experiment>/report/report.html`,
 figures embedded as data URIs, the PNGs beside it) is drawn from what the experiment folder holds
-now, through `tune.results.collect_trials` and the Optuna study, so it works on a finished, running
+now, through `tune.record.results.collect_trials` and the Optuna study, so it works on a finished, running
 or interrupted experiment, and without Ray. The best configuration against the tutorial's comes from
 the export (`best/metrics.json`, written by tune.run or `python -m tune.export`); the report trains
 nothing.
@@ -30,12 +30,12 @@ from mf.atomic import atomic_write, atomic_write_text
 from mf.errors import MFError, user_errors_exit
 from tune.export.confirmation import Confirmed, read_summary
 from tune.export.summary import BEST_DIR, METRICS_FILE, RANK_K, headline
-from tune.report.fidelity import PruningFidelity, pruning_fidelity
 from tune.record.outcome import COMPLETE, FAIL, PRUNED
-from tune.report.figures import ReportFigure, build_figures
 from tune.record.results import TrialRecord, best_trial, collect_trials
-from tune.settings import ExperimentSettings, read_experiment, recorded_settings
 from tune.record.study import load_experiment_study
+from tune.report.fidelity import PruningFidelity, pruning_fidelity
+from tune.report.figures import ReportFigure, build_figures
+from tune.settings import ExperimentSettings, read_experiment, recorded_settings
 
 REPORT_DIR, REPORT_FILE = "report", "report.html"
 TOP_TRIALS = 10
@@ -64,7 +64,7 @@ class Comparison:
     best_metrics: dict[str, float]
     source: str
     headline: str
-    """The exported model's test error, the figure to judge the run by (tune.export.headline)."""
+    """The exported model's test error, the figure to judge the run by (tune.export.summary.headline)."""
 
 
 def compare_with_tutorial(folder: Path, records: list[TrialRecord]) -> Comparison:

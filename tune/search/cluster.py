@@ -1,58 +1,21 @@
 """The Ray the experiment runs on: joining a cluster or starting a private local one, and how
 many trials it holds at once."""
 
-
 from __future__ import annotations
 
-import logging
 import os
-import time
-from dataclasses import dataclass, replace
-from pathlib import Path
 
-import optuna
 import ray
-from ray import tune
 
-from mf.atomic import write_yaml
-from mf.config import TrainConfig, from_dict
-from mf.data import Dataset
-from mf.errors import ConfigError
-from mf.training import dataset_for
-from search_spaces import SearchSpace
-from tune._internals.ray import fit_noting_interrupt, without_default_loggers
-from tune.export.confirmation import CONFIRM_START_S, Candidate, Confirmed, affordable, candidates, checkpoint_file, confirm, confirmation_seeds, read_reference, read_run, refit_cost, run_config, run_seconds, save_reference, save_run, write_summary
-from tune.search.reserve import ConfirmationReserve
-from tune.extras.dashboard import start_dashboard
-from tune.export.models import reference_config, reference_train_on
-from tune.search.interrupts import Interrupted, take_sigterm
-from tune.record.keys import EPOCH, METRIC, MODE
-from tune.extras.progress import LiveProgress, RayOutput, ray_output
+from tune.extras.progress import RayOutput
 from tune.search.ray_session import end_leftovers_in, start_private_ray
-from tune.record.results import collect_trials
-from tune.search.retention import CheckpointRetention
-from tune.search.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.search.searcher import StudySearcher, settle_stopped_trials
-from tune.settings import (
-    EXPERIMENT_FILE,
-    ExperimentSettings,
-    RunOptions,
-    epoch_ratings_for,
-    read_experiment,
-    recorded_settings,
-)
-from tune.record.study import load_experiment_study, mend_journal, open_storage, study_location
-from tune.extras.tracking import MlflowTracking
-from tune.search.trainable import CheckpointPolicy, ReportPolicy, RunAhead, confirmation_run, reference_run, train_trial
-from tune.record.trial_files import trial_dirname, trial_id_of
-from tune.search.trial_logger import TrialFolderLogger
-from tune.search.warm_start import warm_start_trials
+from tune.settings import ExperimentSettings
 
 
 def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
     """Join --address; inside a Ray job, the job's cluster (RAY_ADDRESS); else start a private local
     Ray, recorded in the experiment folder so that its leftovers can be ended if the driver is killed
-    (tune.ray_session), after ending what earlier killed drivers beside it left.
+    (tune.search.ray_session), after ending what earlier killed drivers beside it left.
 
     `ray.init()` alone would join any cluster someone started on this machine with `ray start`.
     Prints one line naming the Ray it runs on (quiet mode mutes Ray's own "Connecting to ...").

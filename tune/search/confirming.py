@@ -1,60 +1,47 @@
 """The confirmation's runs on the cluster: the best configurations trained again with fresh seeds
 as Ray tasks, within the budget the search left them (tune.export.confirmation picks the winner)."""
 
-
 from __future__ import annotations
 
-import logging
-import os
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
 
-import optuna
 import ray
-from ray import tune
 
-from mf.atomic import write_yaml
-from mf.config import TrainConfig, from_dict
+from mf.config import TrainConfig
 from mf.data import Dataset
-from mf.errors import ConfigError
-from mf.training import dataset_for
-from search_spaces import SearchSpace
-from tune._internals.ray import fit_noting_interrupt, without_default_loggers
-from tune.export.confirmation import CONFIRM_START_S, Candidate, Confirmed, affordable, candidates, checkpoint_file, confirm, confirmation_seeds, read_reference, read_run, refit_cost, run_config, run_seconds, save_reference, save_run, write_summary
-from tune.search.reserve import ConfirmationReserve
-from tune.extras.dashboard import start_dashboard
-from tune.export.models import reference_config, reference_train_on
-from tune.search.interrupts import Interrupted, take_sigterm
-from tune.record.keys import EPOCH, METRIC, MODE
-from tune.extras.progress import LiveProgress, RayOutput, ray_output
-from tune.search.ray_session import end_leftovers_in, start_private_ray
-from tune.record.results import collect_trials
-from tune.search.retention import CheckpointRetention
-from tune.search.scheduler import ASHA_STATE_FILE, PersistentASHA
-from tune.search.searcher import StudySearcher, settle_stopped_trials
-from tune.settings import (
-    EXPERIMENT_FILE,
-    ExperimentSettings,
-    RunOptions,
-    epoch_ratings_for,
-    read_experiment,
-    recorded_settings,
+from tune.export.confirmation import (
+    CONFIRM_START_S,
+    Candidate,
+    Confirmed,
+    affordable,
+    candidates,
+    checkpoint_file,
+    confirm,
+    confirmation_seeds,
+    read_reference,
+    read_run,
+    refit_cost,
+    run_config,
+    run_seconds,
+    save_reference,
+    save_run,
+    write_summary,
 )
-from tune.record.study import load_experiment_study, mend_journal, open_storage, study_location
-from tune.extras.tracking import MlflowTracking
-from tune.search.trainable import CheckpointPolicy, ReportPolicy, RunAhead, confirmation_run, reference_run, train_trial
-from tune.record.trial_files import trial_dirname, trial_id_of
-from tune.search.trial_logger import TrialFolderLogger
-from tune.search.warm_start import warm_start_trials
-from tune.search.cluster import connect_ray, concurrent_trials
+from tune.export.models import reference_config, reference_train_on
+from tune.record.results import collect_trials
+from tune.record.study import load_experiment_study
+from tune.search.cluster import concurrent_trials
+from tune.search.interrupts import Interrupted
+from tune.search.reserve import ConfirmationReserve
+from tune.search.trainable import confirmation_run, reference_run
+from tune.settings import ExperimentSettings
 
 
 def confirmation_reserve(
     settings: ExperimentSettings, dataset: Dataset, budget_s: float | None
 ) -> ConfirmationReserve | None:
     """The stopper that ends the search once the time left of `budget_s` is what confirming its best
-    will take (tune.confirmation_reserve); None without a budget or a confirmation, where the search
+    will take (tune.search.reserve); None without a budget or a confirmation, where the search
     may take it all (Tune's time_budget_s ends it)."""
     if budget_s is None or settings.confirm_top == 0:
         return None
@@ -85,7 +72,7 @@ def run_confirmation(
     did, and its refit). Only as many candidates as the time left affords after CONFIRM_START_S
     are run, and where that is none but the best candidate's runs themselves fit, those are tried
     (what has not ended by the deadline is cancelled); runs a resumed experiment finished before
-    are not run again. Writes `confirm/` (tune.confirmation)."""
+    are not run again. Writes `confirm/` (tune.export.confirmation)."""
     folder = settings.experiment_dir
     study = load_experiment_study(folder, settings.to_dict())
     read_started = time.monotonic()

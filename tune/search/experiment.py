@@ -5,17 +5,14 @@ The data is read once here, in the driver, and reaches the trials through Ray's 
 trial costs its own epochs and little else. docs/architecture.md draws the whole flow.
 """
 
-
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
-import ray
 from ray import tune
 
 from mf.atomic import write_yaml
@@ -25,18 +22,21 @@ from mf.errors import ConfigError
 from mf.training import dataset_for
 from search_spaces import SearchSpace
 from tune._internals.ray import fit_noting_interrupt, without_default_loggers
-from tune.export.confirmation import CONFIRM_START_S, Candidate, Confirmed, affordable, candidates, checkpoint_file, confirm, confirmation_seeds, read_reference, read_run, refit_cost, run_config, run_seconds, save_reference, save_run, write_summary
-from tune.search.reserve import ConfirmationReserve
 from tune.extras.dashboard import start_dashboard
-from tune.export.models import reference_config, reference_train_on
-from tune.search.interrupts import Interrupted, take_sigterm
-from tune.record.keys import EPOCH, METRIC, MODE
 from tune.extras.progress import LiveProgress, RayOutput, ray_output
-from tune.search.ray_session import end_leftovers_in, start_private_ray
-from tune.record.results import collect_trials
+from tune.extras.tracking import MlflowTracking
+from tune.record.keys import EPOCH, METRIC, MODE
+from tune.record.study import load_experiment_study, mend_journal, open_storage, study_location
+from tune.record.trial_files import trial_dirname, trial_id_of
+from tune.search.cluster import concurrent_trials, connect_ray
+from tune.search.confirming import confirmation_reserve, run_confirmation
+from tune.search.interrupts import Interrupted, take_sigterm
 from tune.search.retention import CheckpointRetention
 from tune.search.scheduler import ASHA_STATE_FILE, PersistentASHA
 from tune.search.searcher import StudySearcher, settle_stopped_trials
+from tune.search.trainable import CheckpointPolicy, RunAhead, train_trial
+from tune.search.trial_logger import TrialFolderLogger
+from tune.search.warm_start import warm_start_trials
 from tune.settings import (
     EXPERIMENT_FILE,
     ExperimentSettings,
@@ -45,15 +45,6 @@ from tune.settings import (
     read_experiment,
     recorded_settings,
 )
-from tune.record.study import load_experiment_study, mend_journal, open_storage, study_location
-from tune.extras.tracking import MlflowTracking
-from tune.search.trainable import CheckpointPolicy, ReportPolicy, RunAhead, confirmation_run, reference_run, train_trial
-from tune.record.trial_files import trial_dirname, trial_id_of
-from tune.search.trial_logger import TrialFolderLogger
-from tune.search.warm_start import warm_start_trials
-from tune.search.cluster import connect_ray, concurrent_trials
-from tune.search.confirming import confirmation_reserve, refit_larger, run_confirmation, _run_tasks
-
 
 QUIET = RunOptions()
 
@@ -115,7 +106,6 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
             interval_s=settings.checkpoint_interval_s,
         ),
         run_ahead=RunAhead(settings.decision_epochs),
-        reports=ReportPolicy(settings.decision_epochs, settings.max_epochs, every=settings.report_every),
         own_seed=settings.own_trial_seeds,
         experiment_dir=settings.experiment_dir,
     )
@@ -145,6 +135,7 @@ def make_run_config(
                 params=settings.to_dict(),
             )
         )
+    callbacks.extend(options.callbacks)
     # Last, so that the line is drawn after every other callback has seen the step.
     callbacks.append(
         LiveProgress(
@@ -158,8 +149,8 @@ def make_run_config(
         name=settings.name,
         storage_path=str(settings.experiment_dir.parent),
         # No checkpoint_config: trials save their checkpoints into their folders themselves and
-        # resume from the newest there (tune/trial_files.py); CheckpointRetention deletes the
-        # ones no one needs (tune/retention.py).
+        # resume from the newest there (tune/record/trial_files.py); CheckpointRetention deletes the
+        # ones no one needs (tune/search/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         stop=confirmation_reserve(settings, dataset, budget_s),
         verbose=output.run_config_verbose,
@@ -322,7 +313,7 @@ def _fit(
 
 def settle_ended_trials(settings: ExperimentSettings, grid: tune.ResultGrid) -> int:
     """Tell the study about the trials Tune ended without telling the searcher (see
-    `tune.searcher.settle_stopped_trials`), from their last results in the grid `Tuner.fit`
+    `tune.search.searcher.settle_stopped_trials`), from their last results in the grid `Tuner.fit`
     returned (not a second read of every trial's results: 5.6 s after 2,900 trials on 2 cores).
 
     Only once every trial has ended: a run interrupted with Ctrl-C returns with trials that

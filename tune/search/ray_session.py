@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mf.atomic import write_json
+from tune.settings import module_env
 
 SESSION_FILE = "ray_session.json"
 """In the experiment folder: the private Ray session the experiment's driver started."""
@@ -144,17 +145,13 @@ def start_watchdog(experiment_dir: Path) -> subprocess.Popen:
     stdin until the driver ends (the pipe's only writer), waits for the session's own shutdown and
     then ends whatever of it is left, logging to `<experiment>/ray_session.log`."""
     log = (experiment_dir / WATCHDOG_LOG).open("a")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")])),
-    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "tune.search.ray_session", "--watch", str(experiment_dir)],
         stdin=subprocess.PIPE,
         stdout=log,
         stderr=log,
         start_new_session=True,
-        env=env,
+        env=module_env(),
         close_fds=True,
     )
     log.close()
@@ -164,10 +161,6 @@ def start_watchdog(experiment_dir: Path) -> subprocess.Popen:
 
 
 _watchdog_pipes: list[subprocess.Popen] = []
-
-
-def _source_root() -> str:
-    return str(Path(__file__).resolve().parents[1])
 
 
 # ------------------------------------------------------------------------- finding and ending

@@ -1,7 +1,7 @@
 """When the search ends: as soon as the time left is what the confirmation of its best will need.
 
 With --time-budget-s the budget is shared by the search and the confirmation after it
-(tune.confirmation). A fixed share is wrong both ways: after a short search the read-back and the
+(tune.export.confirmation). A fixed share is wrong both ways: after a short search the read-back and the
 confirmation's start alone outlast it, and no candidate is confirmed; after a long one on small
 data the runs take a fraction of it, and the rest is idle. So this stopper keeps, from the end of
 the budget, what the confirmation of the search's current best `top` distinct configurations would
@@ -11,8 +11,8 @@ take, from the search's own measurements:
 - `READ_BACK_S_PER_TRIAL` for each trial the driver reads back between the search and the
   confirmation (Tune's final read of the results, the confirmation's read of the trials), and
 - `seeds` runs of each candidate to max_epochs at its own median epoch time, spread over the trial
-  slots (`tune.confirmation.confirmation_seconds`, the rule the confirmation plans with), and
-- the export's refit of the best of them (`tune.confirmation.refit_cost`),
+  slots (`tune.export.confirmation.confirmation_seconds`, the rule the confirmation plans with), and
+- the export's refit of the best of them (`tune.export.confirmation.refit_cost`),
 
 but never more than `most_s` (--confirm-share of the budget): the search always gets the rest. The
 confirmation then plans its runs into whatever is left, as before.
@@ -29,7 +29,6 @@ from ray.tune import Stopper
 
 from tune.export.confirmation import CONFIRM_START_S, confirmation_seconds, refit_cost, run_cost
 from tune.record.keys import EPOCH_SECONDS, METRIC
-from tune.record.trial_files import epoch_rows
 
 READ_BACK_S_PER_TRIAL = 0.005
 """The driver's read-back between the search's end and the confirmation's start, per trial: on 2
@@ -49,7 +48,7 @@ class ConfirmationReserve(Stopper):
     """Ends the search `reserve_s()` before the end of `budget_s`, counted from its creation.
 
     It is created (or, by `Tuner.restore`, unpickled) just before the Tuner runs, where
-    tune.experiment starts the budget's clock for the confirmation: Tune's own setup, a second or
+    tune.search.experiment starts the budget's clock for the confirmation: Tune's own setup, a second or
     more, then counts against the search, not the confirmation. A restored experiment starts its
     budget again, as Tune's TimeoutStopper does, and knows only the trials that report after the
     restore."""
@@ -68,7 +67,7 @@ class ConfirmationReserve(Stopper):
         ensemble: int = 1,
     ) -> None:
         """`refit`, `refit_larger`, `ensemble`: the --refit rule, how much larger its training part is
-        than the search's, and the runs each refit model averages (see tune.confirmation.refit_cost)."""
+        than the search's, and the runs each refit model averages (see tune.export.confirmation.refit_cost)."""
         self.budget_s, self.most_s = budget_s, most_s
         self.top, self.seeds, self.slots, self.max_epochs = top, seeds, slots, max_epochs
         self.refit, self.refit_larger, self.ensemble = refit, refit_larger, ensemble
@@ -84,8 +83,7 @@ class ConfirmationReserve(Stopper):
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         trial = self._trials.setdefault(trial_id, _TrialCost(_config_key(result.get("config", {}))))
-        for row in epoch_rows(result):
-            trial.add(row.get(METRIC), row.get(EPOCH_SECONDS))
+        trial.add(result.get(METRIC), result.get(EPOCH_SECONDS))
         self._changed = True
         return False
 

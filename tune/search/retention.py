@@ -3,7 +3,7 @@
 A checkpoint holds about four copies of the model (weights, Adam's two moments, the best epoch's
 weights), and a run on a small data set starts thousands of trials: keeping every checkpoint fills
 a disk. Trials write their checkpoints into their folders themselves and Tune never sees them
-(`tune.trial_files.save_trial_checkpoint`), because Tune's own retention
+(`tune.record.trial_files.save_trial_checkpoint`), because Tune's own retention
 (`CheckpointConfig(num_to_keep=N)`) snapshots the whole experiment whenever a trial has saved N
 checkpoints, a cost that grows with the trials. What no one needs is deleted:
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.record.trial_files import empty_checkpoints, epoch_rows, read_results
+from tune.record.trial_files import empty_checkpoints, read_results
 
 
 class CheckpointRetention(Callback):
@@ -35,11 +35,10 @@ class CheckpointRetention(Callback):
         self._ended: list[tuple[float, str]] = []  # (best, trial folder), best first
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        for row in epoch_rows(result):
-            value = row.get(self._metric)
-            if _finite(value):
-                signed = self._sign * value
-                self._best[trial.trial_id] = min(signed, self._best.get(trial.trial_id, math.inf))
+        value = result.get(self._metric)
+        if _finite(value):
+            signed = self._sign * value
+            self._best[trial.trial_id] = min(signed, self._best.get(trial.trial_id, math.inf))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended_trial(trial)

@@ -4,8 +4,8 @@ Ray's own `OptunaSearch` steps intermediate values by `training_iteration` (whic
 restore), never reports the result ASHA stopped a trial on, and tells a stopped trial COMPLETE with
 its last low-budget value, so TPE compares 2-epoch and 30-epoch values as equals. This searcher is
 written on Tune's public `Searcher` interface and Optuna's ask-and-tell: every epoch is reported at
-step `epoch`, and each trial is told as `tune.outcome` says (PRUNED, COMPLETE with its best value,
-FAIL). The study lives in durable storage (tune.study_storage) and is the searcher's whole state: a
+step `epoch`, and each trial is told as `tune.record.outcome` says (PRUNED, COMPLETE with its best value,
+FAIL). The study lives in durable storage (tune.record.study) and is the searcher's whole state: a
 resumed driver reopens it, and what the searcher saves with Tune's snapshots is only the Tune trials
 it had proposed for, so that it can tell which RUNNING trials the snapshot never knew.
 """
@@ -24,11 +24,19 @@ from ray.tune.search import Searcher
 
 from mf.atomic import write_json
 from tune._internals.optuna import live_trial
-from tune.record.keys import BEST_VAL_NDCG, DIVERGED, EPOCH, METRIC, MODE, RANKING_METRIC, RAY_TRIAL_ID, WARM_START_FROM
+from tune.record.keys import (
+    BEST_VAL_NDCG,
+    DIVERGED,
+    EPOCH,
+    METRIC,
+    MODE,
+    RANKING_METRIC,
+    RAY_TRIAL_ID,
+    WARM_START_FROM,
+)
 from tune.record.outcome import outcome_of_curve
-from tune.settings import trial_epochs
 from tune.record.study import open_storage
-from tune.record.trial_files import epoch_rows
+from tune.settings import trial_epochs
 
 
 def make_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:
@@ -39,8 +47,8 @@ def make_sampler(seed: int, *, n_startup_trials: int = 10) -> optuna.samplers.TP
 class StudySearcher(Searcher):
     """Proposes trials with Optuna's TPE from the study `study_name` at `study_location`.
 
-    The study must exist (tune.experiment creates it). A trial is told PRUNED, COMPLETE or FAIL by
-    `tune.outcome.outcome_of_curve`; with `num_samples` > 0, no more than that many trials of this
+    The study must exist (tune.search.experiment creates it). A trial is told PRUNED, COMPLETE or FAIL by
+    `tune.record.outcome.outcome_of_curve`; with `num_samples` > 0, no more than that many trials of this
     experiment are ever proposed, however often the driver restarts.
     """
 
@@ -150,14 +158,13 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live:
-            for row in epoch_rows(result):
-                self._record(trial_id, row)
+            self._record(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
-        for row in epoch_rows(result) if result else ():
-            self._record(trial_id, row)  # the result ASHA stopped a trial on reaches only this hook
+        if result:
+            self._record(trial_id, result)  # the result ASHA stopped a trial on reaches only this hook
         failed = error or bool(result and result.get(DIVERGED))
         trial = self._live[trial_id]
         state, value = outcome_of_curve(
@@ -210,7 +217,7 @@ def settle_stopped_trials(
 ) -> int:
     """Tell the study about trials Tune ended without telling the searcher (those running when
     --time-budget-s ran out, and any that never started): `last_results` maps each ended Tune trial
-    to its last result. Their last result joins their curve, then they are told as tune.outcome
+    to its last result. Their last result joins their curve, then they are told as tune.record.outcome
     says. Trials Tune will still resume (an interrupted run) are not in `last_results` and stay
     RUNNING. Returns how many were told."""
     settled = 0

@@ -2,8 +2,8 @@
 
 It builds the trainer from the experiment's base config plus the trial's sampled parameters,
 resumes from the newest checkpoint in its trial folder when Tune retries or restores it, and
-reports every epoch (what ASHA and the Optuna searcher act on; in batches where `ReportPolicy`
-says), and saves a checkpoint into its folder where `CheckpointPolicy` says. Between ASHA's rungs it
+reports every epoch (what ASHA and the Optuna searcher act on), and saves a checkpoint into its
+folder where `CheckpointPolicy` says. Between ASHA's rungs it
 trains the next epoch while the driver handles the last report (`RunAhead`).
 """
 
@@ -23,9 +23,29 @@ from ray import tune
 from mf.config import TrainConfig
 from mf.data import Dataset
 from mf.training import Trainer, TrainingDiverged
-from tune.record.keys import ALREADY_LOGGED, DEVICE, DIVERGED, EARLIER_EPOCHS, EPOCH, EPOCH_SECONDS, ERROR, GPU_IDS, NODE_ID, OWN_RESULT_KEYS, RAN_AHEAD, TRAIN_LOSS, VAL_MSE, WALL_TIME
+from tune.record.keys import (
+    ALREADY_LOGGED,
+    DEVICE,
+    DIVERGED,
+    EPOCH,
+    EPOCH_SECONDS,
+    ERROR,
+    GPU_IDS,
+    NODE_ID,
+    OWN_RESULT_KEYS,
+    RAN_AHEAD,
+    TRAIN_LOSS,
+    VAL_MSE,
+    WALL_TIME,
+)
+from tune.record.trial_files import (
+    has_ended,
+    newest_checkpoint,
+    read_results,
+    save_trial_checkpoint,
+    trial_dirname,
+)
 from tune.settings import trial_config
-from tune.record.trial_files import has_ended, newest_checkpoint, read_results, save_trial_checkpoint, trial_dirname
 
 
 @dataclass(frozen=True)
@@ -72,42 +92,6 @@ class RunAhead:
         return epoch not in self.decision_epochs and epoch_seconds < self.max_epoch_s
 
 
-@dataclass(frozen=True)
-class ReportPolicy:
-    """When a trial sends its epochs to the driver: each one (every=1, the default), or in batches.
-
-    The one driver handles every report (loggers, ASHA, the Optuna study), and at many trial slots
-    of short epochs that is what limits the experiment (docs/cluster.md). A batch is sent at every
-    epoch where ASHA may stop the trial (`decision_epochs`), so that ASHA decides on the same values,
-    at the last epoch, once it holds `every` epochs, and once its epochs took `max_batch_s` of
-    training, so that the progress view stays current and a trial the budget stops loses at most
-    that much. The epochs before the report's own travel in it (`batched`) and are each recorded.
-    """
-
-    decision_epochs: frozenset[int]
-    max_epochs: int
-    every: int = 1
-    max_batch_s: float = 1.0
-
-    def due(self, epoch: int, batch: int, batch_s: float) -> bool:
-        """Send the batch after `epoch`? It holds `batch` epochs (this one too) that trained `batch_s`."""
-        return (
-            self.every <= 1
-            or epoch in self.decision_epochs
-            or epoch >= self.max_epochs
-            or batch >= self.every
-            or batch_s >= self.max_batch_s
-        )
-
-
-def batched(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report of several epochs' results: the last one, carrying the others (oldest first)."""
-    last = dict(rows[-1])
-    if len(rows) > 1:
-        last[EARLIER_EPOCHS] = [dict(r) for r in rows[:-1]]
-    return last
-
-
 def train_trial(
     params: dict[str, Any],
     *,
@@ -117,7 +101,6 @@ def train_trial(
     checkpoints: CheckpointPolicy,
     run_ahead: RunAhead,
     experiment_dir: Path,
-    reports: ReportPolicy | None = None,
     own_seed: bool = False,
 ) -> None:
     """One trial, as Ray Tune's function trainable (bound with `tune.with_parameters`): train the
@@ -128,12 +111,10 @@ def train_trial(
     What it did before survives a retry or a driver restart: it reads its folder under
     `experiment_dir` first, resends the last result of a trial that had ended, and resumes an
     unfinished one from its newest checkpoint. It writes checkpoints into that folder as
-    `checkpoints` says (at ASHA's rungs, and at least every so often), reports `reports` says
-    when (every epoch by default), and trains its next epoch while the driver decides on one it
-    cannot act on (`run_ahead`). A diverging configuration ends this trial with a `diverged`
+    `checkpoints` says (at ASHA's rungs, and at least every so often), reports every epoch, and
+    trains its next epoch while the driver decides on one it cannot act on (`run_ahead`). A diverging configuration ends this trial with a `diverged`
     result, not the experiment. Returns nothing; raises what training raises otherwise, which
     Tune records as the trial's error."""
-    reports = reports or ReportPolicy(run_ahead.decision_epochs, max_epochs)
     trial_dir = experiment_dir / trial_dirname(tune.get_context().get_trial_id())
     # What the trial did before a retry or a driver restart, read from its folder: Tune's snapshot
     # of the experiment (and so `tune.get_checkpoint()`) may be older than that.
@@ -160,25 +141,16 @@ def train_trial(
     last_saved = time.monotonic()
     last_reported = max((int(r.get(EPOCH, 0)) for r in reported), default=0)
     if trainer.history and trainer.epoch > last_reported:
-        # The checkpoint is newer than any result the driver logged (it died in between, or the
-        # epochs were in a batch not yet sent): report those epochs now, so that ASHA and the
-        # searcher see them before any further epoch.
-        replay = [
-            {
-                **{k: v for k, v in h.items() if k != EPOCH_SECONDS},
-                **placement,
-                WALL_TIME: time.time(),
-                DIVERGED: 0,
-            }
-            for h in trainer.history
-            if int(h[EPOCH]) > last_reported
-        ]
-        tune.report(batched(replay))
+        # The checkpoint is newer than any result the driver logged (it died in between): report
+        # those epochs now, so that ASHA and the searcher see them before any further epoch.
+        for h in trainer.history:
+            if int(h[EPOCH]) > last_reported:
+                replayed = {k: v for k, v in h.items() if k != EPOCH_SECONDS}
+                tune.report({**replayed, **placement, WALL_TIME: time.time(), DIVERGED: 0})
 
     # Epochs run on this one thread, so that the next can start while tune.report waits.
     with ThreadPoolExecutor(1, "epoch", initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         ahead: Future | None = None
-        pending: list[dict[str, Any]] = []  # epochs trained but not yet reported (ReportPolicy)
         while trainer.epoch < config.epochs or ahead is not None:
             ran_ahead = ahead is not None
             try:
@@ -186,9 +158,7 @@ def train_trial(
             except TrainingDiverged as e:
                 # Deterministic: a retry would diverge again, so end the trial here and mark it failed.
                 failed = {EPOCH: trainer.epoch, VAL_MSE: math.inf, TRAIN_LOSS: math.nan, DIVERGED: 1}
-                tune.report(
-                    batched([*pending, {**failed, ERROR: str(e), **placement, WALL_TIME: time.time()}])
-                )
+                tune.report({**failed, ERROR: str(e), **placement, WALL_TIME: time.time()})
                 return
             ahead = None
             epoch = trainer.epoch
@@ -200,21 +170,16 @@ def train_trial(
                 # Saved before the next epoch starts changing the weights.
                 save_trial_checkpoint(trainer, trial_dir)
                 last_saved = time.monotonic()
-            pending.append(metrics)
-            last = epoch >= config.epochs  # the trial's own end (its epochs may be tuned)
-            if not (last or reports.due(epoch, len(pending), sum(m[EPOCH_SECONDS] for m in pending))):
-                continue
             if epoch < config.epochs and run_ahead.allowed(epoch, metrics[EPOCH_SECONDS]):
                 ahead = pool.submit(trainer.run_epoch)
             # If Tune stops the trial here, leaving the `with` waits for the epoch in flight.
-            tune.report(batched(pending))
-            pending = []
+            tune.report(metrics)
 
 
 def confirmation_run(
     config: TrainConfig, data: Dataset, threads: int, checkpoint: str | None
 ) -> dict[int, float]:
-    """One confirmation run (a Ray task, see tune.confirmation): train `config.epochs` epochs and
+    """One confirmation run (a Ray task, see tune.export.confirmation): train `config.epochs` epochs and
     return epoch -> val MSE (a run that diverges returns the epochs before it); with `checkpoint`,
     save the run there (its best epoch's weights inside), for the export to take."""
     torch.set_num_threads(max(1, threads))

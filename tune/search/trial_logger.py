@@ -3,7 +3,7 @@
 A `ray.tune.logger.LoggerCallback` (Tune's public logger interface) writing straight into the
 trial's folder in the experiment, a local or shared file system path. Tune's own JSON logger writes
 to a staging folder and copies it over at each snapshot of the experiment, so the folders of a
-killed driver would be only as new as its last snapshot; tune.trial_files says what each file holds.
+killed driver would be only as new as its last snapshot; tune.record.trial_files says what each file holds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from ray.tune.logger import LoggerCallback
 
 from mf.atomic import atomic_write_text
 from tune.record.keys import ALREADY_LOGGED
-from tune.record.trial_files import ERROR_EVENT, EVENTS_FILE, PARAMS_FILE, RESULT_FILE, RETRY_EVENT, append_json_line, drop_cut_last_line, epoch_rows, json_line
+from tune.record.trial_files import (
+    ERROR_EVENT,
+    EVENTS_FILE,
+    PARAMS_FILE,
+    RESULT_FILE,
+    RETRY_EVENT,
+    append_json_line,
+    drop_cut_last_line,
+    json_line,
+)
 
 
 class TrialFolderLogger(LoggerCallback):
@@ -43,7 +52,7 @@ class TrialFolderLogger(LoggerCallback):
         if trial.trial_id not in self._files:
             self.log_trial_start(trial)
         f = self._files[trial.trial_id]
-        f.write("".join(json_line(row) for row in epoch_rows(result)))  # a line per epoch
+        f.write(json_line(result))
         f.flush()
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
