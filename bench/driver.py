@@ -52,72 +52,42 @@ def sleeping_trial(params: dict[str, Any], *, epoch_s: float, max_epochs: int) -
 
 
 def run_one(n_trials: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import optuna
+    """One level: tune.run's own Tuner (`build_tuner`: StudySearcher on a journal study,
+    PersistentASHA, the trial folder logger, checkpoint retention, the progress line) on `n_trials`
+    sleeping trials at once, in a Ray told it has that many CPUs."""
     import ray
     from ray import tune
 
     from search_spaces import load_space
     from tune._internals.ray import without_default_loggers
-    from tune.extras.progress import LiveProgress, ray_output
-    from tune.record.keys import EPOCH, METRIC, MODE
-    from tune.record.study import open_storage
-    from tune.record.trial_files import trial_dirname
-    from tune.search.retention import CheckpointRetention
-    from tune.search.scheduler import PersistentASHA
-    from tune.search.searcher import StudySearcher
-    from tune.search.trial_logger import TrialFolderLogger
+    from tune.extras.progress import ray_output
+    from tune.search.experiment import build_tuner, create_study
+    from tune.settings import ExperimentSettings
 
-    folder = work / f"n{n_trials}"
-    folder.mkdir(parents=True)
-    journal = str(folder / "optuna.journal")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna.create_study(study_name="driver", storage=open_storage(journal, writer=True))
-    output = ray_output(verbose=False)
-    ray.init(num_cpus=n_trials, include_dashboard=False, **output.init_kwargs)
-    space = load_space("default")
-    trainable = tune.with_parameters(
-        sleeping_trial,
-        epoch_s=args.epoch_s,
+    settings = ExperimentSettings(
+        name=f"n{n_trials}",
+        storage_path=str(work),
+        time_budget_s=args.seconds,
+        num_samples=-1,
         max_epochs=args.max_epochs,
+        grace_period=1,
+        reduction_factor=3,
+        max_concurrent=n_trials,
+        confirm_top=0,  # the driver's load is the search's: nothing is confirmed or exported
     )
-    tuner = tune.Tuner(
+    folder = settings.experiment_dir
+    folder.mkdir(parents=True)
+    space = load_space("default")
+    create_study(settings, space)
+    ray.init(num_cpus=n_trials, include_dashboard=False, **ray_output(verbose=False).init_kwargs)
+    trainable = tune.with_parameters(sleeping_trial, epoch_s=args.epoch_s, max_epochs=args.max_epochs)
+    tuner = build_tuner(
+        settings,
         tune.with_resources(trainable, {"cpu": 1}),
-        param_space={},
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode=MODE,
-            search_alg=StudySearcher(
-                space=space.to_optuna(),
-                study_location=journal,
-                study_name="driver",
-                seed=0,
-                max_epochs=args.max_epochs,
-            ),
-            scheduler=PersistentASHA(
-                state_path=folder / "asha_state.json",
-                time_attr=EPOCH,
-                max_t=args.max_epochs,
-                grace_period=1,
-                reduction_factor=3,
-            ),
-            num_samples=-1,
-            max_concurrent_trials=n_trials,
-            time_budget_s=args.seconds,
-            reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
-        ),
-        run_config=tune.RunConfig(
-            name=folder.name,
-            storage_path=str(work),
-            callbacks=[
-                TrialFolderLogger(),
-                CheckpointRetention(metric=METRIC, mode=MODE, keep_best=3),
-                LiveProgress(
-                    max_epochs=args.max_epochs, time_budget_s=args.seconds, tty=False, interval_s=1e9
-                ),
-            ],
-            verbose=output.run_config_verbose,
-        ),
+        space,
+        seed=0,
+        dataset=None,
+        budget_s=args.seconds,
     )
     started = time.time()
     with without_default_loggers():

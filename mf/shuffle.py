@@ -47,7 +47,12 @@ def permutation(n: int, seed: int) -> np.ndarray:
 
     Raises:
         ValueError: where n is out of that range.
+        RuntimeError: where numba is not installed.
     """
+    if numba is None:
+        raise RuntimeError(
+            "mf.shuffle.permutation needs numba (see available()); torch.randperm serves without it"
+        )
     if not 0 <= n < 2**31:
         raise ValueError(f"permutation: n={n}; expected 0 <= n < 2**31 (int32 positions)")
     log2_buckets = max(0, int(np.ceil(np.log2(max(1, n) / BUCKET_SIZE))))

@@ -146,6 +146,11 @@ def dataset_for(config: TrainConfig, *, cache_dir: str | None = None) -> Dataset
     )
 
 
+MODEL_KEYS = ("emb_dim", "ensemble", "bias", "sigmoid", "sigmoid_high", "optimizer")
+"""The config keys that decide what a checkpoint's weights and optimiser state mean: a trainer loads
+only a state saved under the same values (`Trainer.load_state`)."""
+
+
 def build_model(config: TrainConfig, n_users: int, n_items: int) -> MFAdvanced:
     """A fresh MFAdvanced of `config`'s shape over `n_users` users and `n_items` items: emb_dim
     factors, emb_dim * ensemble for an ensemble (its members' factors side by side), with sparse
@@ -622,10 +627,21 @@ class Trainer:
             source: what it came from, named in the error.
 
         Raises:
-            MFError: where `state` was trained on other users or items than this trainer's data, or
-                its LazyAdamW state does not fit this optimiser.
+            MFError: where `state` was trained on other users or items than this trainer's data, by
+                a config whose model or optimiser differs from this trainer's (`MODEL_KEYS`), or its
+                LazyAdamW state does not fit this optimiser.
         """
         check_matches(state, self.dataset, source=source)
+        saved = state.get("config") or {}
+        differ = [k for k in MODEL_KEYS if k in saved and saved[k] != getattr(self.config, k)]
+        if differ:
+            raise MFError(
+                f"{source}: was trained with "
+                + ", ".join(f"{k} {saved[k]!r}" for k in differ)
+                + ", this run has "
+                + ", ".join(f"{k} {getattr(self.config, k)!r}" for k in differ)
+                + "; load it into a trainer of its own config (Trainer.from_checkpoint)"
+            )
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(opt_state)

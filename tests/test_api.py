@@ -65,12 +65,12 @@ def test_a_runs_own_tune_callbacks_join_tune_runs_own(tmp_path: Path):
     # Ray's loggers (MLflowLoggerCallback, WandbLoggerCallback) or a user's own: RunOptions.callbacks.
     from ray.tune import Callback
 
-    from tune.extras.progress import LiveProgress, ray_output
+    from tune.extras.progress import LiveProgress
     from tune.search.experiment import make_run_config
 
     mine = Callback()
     settings = tune.ExperimentSettings(name="callbacks", storage_path=str(tmp_path))
     options = tune.RunOptions(callbacks=(mine,))
-    callbacks = make_run_config(settings, options, ray_output(verbose=False), dataset=None).callbacks
+    callbacks = make_run_config(settings, options, dataset=None).callbacks
     # Called after the trial folders' logger and before the progress line, which is drawn last.
     assert callbacks.index(mine) == len(callbacks) - 2 and isinstance(callbacks[-1], LiveProgress)

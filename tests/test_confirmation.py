@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tune.export.best import refit_deadline
 from tune.export.confirmation import (
     Candidate,
     affordable,
@@ -20,7 +21,7 @@ from tune.export.confirmation import (
     write_summary,
 )
 from tune.record.results import TrialRecord
-from tune.settings import refit_grace_s
+from tune.settings import ExperimentSettings, refit_grace_s
 
 
 def record(trial_id: str, best: float, outcome: str = "COMPLETE", **params) -> TrialRecord:
@@ -124,3 +125,10 @@ def test_the_refit_may_end_half_the_runs_tolerance_after_the_budget():
     assert refit_grace_s(60) == 15.0
     assert refit_grace_s(600) == 15.0
     assert refit_grace_s(1200) == 30.0
+
+
+def test_both_exports_refit_by_the_budgets_end_plus_that_grace():
+    # A 1,200 s budget whose end is at t = 5,000: its refits may end until 5,030.
+    assert refit_deadline(5000.0, ExperimentSettings(time_budget_s=1200)) == 5030.0
+    assert refit_deadline(5000.0, ExperimentSettings()) == 5000.0  # no budget, no grace
+    assert refit_deadline(None, ExperimentSettings(time_budget_s=1200)) is None

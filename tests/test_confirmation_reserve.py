@@ -54,6 +54,14 @@ def test_a_trial_is_costed_at_its_median_epoch_and_ranked_by_its_best():
     assert estimate(stopper) == pytest.approx(15.6375)
 
 
+def test_a_configuration_that_trains_its_own_epochs_is_costed_at_them():
+    stopper = reserve(top=1)
+    report(stopper, "a", 0.84, 0.2, lr=0.01, epochs=4)  # the space tunes the training length
+    # A confirmation run trains its 4 epochs, not max_epochs' 10:
+    # 10 s + 1.25 x (1 trial x 5 ms + 3 seeds x 4 x 0.2 s / 2 slots)
+    assert estimate(stopper) == pytest.approx(11.50625)
+
+
 def test_the_search_always_keeps_the_rest_of_the_budget():
     stopper = reserve(most_s=20.0)
     report(stopper, "slow", 0.84, 30.0)  # one run would take 300 s

@@ -220,6 +220,17 @@ def test_from_checkpoint_with_other_ids_names_the_checkpoint_file(tmp_path: Path
         Trainer.from_checkpoint(path, _tiny_dataset(first_user_id=500))
 
 
+def test_a_checkpoint_loads_only_into_a_trainer_of_its_model_and_optimiser(tmp_path: Path) -> None:
+    state = Trainer(_config(emb_dim=4), _tiny_dataset()).state()
+    # A trainer of another width (or squashing) would read the weights as another model.
+    with pytest.raises(MFError, match=r"my\.pt: was trained with emb_dim 4, this run has emb_dim 8"):
+        Trainer(_config(emb_dim=8), _tiny_dataset()).load_state(state, source="my.pt")
+    with pytest.raises(MFError, match=r"sigmoid_high 5\.5, this run has sigmoid_high 5\.0"):
+        Trainer(_config(emb_dim=4, sigmoid_high=5.0), _tiny_dataset()).load_state(state)
+    # What only decides how it goes on training (the learning rate here) may differ.
+    Trainer(_config(emb_dim=4, lr=0.001), _tiny_dataset()).load_state(state)
+
+
 def test_read_checkpoint_missing_file_raises_mf_error(tmp_path: Path) -> None:
     with pytest.raises(MFError, match=r"nope\.pt: no checkpoint there"):
         Trainer.from_checkpoint(tmp_path / "nope.pt", _tiny_dataset())

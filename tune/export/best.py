@@ -108,6 +108,14 @@ def export_settings(
     return replace(recorded_settings(experiment), **{k: v for k, v in overrides.items() if v is not None})
 
 
+def refit_deadline(deadline: float | None, settings: ExperimentSettings) -> float | None:
+    """When a refit must end (epoch seconds): the run's `deadline` plus `refit_grace_s` of its
+    budget (None: no limit); both exports' refits follow it."""
+    if deadline is None or not settings.time_budget_s:
+        return deadline
+    return deadline + refit_grace_s(settings.time_budget_s)
+
+
 def export_best(
     folder: str | os.PathLike,
     *,
@@ -181,9 +189,6 @@ def export_best(
         "epoch": trainer.epoch,
         **model_metrics(trainer, dataset, max_cells=cells),
     }
-    refit_by = deadline
-    if deadline is not None and settings.time_budget_s:
-        refit_by = deadline + refit_grace_s(settings.time_budget_s)
     exported = refit_export(
         trainer,
         dataset,
@@ -192,7 +197,7 @@ def export_best(
         rule=rule,
         epochs=epochs,
         record=best,
-        deadline=refit_by,
+        deadline=refit_deadline(deadline, settings),
         max_cells=cells,
         ensemble=settings.ensemble,
     )
@@ -313,7 +318,7 @@ def export_best_ranking(
         rule=rule,
         epochs=best.ndcg_epoch,
         record=best,
-        deadline=deadline,
+        deadline=refit_deadline(deadline, settings),
         max_cells=cells,
         ensemble=settings.ensemble,
     )

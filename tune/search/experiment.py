@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 from ray import tune
@@ -23,7 +24,7 @@ from mf.training import dataset_for
 from search_spaces import SearchSpace
 from tune._internals.ray import fit_noting_interrupt, without_default_loggers
 from tune.extras.dashboard import start_dashboard
-from tune.extras.progress import LiveProgress, RayOutput, ray_output
+from tune.extras.progress import LiveProgress, ray_output
 from tune.extras.tracking import MlflowTracking
 from tune.record.keys import EPOCH, METRIC, MODE
 from tune.record.study import load_experiment_study, mend_journal, open_storage, study_location
@@ -115,8 +116,7 @@ def make_trainable(settings: ExperimentSettings, base: TrainConfig, dataset: Dat
 def make_run_config(
     settings: ExperimentSettings,
     options: RunOptions,
-    output: RayOutput,
-    dataset: Dataset,
+    dataset: Dataset | None,
     budget_s: float | None = None,
 ) -> tune.RunConfig:
     """Tune's RunConfig for the experiment; `budget_s`: what is left of --time-budget-s for the
@@ -153,7 +153,7 @@ def make_run_config(
         # ones no one needs (tune/search/retention.py).
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         stop=confirmation_reserve(settings, dataset, budget_s),
-        verbose=output.run_config_verbose,
+        verbose=ray_output(verbose=options.verbose).run_config_verbose,
     )
 
 
@@ -214,23 +214,52 @@ def run_experiment(
     create_study(settings, space)
     write_experiment_file(settings, base, space)
     budget_s = budget_left(settings, options)
-    tuner = tune.Tuner(
-        make_trainable(settings, base, dataset),
+    trainable = make_trainable(settings, base, dataset)
+    tuner = build_tuner(
+        settings, trainable, space, seed=base.seed, options=options, dataset=dataset, budget_s=budget_s
+    )
+    return _fit(tuner, settings, base, dataset, options)
+
+
+def build_tuner(
+    settings: ExperimentSettings,
+    trainable: Any,
+    space: SearchSpace,
+    *,
+    seed: int,
+    options: RunOptions = QUIET,
+    dataset: Dataset | None,
+    budget_s: float | None,
+) -> tune.Tuner:
+    """The experiment's Tuner: `trainable` with the searcher on the experiment's study (which
+    `create_study` made), ASHA, the callbacks and `budget_s` (what is left of --time-budget-s).
+
+    Args:
+        settings: the experiment's settings.
+        trainable: `make_trainable`'s, or a stand-in with its resources (bench.driver's sleeping
+            trials measure the driver with this wiring).
+        space: the search space.
+        seed: the searcher's and ASHA's seed (the base config's).
+        options: how the run shows itself.
+        dataset: the split, for the confirmation's reserve (None only with `confirm_top` 0).
+        budget_s: seconds left for the search, its confirmation and export (None: no budget).
+    """
+    return tune.Tuner(
+        trainable,
         param_space={},
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=make_searcher(settings, space, seed=base.seed),
-            scheduler=make_scheduler(settings, seed=base.seed),
+            search_alg=make_searcher(settings, space, seed=seed),
+            scheduler=make_scheduler(settings, seed=seed),
             num_samples=settings.num_samples,
             max_concurrent_trials=concurrent_trials(settings),
             time_budget_s=budget_s,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
         ),
-        run_config=make_run_config(settings, options, output, dataset, budget_s),
+        run_config=make_run_config(settings, options, dataset, budget_s),
     )
-    return _fit(tuner, settings, base, dataset, options)
 
 
 def budget_left(settings: ExperimentSettings, options: RunOptions) -> float | None:

@@ -10,8 +10,8 @@ take, from the search's own measurements:
 - `CONFIRM_START_S` for the confirmation's workers to start,
 - `READ_BACK_S_PER_TRIAL` for each trial the driver reads back between the search and the
   confirmation (Tune's final read of the results, the confirmation's read of the trials), and
-- `seeds` runs of each candidate to max_epochs at its own median epoch time, spread over the trial
-  slots (`tune.export.confirmation.confirmation_seconds`, the rule the confirmation plans with), and
+- `seeds` runs of each candidate for its epochs (`tune.settings.trial_epochs`: its own where the
+  space tunes them, else max_epochs) at its own median epoch time, spread over the trial slots (`tune.export.confirmation.confirmation_seconds`, the rule the confirmation plans with), and
 - the export's refit of the best of them (`tune.export.confirmation.refit_cost`),
 
 but never more than `most_s` (--confirm-share of the budget): the search always gets the rest. The
@@ -29,6 +29,7 @@ from ray.tune import Stopper
 
 from tune.export.confirmation import CONFIRM_START_S, confirmation_seconds, refit_cost, run_cost
 from tune.record.keys import EPOCH_SECONDS, METRIC
+from tune.settings import trial_epochs
 
 READ_BACK_S_PER_TRIAL = 0.005
 """The driver's read-back between the search's end and the confirmation's start, per trial: on 2
@@ -82,7 +83,10 @@ class ConfirmationReserve(Stopper):
         self._started = time.time()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        trial = self._trials.setdefault(trial_id, _TrialCost(_config_key(result.get("config", {}))))
+        config = result.get("config", {})
+        trial = self._trials.setdefault(
+            trial_id, _TrialCost(_config_key(config), trial_epochs(config, self.max_epochs))
+        )
         trial.add(result.get(METRIC), result.get(EPOCH_SECONDS))
         self._changed = True
         return False
@@ -106,7 +110,7 @@ class ConfirmationReserve(Stopper):
                 break
             if trial.config not in seen:
                 seen.add(trial.config)
-                costs.append(run_cost(trial.epoch_seconds, self.max_epochs))
+                costs.append(run_cost(trial.epoch_seconds, trial.epochs))
         runs = confirmation_seconds(costs, seeds=self.seeds, slots=self.slots)
         runs += refit_cost(costs, refit=self.refit, larger=self.refit_larger, ensemble=self.ensemble)
         needed = CONFIRM_START_S + MARGIN * (READ_BACK_S_PER_TRIAL * len(self._trials) + runs)
@@ -114,10 +118,11 @@ class ConfirmationReserve(Stopper):
 
 
 class _TrialCost:
-    """One trial's best val MSE so far and its epochs' seconds."""
+    """One trial's best val MSE so far, its epochs' seconds, and the epochs a run of it trains."""
 
-    def __init__(self, config: str) -> None:
+    def __init__(self, config: str, epochs: int) -> None:
         self.config = config
+        self.epochs = epochs
         self.best = math.inf
         self.epoch_seconds: list[float] = []
 
