@@ -62,6 +62,23 @@ def open_storage(location: str, *, writer: bool = False) -> optuna.storages.Base
     return storage
 
 
+def read_only(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """`storage` behind Optuna's storage interface, each read passed on and each write (`create_*`,
+    `delete_*`, `set_*`) refused with PermissionError: for readers whose UI offers writes, such as
+    optuna-dashboard's, on a study that a run owns."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError("read-only: the study belongs to the running experiment")
+
+    kinds = ("get_", "check_", "create_", "delete_", "set_")  # the last three write
+    methods = {
+        name: staticmethod(refuse if name.startswith(kinds[2:]) else getattr(storage, name))
+        for name in dir(optuna.storages.BaseStorage)
+        if name.startswith(kinds)
+    }
+    return type("ReadOnlyStorage", (optuna.storages.BaseStorage,), methods)()
+
+
 def mend_journal(location: str) -> None:
     """Before a driver appends to a journal (a new run, or a resume, whose searcher Tune unpickles
     with its storage): cut off a last line that a killed driver left unfinished."""

@@ -7,6 +7,7 @@ trial costs its own epochs and little else. docs/architecture.md draws the whole
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -322,21 +323,18 @@ def _fit(
     # At the end Tune reads the experiment back and warns about every trial that has no results
     # (one the budget stopped before its first epoch), which is no news here.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    dashboard = None
+    dashboard: Any = contextlib.nullcontext()
     if options.dashboard_port is not None:
         log = settings.experiment_dir / "dashboard.log"
         dashboard = start_dashboard(study_location_of(settings), port=options.dashboard_port, log_path=log)
     take_sigterm()  # back from ray.init's own handler
-    try:
+    with dashboard:  # leaving it ends the dashboard's server
         with without_default_loggers():
             grid, interrupted = fit_noting_interrupt(tuner)
         if interrupted:  # Tune saved the state: the unfinished trials are for --resume
             raise Interrupted("the search", settings.experiment_dir)
         settle_ended_trials(settings, grid)
         run_confirmation(settings, base, dataset, deadline=deadline)
-    finally:
-        if dashboard is not None:
-            dashboard.stop()
     return RunOutcome(settings.experiment_dir, time.monotonic() - started, deadline, dataset)
 
 
