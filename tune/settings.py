@@ -250,7 +250,7 @@ def refit_grace_s(budget_s: float) -> float:
 
 def module_env() -> dict[str, str]:
     """The environment for a `python -m tune...` process a run starts (the dashboard, the MLflow
-    writer, the Ray watchdog): this one's, with the folder holding the tune package first on
+    writer): this one's, with the folder holding the tune package first on
     PYTHONPATH, so that the child runs this source tree from whatever working directory."""
     root = str(Path(__file__).resolve().parents[1])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

@@ -8,17 +8,16 @@ import os
 import ray
 
 from tune.extras.progress import RayOutput
-from tune.search.ray_session import end_leftovers_in, start_private_ray
 from tune.settings import ExperimentSettings
 
 
 def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
     """Join --address; inside a Ray job, the job's cluster (RAY_ADDRESS); else start a private local
-    Ray, recorded in the experiment folder so that its leftovers can be ended if the driver is killed
-    (tune.search.ray_session), after ending what earlier killed drivers beside it left.
-
-    `ray.init()` alone would join any cluster someone started on this machine with `ray start`.
+    Ray (`ray.init()` alone would join any cluster someone started on this machine with `ray start`).
     Prints one line naming the Ray it runs on (quiet mode mutes Ray's own "Connecting to ...").
+
+    A private Ray ends with its driver, however the driver ends: after a SIGKILL, Ray's two agents
+    outlive it by about a minute, then end by themselves (tests/test_internals.py checks it).
     """
     if ray.is_initialized():
         return
@@ -29,8 +28,7 @@ def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
         ray.init(**output.init_kwargs)
         which = "joined the Ray cluster at"
     else:
-        end_leftovers_in(settings.experiment_dir.parent)
-        start_private_ray(settings.experiment_dir, **output.init_kwargs)
+        ray.init(address="local", include_dashboard=False, **output.init_kwargs)
         which = "started a private local Ray at"
     resources = ray.cluster_resources()
     print(
