@@ -45,5 +45,5 @@ if __name__ == "__main__":
     except Exception as e:  # the storage, or the port: the driver reports it
         sys.exit(print(f"{type(e).__name__}: {e}", flush=True))
     print(server.server_address[1], flush=True)
-    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    threading.Thread(target=lambda: (sys.stdin.read(), server.shutdown()), daemon=True).start()
     server.serve_forever()
