@@ -34,7 +34,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, exclude: Iterable[str] 
             flag(f.name),
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar="INT" if f.default is None else type(f.default).__name__.upper(),
+            metavar=(f.type.split("|")[0].strip() if f.default is None else type(f.default).__name__).upper(),
             help=f"{doc(f.name)} (default {f.default!r})",
         )
 

@@ -215,3 +215,12 @@ def test_lazy_adamw_lands_where_dense_adamw_does_on_a_good_config(tmp_path: Path
     # MSE to within 0.003 (measured 0.8421 dense, 0.8423 lazy), far below the tutorial's ~0.91.
     assert abs(lazy["best_val_mse"] - dense["best_val_mse"]) <= 0.003
     assert lazy["best_val_mse"] <= 0.85
+
+
+def test_help_names_what_each_flag_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    # A file flag takes a path string, even where none is the default; a seed an integer.
+    for shown in ("--data STR", "--val-data STR", "--test-data STR", "--split-seed INT", "--lr FLOAT"):
+        assert shown in usage
