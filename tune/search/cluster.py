@@ -17,7 +17,7 @@ def connect_ray(settings: ExperimentSettings, output: RayOutput) -> None:
     Prints one line naming the Ray it runs on (quiet mode mutes Ray's own "Connecting to ...").
 
     A private Ray ends with its driver, however the driver ends: after a SIGKILL, Ray's two agents
-    outlive it by about a minute, then end by themselves (tests/test_internals.py checks it).
+    outlive it by about a minute, then end by themselves (tests/test_private_ray.py checks it).
     """
     if ray.is_initialized():
         return
