@@ -207,9 +207,7 @@ def test_taken_port_and_missing_journal_are_refused(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         # A port in use: one line naming the port, the reason and the fix.
-        with pytest.raises(
-            MFError, match=rf"127\.0\.0\.1:{port} \(OSError: .*in use\); try another port"
-        ):
+        with pytest.raises(MFError, match=rf"127\.0\.0\.1:{port} \(OSError: .*in use\); try another port"):
             start_dashboard(journal, port=port, echo=None)
 
 
